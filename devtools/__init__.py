@@ -1,0 +1,1 @@
+"""Developer tooling: local RabbitMQ nodes for development, tests and fault injection."""

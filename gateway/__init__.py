@@ -1,0 +1,1 @@
+"""The AiFi webhook gateway: authenticate, validate, normalize and publish to RabbitMQ."""

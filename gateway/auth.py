@@ -1,0 +1,48 @@
+"""Bearer-token authentication against every configured token, in constant time."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from pydantic import SecretStr
+
+ANONYMOUS = "anonymous"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenTable:
+    """Named tokens; several may be valid at once so a token can be rotated."""
+
+    tokens: tuple[tuple[str, bytes], ...]
+    allow_anonymous: bool = False
+
+    @classmethod
+    def from_settings(cls, tokens: Mapping[str, SecretStr], allow_anonymous: bool) -> TokenTable:
+        pairs = tuple((name, s.get_secret_value().encode()) for name, s in tokens.items())
+        return cls(pairs, allow_anonymous)
+
+    def identify(self, authorization: str | None) -> str | None:
+        """The name of the token presented, `anonymous` when allowed, or None to refuse."""
+        if not self.tokens and self.allow_anonymous:
+            return ANONYMOUS
+        presented = bearer(authorization)
+        if presented is None:
+            return None
+        found = None
+        # Compare against every token, without stopping at a match, so timing
+        # reveals neither which token matched nor how many are configured.
+        for name, token in self.tokens:
+            if hmac.compare_digest(presented, token) and found is None:
+                found = name
+        return found
+
+
+def bearer(authorization: str | None) -> bytes | None:
+    if not authorization:
+        return None
+    scheme, _, credentials = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        return None
+    return credentials.strip().encode()

@@ -1,0 +1,95 @@
+"""The wire contract: exchange, routing keys, the event envelope and AMQP headers.
+
+Defined once here and imported by the gateway, the consumers and the tests, so a
+change to what goes on the wire is a change to this module only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import orjson
+
+EXCHANGE: Final = "aifi.events"
+UNROUTED_EXCHANGE: Final = "aifi.unrouted"
+UNROUTED_QUEUE: Final = "aifi.unrouted"
+
+EVENT_CONTENT_TYPE: Final = "application/cloudevents+json"
+SPECVERSION: Final = "1.0"
+HEADER_PREFIX: Final = "cloudEvents_"
+
+Kind = Literal["entered", "exited", "tracking"]
+KINDS: Final[tuple[Kind, ...]] = ("entered", "exited", "tracking")
+EVENT_TYPES: Final[dict[Kind, str]] = {
+    "entered": "com.aifi.customer.entered",
+    "exited": "com.aifi.customer.exited",
+    "tracking": "com.aifi.tracking",
+}
+
+# Headers that are not CloudEvents attributes but let a binding or a shovel
+# filter without parsing the body.
+STORE_ID_HEADER: Final = "aifi_store_id"
+SESSION_ID_HEADER: Final = "aifi_session_id"
+FINGERPRINT_HEADER: Final = "aifi_fingerprint"
+
+# Headers of a quarantined (invalid) request.
+INVALID_REASON_HEADER: Final = "aifi_invalid_reason"
+INVALID_KIND_HEADER: Final = "aifi_invalid_kind"
+TOKEN_NAME_HEADER: Final = "aifi_token_name"
+RECEIVED_AT_HEADER: Final = "aifi_received_at"
+
+HeaderValue = str | int | None
+Headers = dict[str, HeaderValue]
+
+
+def routing_key(kind: str, store_id: int | str | None) -> str:
+    """`{kind}.{storeId}`, with `unknown` standing in for a missing store id."""
+    return f"{kind}.{'unknown' if store_id is None else store_id}"
+
+
+def invalid_routing_key(kind: str) -> str:
+    return f"invalid.{kind}"
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """One message bound for the exchange: what the spool stores and the relay publishes."""
+
+    message_id: str
+    routing_key: str
+    body: bytes
+    content_type: str
+    timestamp_s: int
+    headers: Headers = field(default_factory=dict)
+
+
+def event_headers(event: dict[str, Any]) -> Headers:
+    """AMQP headers mirroring the CloudEvents attributes, plus store, session and fingerprint."""
+    data = event["data"]
+    headers: Headers = {
+        f"{HEADER_PREFIX}{name}": event[name]
+        for name in ("specversion", "id", "source", "type", "time", "subject")
+    }
+    headers[STORE_ID_HEADER] = data.get("storeId")
+    headers[SESSION_ID_HEADER] = data.get("sessionId")
+    headers[FINGERPRINT_HEADER] = data["fingerprint"]
+    return headers
+
+
+def encode_event(event: dict[str, Any]) -> bytes:
+    """The one place an event becomes bytes (`data.payload` may be an `orjson.Fragment`)."""
+    return orjson.dumps(event)
+
+
+def decode_event(body: bytes) -> dict[str, Any]:
+    """Parse an event body, raising `ValueError` if it is not a CloudEvents event of ours."""
+    event = orjson.loads(body)
+    if not isinstance(event, dict) or event.get("specversion") != SPECVERSION:
+        raise ValueError("not a CloudEvents 1.0 structured event")
+    missing = [k for k in ("id", "type", "source", "data") if k not in event]
+    if missing:
+        raise ValueError(f"event lacks {', '.join(missing)}")
+    if event["type"] not in EVENT_TYPES.values():
+        raise ValueError(f"unknown event type {event['type']!r}")
+    return event

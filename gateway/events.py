@@ -1,0 +1,138 @@
+"""Normalization of a validated AiFi webhook into one CloudEvents envelope."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+
+from gateway import contract
+from gateway.contract import Kind, Outbound
+from gateway.models import Tracking, Transition
+
+# Fixed namespace so that a tracking event's id is the same on every machine
+# and every redelivery: uuid5(namespace, "storeId:uniqueEventId").
+TRACKING_NAMESPACE: Final = uuid.UUID("4f1c7d0e-3b5a-5c1e-9a8e-6a1f0b2c3d4e")
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What the gateway knows about a request besides its body."""
+
+    raw_body: bytes
+    token_name: str | None
+    received_at: datetime
+
+
+def iso(moment: datetime) -> str:
+    """RFC 3339 in UTC with a `Z`; a naive time is taken as UTC."""
+    aware = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return aware.isoformat().replace("+00:00", "Z")
+
+
+def tracking_event_id(store_id: int, unique_event_id: str) -> str:
+    return str(uuid.uuid5(TRACKING_NAMESPACE, f"{store_id}:{unique_event_id}"))
+
+
+def _common(model: Transition | Tracking, kind: Kind, receipt: Receipt) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "storeId": model.storeId,
+        "oasisApiStoreId": model.store.oasisApiStoreId,
+        "aifiUniqueStoreId": model.store.aifiUniqueStoreId,
+        "timeOfOrigin": iso(model.timeOfOrigin),
+        "timeOfIssue": iso(model.timeOfIssue),
+        "receivedAt": iso(receipt.received_at),
+        "tokenName": receipt.token_name,
+        "fingerprint": hashlib.sha256(receipt.raw_body).hexdigest(),
+    }
+
+
+def transition_data(model: Transition, kind: Kind, receipt: Receipt) -> dict[str, Any]:
+    session = model.session
+    return _common(model, kind, receipt) | {
+        "storeExternalId": model.storeExternalId,
+        "sessionId": model.session_id,
+        "customerId": model.customer.id,
+        "customerRole": model.customer.role,
+        "shopperId": model.shopperId or model.shopper.shopperId,
+        "groupSize": session.groupSize if session else None,
+        "uniqueEventId": None,
+    }
+
+
+def tracking_data(model: Tracking, receipt: Receipt) -> dict[str, Any]:
+    return _common(model, "tracking", receipt) | {
+        "storeExternalId": getattr(model, "storeExternalId", None),
+        "sessionId": None,
+        "customerId": None,
+        "customerRole": None,
+        "shopperId": model.shopperId,
+        "groupSize": None,
+        "uniqueEventId": model.uniqueEventId,
+    }
+
+
+def envelope(
+    event_id: str, subject: str | None, data: dict[str, Any], raw: bytes
+) -> dict[str, Any]:
+    """The CloudEvents 1.0 structured event; the original body rides untouched in `data.payload`."""
+    kind: Kind = data["kind"]
+    return {
+        "specversion": contract.SPECVERSION,
+        "id": event_id,
+        "source": f"/aifi/stores/{data['storeId']}",
+        "type": contract.EVENT_TYPES[kind],
+        "time": data["timeOfOrigin"],
+        "subject": subject,
+        "datacontenttype": "application/json",
+        # A Fragment splices the received bytes in as they are: no second
+        # serialization, and not one byte of the payload changed.
+        "data": data | {"payload": orjson.Fragment(raw)},
+    }
+
+
+def from_transition(model: Transition, kind: Kind, receipt: Receipt) -> dict[str, Any]:
+    data = transition_data(model, kind, receipt)
+    return envelope(str(uuid.uuid4()), data["sessionId"], data, receipt.raw_body)
+
+
+def from_tracking(model: Tracking, receipt: Receipt) -> dict[str, Any]:
+    data = tracking_data(model, receipt)
+    event_id = tracking_event_id(model.storeId, model.uniqueEventId)
+    return envelope(event_id, model.uniqueEventId, data, receipt.raw_body)
+
+
+def to_outbound(event: dict[str, Any], extra_headers: contract.Headers | None = None) -> Outbound:
+    data = event["data"]
+    return Outbound(
+        message_id=event["id"],
+        routing_key=contract.routing_key(data["kind"], data["storeId"]),
+        body=contract.encode_event(event),
+        content_type=contract.EVENT_CONTENT_TYPE,
+        timestamp_s=int(time.time()),
+        headers=contract.event_headers(event) | (extra_headers or {}),
+    )
+
+
+def quarantined(kind: str, reason: str, receipt: Receipt, content_type: str) -> Outbound:
+    """An authenticated request we could not accept, kept as received for inspection and replay."""
+    return Outbound(
+        message_id=str(uuid.uuid4()),
+        routing_key=contract.invalid_routing_key(kind),
+        body=receipt.raw_body,
+        content_type=content_type or "application/octet-stream",
+        timestamp_s=int(receipt.received_at.timestamp()),
+        headers={
+            contract.INVALID_KIND_HEADER: kind,
+            contract.INVALID_REASON_HEADER: reason[:1000],
+            contract.TOKEN_NAME_HEADER: receipt.token_name,
+            contract.RECEIVED_AT_HEADER: iso(receipt.received_at),
+            contract.FINGERPRINT_HEADER: hashlib.sha256(receipt.raw_body).hexdigest(),
+        },
+    )

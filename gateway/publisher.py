@@ -1,0 +1,130 @@
+"""The AMQP side: one connection with a confirming channel, kept up by `Publisher.run`."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Awaitable
+from typing import Any, Final
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractExchange, DeliveryMode
+
+from gateway import contract
+from gateway.contract import Outbound
+from gateway.settings import AmqpSettings
+
+log = logging.getLogger(__name__)
+
+BROKER_ERRORS: Final = (aiormq.exceptions.AMQPError, ConnectionError, OSError, asyncio.TimeoutError)
+
+
+class PublishError(Exception):
+    """The broker did not confirm a message: it is not safe."""
+
+
+async def declare_topology(channel: AbstractChannel) -> AbstractExchange:
+    """The durable topic exchange, with an alternate exchange keeping what matches no binding."""
+    unrouted = await channel.declare_exchange(
+        contract.UNROUTED_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
+    )
+    queue = await channel.declare_queue(contract.UNROUTED_QUEUE, durable=True)
+    await queue.bind(unrouted)
+    return await channel.declare_exchange(
+        contract.EXCHANGE,
+        aio_pika.ExchangeType.TOPIC,
+        durable=True,
+        arguments={"alternate-exchange": contract.UNROUTED_EXCHANGE},
+    )
+
+
+def to_message(outbound: Outbound) -> aio_pika.Message:
+    return aio_pika.Message(
+        outbound.body,
+        message_id=outbound.message_id,
+        content_type=outbound.content_type,
+        timestamp=outbound.timestamp_s,
+        headers=dict(outbound.headers),
+        delivery_mode=DeliveryMode.PERSISTENT,
+    )
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    return f"{scheme}{sep}{creds.partition(':')[0]}:***@{host}" if at else url
+
+
+def backoff_s(attempt: int, cap_s: float) -> float:
+    return float(min(cap_s, 0.1 * 2**attempt))
+
+
+class Publisher:
+    """Publishes with confirms, pipelined: any number of callers await their own confirm."""
+
+    def __init__(self, settings: AmqpSettings) -> None:
+        self._settings = settings
+        self._exchange: AbstractExchange | None = None
+        self._ready = asyncio.Event()
+        self.reconnects = 0
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    async def run(self) -> None:
+        """Connect, declare, and reconnect with backoff for as long as the task lives."""
+        attempt = 0
+        for url in itertools.cycle(self._settings.urls):
+            try:
+                await self._serve(url)
+                attempt = 0
+            except BROKER_ERRORS as exc:
+                log.warning(
+                    "amqp connection failed", extra={"url": redact(url), "error": repr(exc)}
+                )
+            self.reconnects += 1
+            await asyncio.sleep(backoff_s(attempt, self._settings.reconnect_max_s))
+            attempt += 1
+
+    async def _serve(self, url: str) -> None:
+        connection = await aio_pika.connect(
+            url, timeout=self._settings.publish_timeout_s, heartbeat=self._settings.heartbeat_s
+        )
+        async with connection, connection.channel(publisher_confirms=True) as channel:
+            self._exchange = await declare_topology(channel)
+            self._ready.set()
+            log.info("amqp connected", extra={"url": redact(url)})
+            try:
+                await first_of(connection.closed(), channel.closed())
+            finally:
+                self._ready.clear()
+                self._exchange = None
+        log.warning("amqp connection lost", extra={"url": redact(url)})
+
+    async def publish(self, outbound: Outbound, timeout_s: float | None = None) -> None:
+        """Return once the broker confirmed; raise `PublishError` otherwise, within the timeout."""
+        try:
+            async with asyncio.timeout(timeout_s or self._settings.publish_timeout_s):
+                await self._ready.wait()
+                exchange = self._exchange
+                if exchange is None:
+                    raise PublishError("channel closed")
+                await exchange.publish(to_message(outbound), outbound.routing_key, mandatory=False)
+        except (*BROKER_ERRORS, aio_pika.exceptions.DeliveryError) as exc:
+            raise PublishError(type(exc).__name__) from exc
+
+
+async def first_of(*waitables: Awaitable[Any]) -> None:
+    tasks = [asyncio.ensure_future(w) for w in waitables]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()

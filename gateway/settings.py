@@ -1,0 +1,184 @@
+"""Settings: `config.yaml` for non-secret defaults, the environment for overrides.
+
+Every leaf setting `section.key` is overridden by `AIFI_SECTION_KEY`
+(e.g. `AIFI_HTTP_PORT`); `AIFI_TOKENS` and `AIFI_AMQP_URL` are the documented
+short names. Unknown keys and bad values stop start-up with a message naming them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+
+class SettingsError(Exception):
+    """Configuration that cannot be used; the message names the offending key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HttpSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    base_path: str = "/webhooks/aifi"
+    tracking_path: str = "/webhooks/aifi/tracking"
+    max_body_bytes: int = Field(1024 * 1024, gt=0)
+    access_log: bool = False
+    shutdown_timeout_s: float = Field(10.0, gt=0)
+    workers: int = Field(1, ge=1)
+    forward_headers: tuple[str, ...] = ()
+
+    @field_validator("forward_headers", mode="before")
+    @classmethod
+    def _no_credentials(cls, value: object) -> object:
+        names = tuple(value.split(",")) if isinstance(value, str) else value
+        if isinstance(names, list | tuple) and any(
+            str(n).strip().lower() in {"authorization", "cookie", "proxy-authorization"}
+            for n in names
+        ):
+            raise ValueError("credentials headers cannot be forwarded")
+        return names
+
+
+class AuthSettings(_Section):
+    tokens: dict[str, SecretStr] = Field(default_factory=dict)
+    allow_anonymous: bool = False
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _parse_pairs(cls, value: object) -> object:
+        return parse_token_pairs(value) if isinstance(value, str) else value
+
+
+class AmqpSettings(_Section):
+    urls: tuple[str, ...] = ("amqp://guest:guest@127.0.0.1:5672/",)
+    publish_timeout_s: float = Field(5.0, gt=0)
+    reconnect_max_s: float = Field(5.0, gt=0)
+    heartbeat_s: int = Field(30, ge=0)
+
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return (
+            tuple(u.strip() for u in value.split(",") if u.strip())
+            if isinstance(value, str)
+            else value
+        )
+
+
+class SpoolSettings(_Section):
+    dir: Path = Path("data/spool")
+    fsync: Literal["always", "interval", "never"] = "always"
+    fsync_interval_ms: int = Field(50, gt=0)
+    max_bytes: int = Field(256 * 1024 * 1024, gt=0)
+    segment_bytes: int = Field(16 * 1024 * 1024, gt=0)
+    max_in_flight: int = Field(1024, gt=0)
+
+
+class LogSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Settings(_Section):
+    http: HttpSettings = HttpSettings()
+    auth: AuthSettings = AuthSettings()
+    amqp: AmqpSettings = AmqpSettings()
+    spool: SpoolSettings = SpoolSettings()
+    log: LogSettings = LogSettings()
+    ack: Literal["spooled", "confirmed"] = "spooled"
+    confirm_timeout_ms: int = Field(200, gt=0)
+    consumers: dict[str, Any] = Field(default_factory=dict)
+    ledger: dict[str, Any] = Field(default_factory=dict)
+
+
+ENV_ALIASES = {"AIFI_TOKENS": ("auth", "tokens"), "AIFI_AMQP_URL": ("amqp", "urls")}
+NOT_SETTINGS = {"AIFI_CONFIG"}
+
+
+def parse_token_pairs(text: str) -> dict[str, str]:
+    """`name=token,name2=token2` into a mapping; the error never shows a token."""
+    pairs: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, token = item.partition("=")
+        if not sep or not name.strip() or not token.strip():
+            raise ValueError("each entry must be name=token (entry without '=' or empty part)")
+        pairs[name.strip()] = token.strip()
+    return pairs
+
+
+def env_names(model: type[BaseModel] = Settings) -> dict[str, tuple[str, ...]]:
+    """Every accepted environment name and the settings path it sets."""
+    names: dict[str, tuple[str, ...]] = dict(ENV_ALIASES)
+    for key, info in model.model_fields.items():
+        sub = info.annotation
+        if isinstance(sub, type) and issubclass(sub, _Section):
+            names.update({f"AIFI_{key}_{leaf}".upper(): (key, leaf) for leaf in sub.model_fields})
+        else:
+            names[f"AIFI_{key}".upper()] = (key,)
+    return names
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    known = env_names()
+    tree: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith("AIFI_") or name in NOT_SETTINGS:
+            continue
+        if name not in known:
+            raise SettingsError(f"unknown setting in environment: {name}")
+        *parents, leaf = known[name]
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise SettingsError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise SettingsError(f"{path}: top level must be a mapping")
+    return loaded
+
+
+def describe(error: ValidationError) -> str:
+    """Name each offending key, never echoing a value (it might be a token)."""
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"])
+        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        problems.append(f"{key}: {message}")
+    return "invalid settings: " + "; ".join(problems)
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from `AIFI_CONFIG` (default `config.yaml` if present) and `AIFI_*` overrides."""
+    environ = os.environ if environ is None else environ
+    path = Path(environ.get("AIFI_CONFIG", "config.yaml"))
+    base = read_yaml(path) if "AIFI_CONFIG" in environ or path.exists() else {}
+    try:
+        return Settings.model_validate(merge(base, env_overrides(environ)))
+    except ValidationError as exc:
+        raise SettingsError(describe(exc)) from exc
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from exc

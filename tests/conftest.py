@@ -1,0 +1,66 @@
+"""Fixtures: the real broker, a gateway on a loopback port, and per-test queues."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractChannel, AbstractConnection
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from devtools.rabbitnode import amqp_reachable
+from gateway.app import PUBLISHER, create_app
+from gateway.publisher import declare_topology
+from gateway.settings import Settings
+from tests.support import Capture, gateway_settings
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    """The broker `make test` started; its absence fails the run loudly, never skips it."""
+    url = os.environ.get("AIFI_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    if not amqp_reachable(url):
+        pytest.fail(f"no RabbitMQ at {url}: run the suite with `make test`", pytrace=False)
+    return url
+
+
+@pytest.fixture
+def examples() -> dict[str, bytes]:
+    return {p.stem: p.read_bytes() for p in EXAMPLES.glob("*.json")}
+
+
+@pytest.fixture
+async def channel(amqp_url: str) -> AsyncIterator[AbstractChannel]:
+    connection: AbstractConnection = await aio_pika.connect(amqp_url)
+    async with connection, connection.channel() as channel:
+        await declare_topology(channel)
+        yield channel
+
+
+@pytest.fixture
+async def capture(channel: AbstractChannel) -> AsyncIterator[Capture]:
+    """A unique queue bound to `#`, deleted after the test."""
+    async with Capture.bound(channel, f"test.{uuid.uuid4().hex}", "#") as cap:
+        yield cap
+
+
+@pytest.fixture
+def settings(amqp_url: str, tmp_path: Path) -> Settings:
+    return gateway_settings(amqp_url, tmp_path)
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    """The gateway on a loopback port, connected to the broker."""
+    app = create_app(settings)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        await asyncio.wait_for(app[PUBLISHER].wait_ready(), 10)
+        yield client

@@ -1,0 +1,63 @@
+"""Helpers shared by the tests: settings for a test gateway and a capturing queue."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Final
+
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+
+from gateway import contract
+from gateway.settings import Settings
+
+TOKEN: Final = "test-token-0f5e2a"
+TOKEN_NAME: Final = "aifi-test"
+AUTH: Final = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+
+
+def gateway_settings(amqp_url: str, tmp_path: Path, **overrides: Any) -> Settings:
+    base: dict[str, Any] = {
+        "http": {"host": "127.0.0.1", "port": 0},
+        "auth": {"tokens": {TOKEN_NAME: TOKEN}},
+        "amqp": {"urls": [amqp_url], "publish_timeout_s": 5},
+        "spool": {"dir": str(tmp_path / "spool")},
+    }
+    for key, value in overrides.items():
+        base[key] = base.get(key, {}) | value if isinstance(value, dict) else value
+    return Settings.model_validate(base)
+
+
+class Capture:
+    """Messages arriving on one queue bound to the events exchange."""
+
+    def __init__(self, queue: AbstractQueue) -> None:
+        self.queue = queue
+        self.received: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def bound(
+        cls, channel: AbstractChannel, name: str, binding: str
+    ) -> AsyncIterator[Capture]:
+        queue = await channel.declare_queue(name, durable=False, auto_delete=False)
+        await queue.bind(contract.EXCHANGE, binding)
+        capture = cls(queue)
+        tag = await queue.consume(capture._on_message, no_ack=True)
+        try:
+            yield capture
+        finally:
+            await queue.cancel(tag)
+            await queue.delete(if_unused=False, if_empty=False)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        await self.received.put(message)
+
+    async def get(self, timeout_s: float = 5.0) -> AbstractIncomingMessage:
+        return await asyncio.wait_for(self.received.get(), timeout_s)
+
+    async def nothing_more(self, wait_s: float = 0.3) -> bool:
+        await asyncio.sleep(wait_s)
+        return self.received.empty()
