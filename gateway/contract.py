@@ -93,3 +93,35 @@ def decode_event(body: bytes) -> dict[str, Any]:
     if event["type"] not in EVENT_TYPES.values():
         raise ValueError(f"unknown event type {event['type']!r}")
     return event
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A decoded event, as consumers see it."""
+
+    id: str
+    type: str
+    source: str
+    time: str | None
+    subject: str | None
+    data: dict[str, Any]
+
+    @property
+    def kind(self) -> Kind:
+        kind: Kind = self.data["kind"]
+        return kind
+
+    @classmethod
+    def from_body(cls, body: bytes) -> Event:
+        """Raise `ValueError` when `body` is not one of our events."""
+        event = decode_event(body)
+        if not isinstance(event["data"], dict) or event["data"].get("kind") not in KINDS:
+            raise ValueError("event data lacks a known kind")
+        return cls(
+            id=str(event["id"]),
+            type=event["type"],
+            source=str(event["source"]),
+            time=event.get("time"),
+            subject=event.get("subject"),
+            data=event["data"],
+        )

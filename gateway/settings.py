@@ -82,6 +82,36 @@ class SpoolSettings(_Section):
     max_in_flight: int = Field(1024, gt=0)
 
 
+class ConsumerSettings(_Section):
+    """One worker process: its queue `aifi.<name>`, bindings, handler and settlement policy."""
+
+    handler: str = ""  # "module:attribute"; empty means the built-in ledger handler of that name
+    bindings: tuple[str, ...] = ()  # default: ("<name>.#",)
+    prefetch: int = Field(64, gt=0)
+    max_attempts: int = Field(5, gt=0)
+    retry_base_ms: int = Field(1000, gt=0)
+    retry_max_ms: int = Field(60_000, gt=0)
+    delivery_limit: int = Field(20, gt=0)
+    health_port: int = Field(0, ge=0, le=65535)  # 0: no health endpoint
+
+    @field_validator("bindings", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return (
+            tuple(b.strip() for b in value.split(",") if b.strip())
+            if isinstance(value, str)
+            else value
+        )
+
+
+class LedgerSettings(_Section):
+    db: Path = Path("data/ledger.sqlite3")
+
+
+def default_consumers() -> dict[str, ConsumerSettings]:
+    return {name: ConsumerSettings() for name in ("entered", "exited", "tracking")}
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -94,8 +124,8 @@ class Settings(_Section):
     log: LogSettings = LogSettings()
     ack: Literal["spooled", "confirmed"] = "spooled"
     confirm_timeout_ms: int = Field(200, gt=0)
-    consumers: dict[str, Any] = Field(default_factory=dict)
-    ledger: dict[str, Any] = Field(default_factory=dict)
+    consumers: dict[str, ConsumerSettings] = Field(default_factory=default_consumers)
+    ledger: LedgerSettings = LedgerSettings()
 
 
 ENV_ALIASES = {"AIFI_TOKENS": ("auth", "tokens"), "AIFI_AMQP_URL": ("amqp", "urls")}
