@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
+from pathlib import Path
 
+import orjson
 from aiohttp import web
 
-from gateway import logs
+from gateway import logs, spool
 from gateway.app import create_app
 from gateway.settings import Settings, SettingsError, load
 
 log = logging.getLogger("gateway")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="aifi-gateway", description=__doc__)
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="run the gateway (the default)")
+    inspect = commands.add_parser("spool", help="print the spool's depth, age and segments")
+    inspect.add_argument("--dir", type=Path, help="spool directory (default: spool.dir)")
+    return parser.parse_args(argv)
 
 
 def check_auth(settings: Settings) -> None:
@@ -37,7 +49,16 @@ def serve(settings: Settings) -> None:
     )
 
 
-def main() -> None:
+def inspect_spool(directory: Path) -> None:
+    """Print depth, oldest age and segments of a spool (read-only; safe while it runs)."""
+    print(orjson.dumps(spool.inspect(directory), option=orjson.OPT_INDENT_2).decode())
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.command == "spool":
+        inspect_spool(args.dir or load().spool.dir)
+        return
     try:
         settings = load()
         logs.configure(settings.log.level)

@@ -6,19 +6,52 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from aiohttp import web
 
+from gateway import fsync
 from gateway.auth import TokenTable
-from gateway.delivery import ConfirmedDelivery
+from gateway.delivery import ConfirmedDelivery, Delivery, SpooledDelivery
 from gateway.handlers import GATEWAY, Gateway, Handler, Receiver, healthz, problem, readyz
 from gateway.models import Tracking, Transition
 from gateway.publisher import Publisher
+from gateway.relay import Relay
 from gateway.settings import Settings
+from gateway.spool import Spool
 
 log = logging.getLogger(__name__)
 
-PUBLISHER = web.AppKey("publisher", Publisher)
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """Everything between the handler and the broker, started and stopped together."""
+
+    spool: Spool
+    durability: fsync.Durability
+    publisher: Publisher
+    relay: Relay
+    spooled: SpooledDelivery
+    delivery: Delivery
+    shutdown_timeout_s: float
+
+    @classmethod
+    def build(cls, settings: Settings) -> Pipeline:
+        s = settings.spool
+        spool = Spool(s.dir, s.segment_bytes, s.max_bytes)
+        durability = fsync.policy(s.fsync, lambda: spool.fd, s.fsync_interval_ms)
+        publisher = Publisher(settings.amqp)
+        relay = Relay(spool, publisher, s.max_in_flight)
+        spooled = SpooledDelivery(spool, durability, relay, publisher)
+        delivery: Delivery = spooled
+        if settings.ack == "confirmed":
+            delivery = ConfirmedDelivery(publisher, spooled, settings.confirm_timeout_ms / 1000)
+        return cls(
+            spool, durability, publisher, relay, spooled, delivery, settings.http.shutdown_timeout_s
+        )
+
+
+PIPELINE = web.AppKey("pipeline", Pipeline)
 
 
 @web.middleware
@@ -35,12 +68,30 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return problem(500, "Internal Server Error", "unexpected error; see the gateway log")
 
 
-async def publisher_ctx(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(app[PUBLISHER].run(), name="amqp-publisher")
+async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Recover the spool before listening; on the way out drain what the relay can, then stop."""
+    pipeline = app[PIPELINE]
+    recovered = pipeline.spool.recover()
+    if recovered:
+        log.warning("republishing spooled events", extra={"count": len(recovered)})
+    pipeline.relay.submit_all(recovered)
+    tasks = [
+        asyncio.create_task(pipeline.publisher.run(), name="amqp-publisher"),
+        asyncio.create_task(pipeline.durability.run(), name="spool-fsync"),
+        asyncio.create_task(pipeline.relay.run(), name="relay"),
+    ]
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    drained = await pipeline.relay.drain(pipeline.shutdown_timeout_s)
+    log.info("relay stopped", extra={"drained": drained, **pipeline.spool.stats()})
+    for task in reversed(tasks):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    pipeline.spool.close()
+
+
+async def stop_being_ready(app: web.Application) -> None:
+    app[PIPELINE].spooled.stopping = True
 
 
 def add_routes(app: web.Application, settings: Settings) -> None:
@@ -55,14 +106,15 @@ def add_routes(app: web.Application, settings: Settings) -> None:
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=settings.http.max_body_bytes)
-    publisher = Publisher(settings.amqp)
-    app[PUBLISHER] = publisher
+    pipeline = Pipeline.build(settings)
+    app[PIPELINE] = pipeline
     app[GATEWAY] = Gateway(
         tokens=TokenTable.from_settings(settings.auth.tokens, settings.auth.allow_anonymous),
-        delivery=ConfirmedDelivery(publisher),
+        delivery=pipeline.delivery,
         max_body_bytes=settings.http.max_body_bytes,
         forward_headers=settings.http.forward_headers,
     )
-    app.cleanup_ctx.append(publisher_ctx)
+    app.cleanup_ctx.append(pipeline_ctx)
+    app.on_shutdown.append(stop_being_ready)
     add_routes(app, settings)
     return app

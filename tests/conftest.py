@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from devtools.rabbitnode import amqp_reachable
-from gateway.app import PUBLISHER, create_app
+from gateway.app import PIPELINE, create_app
 from gateway.publisher import declare_topology
 from gateway.settings import Settings
 from tests.support import Capture, gateway_settings
@@ -62,5 +62,5 @@ async def client(settings: Settings) -> AsyncIterator[TestClient[web.Request, we
     """The gateway on a loopback port, connected to the broker."""
     app = create_app(settings)
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
-        await asyncio.wait_for(app[PUBLISHER].wait_ready(), 10)
+        await asyncio.wait_for(app[PIPELINE].publisher.wait_ready(), 10)
         yield client

@@ -1,0 +1,113 @@
+"""The relay: publishes spooled records to RabbitMQ, pipelined, and marks what was confirmed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Iterable
+from typing import Final
+
+from gateway.publisher import Publisher, PublishError
+from gateway.spool import Record, Spool
+
+log = logging.getLogger(__name__)
+
+FAILURE_PAUSE_S: Final = 0.5
+CHECKPOINT_S: Final = 0.2
+
+
+class Relay:
+    """Works from memory: records arrive by `submit`, the spool on disk is only written."""
+
+    def __init__(self, spool: Spool, publisher: Publisher, max_in_flight: int) -> None:
+        self._spool = spool
+        self._publisher = publisher
+        self._backlog: deque[Record] = deque()
+        self._wakeup = asyncio.Event()
+        self._settled = asyncio.Event()
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._pause_until = 0.0
+        self._publishing = 0
+        self.published = 0
+        self.failures = 0
+
+    def submit(self, record: Record) -> None:
+        self._backlog.append(record)
+        self._wakeup.set()
+
+    def submit_all(self, records: Iterable[Record]) -> None:
+        self._backlog.extend(records)
+        self._wakeup.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._backlog) + self._publishing
+
+    async def run(self) -> None:
+        """Dispatch forever; the confirm of each record is awaited by a task of its own."""
+        try:
+            await asyncio.gather(self._dispatch(), self._checkpoint())
+        finally:
+            # Unconfirmed records stay in the spool and go out again at the next start.
+            for task in self._in_flight:
+                task.cancel()
+
+    async def _dispatch(self) -> None:
+        while True:
+            await self._slots.acquire()
+            record = await self._next()
+            self._publishing += 1
+            task = asyncio.create_task(self._publish(record))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+    async def _next(self) -> Record:
+        while not self._backlog:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        await self._publisher.wait_ready()
+        pause_s = self._pause_until - asyncio.get_running_loop().time()
+        if pause_s > 0:
+            await asyncio.sleep(pause_s)
+        return self._backlog.popleft()
+
+    async def _publish(self, record: Record) -> None:
+        try:
+            await self._publisher.publish(record.outbound)
+        except PublishError as exc:
+            self._failed(record, exc)
+        else:
+            self.published += 1
+            self._spool.confirm(record.seq)
+        finally:
+            self._publishing -= 1
+            self._slots.release()
+            self._settled.set()
+
+    def _failed(self, record: Record, error: PublishError) -> None:
+        """Put the record back in front and pause, so a refusing broker is not hammered."""
+        self.failures += 1
+        self._backlog.appendleft(record)
+        self._wakeup.set()
+        self._pause_until = asyncio.get_running_loop().time() + FAILURE_PAUSE_S
+        log.debug(
+            "relay publish failed",
+            extra={"event_id": record.outbound.message_id, "error": str(error)},
+        )
+
+    async def _checkpoint(self) -> None:
+        while True:
+            await asyncio.sleep(CHECKPOINT_S)
+            self._spool.save_watermark()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until everything submitted is confirmed, at most `timeout_s`; True if it was."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while self.pending:
+                    self._settled.clear()
+                    await self._settled.wait()
+        return not self.pending

@@ -1,0 +1,297 @@
+"""A durable local spool: a write-ahead log of outbound messages in segment files.
+
+Each record is `<length u32><crc32 u32>` then a payload of `<seq u64><meta length
+u32><meta JSON><body>`; the checksum covers the payload, so a record torn by a
+crash mid-write is recognized and everything before it is kept. Appends go to a
+fresh segment after every start, so a torn tail is never written after.
+What the relay confirmed is recorded as a watermark (every seq at or below it
+is confirmed); segments entirely below it are deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import struct
+import time
+import zlib
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from gateway.contract import Outbound
+
+log = logging.getLogger(__name__)
+
+FRAME: Final = struct.Struct("<II")
+PREFIX: Final = struct.Struct("<QI")
+SUFFIX: Final = ".seg"
+WATERMARK_FILE: Final = "confirmed"
+LOCK_FILE: Final = "lock"
+
+
+class SpoolLocked(Exception):
+    """Another process holds the spool directory."""
+
+
+class SpoolFull(Exception):
+    """Appending would exceed `spool.max_bytes`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    seq: int
+    outbound: Outbound
+
+
+@dataclass(slots=True)
+class Segment:
+    path: Path
+    first_seq: int
+    last_seq: int
+    size_bytes: int
+
+
+def encode(seq: int, outbound: Outbound) -> bytes:
+    meta = orjson.dumps(
+        [
+            outbound.message_id,
+            outbound.routing_key,
+            outbound.content_type,
+            outbound.timestamp_s,
+            outbound.headers,
+        ]
+    )
+    payload = PREFIX.pack(seq, len(meta)) + meta + outbound.body
+    return FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def decode(payload: bytes) -> Record:
+    seq, meta_len = PREFIX.unpack_from(payload)
+    start = PREFIX.size
+    message_id, key, content_type, ts, headers = orjson.loads(payload[start : start + meta_len])
+    body = payload[start + meta_len :]
+    return Record(seq, Outbound(message_id, key, body, content_type, ts, headers))
+
+
+def read_segment(path: Path) -> Iterator[Record]:
+    """The intact records of a segment, stopping with a warning at a torn one."""
+    data = path.read_bytes()
+    offset = 0
+    while offset < len(data):
+        if offset + FRAME.size > len(data):
+            warn_torn(path, offset)
+            return
+        length, crc = FRAME.unpack_from(data, offset)
+        payload = data[offset + FRAME.size : offset + FRAME.size + length]
+        if len(payload) < length or zlib.crc32(payload) != crc:
+            warn_torn(path, offset)
+            return
+        yield decode(payload)
+        offset += FRAME.size + length
+
+
+def warn_torn(path: Path, offset: int) -> None:
+    log.warning("torn record skipped", extra={"segment": path.name, "offset": offset})
+
+
+def segment_paths(directory: Path) -> list[Path]:
+    return sorted(directory.glob(f"*{SUFFIX}"))
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_watermark(directory: Path) -> int:
+    try:
+        return int((directory / WATERMARK_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+class Spool:
+    """The segment files of one spool directory; appended to by one process only."""
+
+    def __init__(self, directory: Path, segment_bytes: int, max_bytes: int) -> None:
+        self.directory = directory
+        self._segment_bytes = segment_bytes
+        self._max_bytes = max_bytes
+        self._segments: deque[Segment] = deque()
+        self._fd: int | None = None
+        self._next_seq = 1
+        self._unconfirmed: deque[tuple[int, int]] = deque()  # (seq, timestamp_s)
+        self._confirmed: set[int] = set()
+        self.watermark = 0
+        self._saved_watermark = 0
+        self._lock_fd: int | None = None
+
+    def recover(self) -> list[Record]:
+        """Open the spool; return what was spooled and not confirmed, oldest first."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        self.watermark = self._saved_watermark = read_watermark(self.directory)
+        pending: list[Record] = []
+        for path in segment_paths(self.directory):
+            records = list(read_segment(path))
+            if not records:
+                path.unlink()
+                continue
+            self._adopt(path, records)
+            pending.extend(r for r in records if r.seq > self.watermark)
+        self._next_seq = max(self._next_seq, self.watermark + 1)
+        for record in pending:
+            self._unconfirmed.append((record.seq, record.outbound.timestamp_s))
+        self._delete_confirmed_segments()
+        return pending
+
+    def _lock(self) -> None:
+        self._lock_fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise SpoolLocked(f"{self.directory} is in use by another gateway process") from None
+
+    def _adopt(self, path: Path, records: list[Record]) -> None:
+        first, last = records[0].seq, records[-1].seq
+        self._segments.append(Segment(path, first, last, path.stat().st_size))
+        self._next_seq = max(self._next_seq, last + 1)
+
+    @property
+    def fd(self) -> int | None:
+        return self._fd
+
+    def append(self, outbound: Outbound) -> Record:
+        """Write one record (not yet durable: see `GroupCommit`)."""
+        seq = self._next_seq
+        frame = encode(seq, outbound)
+        if self.size_bytes + len(frame) > self._max_bytes:
+            raise SpoolFull(f"spool holds {self.size_bytes} bytes of {self._max_bytes}")
+        segment = self._writable(seq, len(frame))
+        self._write(segment, frame)
+        segment.last_seq = seq
+        self._next_seq = seq + 1
+        self._unconfirmed.append((seq, outbound.timestamp_s))
+        return Record(seq, outbound)
+
+    def _write(self, segment: Segment, frame: bytes) -> None:
+        assert self._fd is not None
+        try:
+            written = os.write(self._fd, frame)
+        except OSError:
+            self._seal(truncate_to=segment.size_bytes)
+            raise
+        if written != len(frame):
+            self._seal(truncate_to=segment.size_bytes)
+            raise OSError(f"short write to {segment.path.name}")
+        segment.size_bytes += written
+
+    def _writable(self, seq: int, frame_bytes: int) -> Segment:
+        active = self._segments[-1] if self._fd is not None else None
+        if active is not None and active.size_bytes + frame_bytes <= self._segment_bytes:
+            return active
+        if active is not None:
+            self._seal()
+        return self._open_segment(seq)
+
+    def _open_segment(self, seq: int) -> Segment:
+        path = self.directory / f"{seq:020d}{SUFFIX}"
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fsync_dir(self.directory)
+        segment = Segment(path, seq, seq - 1, 0)
+        self._segments.append(segment)
+        return segment
+
+    def _seal(self, truncate_to: int | None = None) -> None:
+        """Close the active segment durably; the next append opens a new one."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            if truncate_to is not None:
+                os.ftruncate(fd, truncate_to)
+            os.fsync(fd)
+        except OSError as exc:
+            log.error("sealing a segment failed", extra={"error": repr(exc)})
+        finally:
+            os.close(fd)
+
+    def confirm(self, seq: int) -> None:
+        """Record the broker's confirm of `seq`; advance the watermark over every confirmed seq."""
+        self._confirmed.add(seq)
+        while self._unconfirmed and self._unconfirmed[0][0] in self._confirmed:
+            self._confirmed.discard(self._unconfirmed.popleft()[0])
+        self.watermark = self._unconfirmed[0][0] - 1 if self._unconfirmed else self._next_seq - 1
+        self._delete_confirmed_segments()
+
+    def _delete_confirmed_segments(self) -> None:
+        while self._segments and self._segments[0].last_seq <= self.watermark:
+            if self._fd is not None and len(self._segments) == 1:
+                return
+            segment = self._segments.popleft()
+            with contextlib.suppress(FileNotFoundError):
+                segment.path.unlink()
+
+    def save_watermark(self) -> None:
+        """Persist the watermark (without fsync: a stale one only causes duplicates)."""
+        if self.watermark == self._saved_watermark:
+            return
+        tmp = self.directory / f"{WATERMARK_FILE}.tmp"
+        tmp.write_text(str(self.watermark))
+        tmp.replace(self.directory / WATERMARK_FILE)
+        self._saved_watermark = self.watermark
+
+    def close(self) -> None:
+        self._seal()
+        self.save_watermark()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(s.size_bytes for s in self._segments)
+
+    @property
+    def depth(self) -> int:
+        return len(self._unconfirmed)
+
+    def stats(self) -> dict[str, Any]:
+        oldest = self._unconfirmed[0][1] if self._unconfirmed else None
+        return {
+            "depth": self.depth,
+            "bytes": self.size_bytes,
+            "segments": len(self._segments),
+            "oldest_age_s": None if oldest is None else max(0.0, time.time() - oldest),
+        }
+
+
+def inspect(directory: Path) -> dict[str, Any]:
+    """What `recover` would find, without opening the spool for writing."""
+    watermark = read_watermark(directory)
+    segments, pending, oldest = [], 0, None
+    for path in segment_paths(directory):
+        records = [r for r in read_segment(path) if r.seq > watermark]
+        pending += len(records)
+        if records and oldest is None:
+            oldest = records[0].outbound.timestamp_s
+        segments.append({"name": path.name, "bytes": path.stat().st_size, "pending": len(records)})
+    return {
+        "directory": str(directory),
+        "depth": pending,
+        "oldest_age_s": None if oldest is None else max(0.0, time.time() - oldest),
+        "watermark": watermark,
+        "segments": segments,
+    }
