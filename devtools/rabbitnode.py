@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -152,8 +153,13 @@ class Node:
     def _ctl(self, args: list[str], timeout: float) -> str:
         cmd = [str(CTL), "-n", self.nodename, *args]
         done = subprocess.run(
-            cmd, env=_ctl_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
-            timeout=timeout, check=False,
+            cmd,
+            env=_ctl_env(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
         if done.returncode != 0:
             raise CtlError(done.returncode, cmd, done.stdout, done.stderr)
@@ -180,14 +186,19 @@ class Node:
         # Own session: the node outlives our terminal, ignores its Ctrl-C, and dies as a group.
         with (self._dir / "server.out").open("ab") as out:
             self._proc = subprocess.Popen(
-                [str(SERVER)], env=self._node_env(), stdin=subprocess.DEVNULL,
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                [str(SERVER)],
+                cwd=self._dir,
+                env=self._node_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         (self._dir / "launcher.pgid").write_text(f"{self._proc.pid}\n")
 
     def _node_env(self) -> dict[str, str]:
-        env = _clean_env()
-        env.update({
+        return {
+            **_clean_env(),
             "RABBITMQ_NODENAME": self.nodename,
             "RABBITMQ_NODE_IP_ADDRESS": LOOPBACK,
             "RABBITMQ_NODE_PORT": str(self.spec.amqp_port),
@@ -201,8 +212,9 @@ class Node:
             "RABBITMQ_PID_FILE": str(self.pid_file),
             "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": LOOPBACK_DIST_ARGS,
             "ERL_EPMD_ADDRESS": LOOPBACK,
-        })
-        return env
+            # A node that fails to boot dumps a large erl_crash.dump; keep it with the node.
+            "ERL_CRASH_DUMP": str(self._dir / "erl_crash.dump"),
+        }
 
     def _await_ready(self, deadline: float) -> None:
         while time.monotonic() < deadline:
@@ -231,6 +243,9 @@ class Node:
             # The beam first: its death is the crash; the group only sweeps up the launcher.
             with contextlib.suppress(ProcessLookupError):
                 os.kill(beam, sig)
+            # Give the launcher a moment to reap the beam: an orphaned beam would stay a
+            # zombie forever under an init that does not reap (containers, microVMs).
+            _poll(lambda: not self._group_members(), 2.0)
         pgid = self._recorded_pgid()
         if pgid is not None and self._group_members():
             with contextlib.suppress(ProcessLookupError):
@@ -241,13 +256,10 @@ class Node:
             raise RuntimeError(f"{self.nodename} still running after {DOWN_TIMEOUT_S} s")
 
     def _down_within(self, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while self.is_running() or amqp_reachable(self.url, 0.2):
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.1)
-        self._reap()
-        return True
+        down = _poll(lambda: not self.is_running() and not amqp_reachable(self.url, 0.2), timeout_s)
+        if down:
+            self._reap()
+        return down
 
     def _reap(self) -> None:
         # Without a wait() the launcher stays a zombie for as long as this process lives.
@@ -312,6 +324,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _poll(done: Callable[[], bool], timeout_s: float) -> bool:
+    """Wait until done() holds; False if it still does not after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def _host_port(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
     default_port = 5671 if parts.scheme == "amqps" else 5672
@@ -331,6 +353,8 @@ def _ctl_env() -> dict[str, str]:
     env = _clean_env()
     env["RABBITMQ_CTL_ERL_ARGS"] = LOOPBACK_DIST_ARGS
     env["ERL_EPMD_ADDRESS"] = LOOPBACK
+    # A failed CLI call explains itself on stderr; a crash dump in the cwd would be litter.
+    env["ERL_CRASH_DUMP_SECONDS"] = "0"
     return env
 
 
@@ -402,8 +426,11 @@ def _ensure(url: str, base_dir: Path, name: str) -> int:
         print(f"rabbitmq: reachable at {host}:{port}")
         return 0
     if host not in ("127.0.0.1", "localhost"):
-        print(f"rabbitmq: {host}:{port} is not reachable, and a private node can only be "
-              "started for 127.0.0.1 or localhost", file=sys.stderr)
+        print(
+            f"rabbitmq: {host}:{port} is not reachable, and a private node can only be "
+            "started for 127.0.0.1 or localhost",
+            file=sys.stderr,
+        )
         return 2
     spec = NodeSpec(name, port, free_port(), base_dir.resolve())
     return _start_private(spec)
@@ -418,8 +445,10 @@ def _start_private(spec: NodeSpec) -> int:
     except (RuntimeError, subprocess.CalledProcessError) as exc:
         print(f"rabbitmq: cannot start private node {spec.name}: {exc}", file=sys.stderr)
         return 1
-    print(f"rabbitmq: started private node {spec.name} on port {spec.amqp_port} "
-          f"(data in {spec.base_dir})")
+    print(
+        f"rabbitmq: started private node {spec.name} on port {spec.amqp_port} "
+        f"(data in {spec.base_dir})"
+    )
     return 0
 
 
@@ -441,16 +470,20 @@ def _node_name(value: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m devtools.rabbitnode", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m devtools.rabbitnode",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     ensure = commands.add_parser("ensure", help="make the broker at --url reachable")
     ensure.add_argument("--url", required=True, help="AMQP URL the application will use")
     stop = commands.add_parser("stop", help="stop the node that 'ensure' started, if any")
     for sub in (ensure, stop):
         sub.add_argument("--dir", required=True, type=Path, help="where node data lives")
-        sub.add_argument("--name", default=DEFAULT_NAME, type=_node_name,
-                         help="node name (without @localhost)")
+        sub.add_argument(
+            "--name", default=DEFAULT_NAME, type=_node_name, help="node name (without @localhost)"
+        )
     return parser
 
 

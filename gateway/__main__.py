@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 from aiohttp import web
 
-from gateway import logs, spool
+from gateway import logs, spool, tail
 from gateway.app import create_app
 from gateway.settings import Settings, SettingsError, load
 
@@ -23,6 +23,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     commands.add_parser("serve", help="run the gateway (the default)")
     inspect = commands.add_parser("spool", help="print the spool's depth, age and segments")
     inspect.add_argument("--dir", type=Path, help="spool directory (default: spool.dir)")
+    follow = commands.add_parser("tail", help="print events as they reach the exchange")
+    follow.add_argument("--binding", default="#", help="routing-key pattern (default: #)")
     return parser.parse_args(argv)
 
 
@@ -56,18 +58,21 @@ def inspect_spool(directory: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.command == "spool":
-        inspect_spool(args.dir or load().spool.dir)
-        return
     try:
         settings = load()
         logs.configure(settings.log.level)
-        check_auth(settings)
+        if args.command in (None, "serve"):
+            check_auth(settings)
     except SettingsError as exc:
         print(f"aifi-gateway: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    log.info("listening", extra={"host": settings.http.host, "port": settings.http.port})
-    serve(settings)
+    if args.command == "spool":
+        inspect_spool(args.dir or settings.spool.dir)
+    elif args.command == "tail":
+        tail.run(settings.amqp.urls[0], args.binding)
+    else:
+        log.info("starting", extra={"host": settings.http.host, "port": settings.http.port})
+        serve(settings)
 
 
 if __name__ == "__main__":

@@ -30,11 +30,19 @@ async def post(client: Client, path: str, body: bytes, **headers: str) -> tuple[
 
 @pytest.mark.parametrize(
     ("example", "path", "kind"),
-    [("entered", "entered", "entered"), ("left", "left", "exited"),
-     ("left", "exited", "exited"), ("tracking", "tracking", "tracking")],
+    [
+        ("entered", "entered", "entered"),
+        ("left", "left", "exited"),
+        ("left", "exited", "exited"),
+        ("tracking", "tracking", "tracking"),
+    ],
 )
 async def test_each_example_is_published_once_as_a_cloudevent(
-    client: Client, capture: Capture, examples: dict[str, bytes], example: str, path: str,
+    client: Client,
+    capture: Capture,
+    examples: dict[str, bytes],
+    example: str,
+    path: str,
     kind: str,
 ) -> None:
     status, body = await post(client, PATHS[path], examples[example])
@@ -52,9 +60,10 @@ async def test_each_example_is_published_once_as_a_cloudevent(
     assert event["data"]["payload"] == orjson.loads(examples[example])
     assert message.headers["cloudEvents_id"] == event["id"]
     assert message.headers["cloudEvents_type"] == event["type"]
-    assert message.headers[contract.FINGERPRINT_HEADER] == hashlib.sha256(
-        examples[example]
-    ).hexdigest()
+    assert (
+        message.headers[contract.FINGERPRINT_HEADER]
+        == hashlib.sha256(examples[example]).hexdigest()
+    )
     assert await capture.nothing_more()
 
 
@@ -92,11 +101,19 @@ async def test_unknown_fields_are_kept(
 
 @pytest.mark.parametrize(
     ("example", "path", "field"),
-    [("entered", "entered", "session"), ("entered", "entered", "storeExternalId"),
-     ("left", "left", "session"), ("tracking", "tracking", "shopperId")],
+    [
+        ("entered", "entered", "session"),
+        ("entered", "entered", "storeExternalId"),
+        ("left", "left", "session"),
+        ("tracking", "tracking", "shopperId"),
+    ],
 )
 async def test_documented_nullable_fields_accept_null(
-    client: Client, capture: Capture, examples: dict[str, bytes], example: str, path: str,
+    client: Client,
+    capture: Capture,
+    examples: dict[str, bytes],
+    example: str,
+    path: str,
     field: str,
 ) -> None:
     payload = orjson.loads(examples[example])
@@ -181,8 +198,9 @@ async def test_missing_every_session_id_is_422(
 async def test_non_json_media_type_is_415_and_quarantined(
     client: Client, capture: Capture, examples: dict[str, bytes]
 ) -> None:
-    status, _ = await post(client, PATHS["tracking"], examples["tracking"], **{
-        "Content-Type": "text/plain"})
+    status, _ = await post(
+        client, PATHS["tracking"], examples["tracking"], **{"Content-Type": "text/plain"}
+    )
     message = await quarantined(capture)
     assert status == 415
     assert message.routing_key == "invalid.tracking"

@@ -1,0 +1,36 @@
+"""`aifi-gateway tail`: print events as they arrive on the exchange, one JSON line each."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+
+from gateway import contract
+from gateway.publisher import declare_topology
+
+
+def line(message: AbstractIncomingMessage) -> str:
+    body = message.body.decode(errors="replace")
+    return f"{message.routing_key} {message.message_id} {body}"
+
+
+async def tail(url: str, binding: str) -> None:
+    """Bind a private, self-deleting queue to `binding` and print what comes."""
+    connection = await aio_pika.connect(url)
+    async with connection, connection.channel() as channel:
+        await declare_topology(channel)
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(contract.EXCHANGE, binding)
+        print(f"tail: waiting for events on {contract.EXCHANGE} ({binding})", file=sys.stderr)
+        async with queue.iterator(no_ack=True) as messages:
+            async for message in messages:
+                print(line(message), flush=True)
+
+
+def run(url: str, binding: str) -> None:
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(tail(url, binding))
