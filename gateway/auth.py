@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydantic import SecretStr
 
@@ -15,8 +15,12 @@ ANONYMOUS = "anonymous"
 class TokenTable:
     """Named tokens; several may be valid at once so a token can be rotated."""
 
-    tokens: tuple[tuple[str, bytes], ...]
+    tokens: tuple[tuple[str, bytes], ...] = field(repr=False)
     allow_anonymous: bool = False
+
+    def __repr__(self) -> str:
+        names = [name for name, _ in self.tokens]
+        return f"TokenTable(names={names!r}, allow_anonymous={self.allow_anonymous})"
 
     @classmethod
     def from_settings(cls, tokens: Mapping[str, SecretStr], allow_anonymous: bool) -> TokenTable:

@@ -115,8 +115,9 @@ class Event:
     def from_body(cls, body: bytes) -> Event:
         """Raise `ValueError` when `body` is not one of our events."""
         event = decode_event(body)
-        if not isinstance(event["data"], dict) or event["data"].get("kind") not in KINDS:
-            raise ValueError("event data lacks a known kind")
+        data = event["data"]
+        if not isinstance(data, dict) or EVENT_TYPES.get(data.get("kind", "")) != event["type"]:
+            raise ValueError("event data.kind is missing or does not match its type")
         return cls(
             id=str(event["id"]),
             type=event["type"],

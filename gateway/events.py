@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -108,14 +107,16 @@ def from_tracking(model: Tracking, receipt: Receipt) -> dict[str, Any]:
     return envelope(event_id, model.uniqueEventId, data, receipt.raw_body)
 
 
-def to_outbound(event: dict[str, Any], extra_headers: contract.Headers | None = None) -> Outbound:
+def to_outbound(
+    event: dict[str, Any], received_at: datetime, extra_headers: contract.Headers | None = None
+) -> Outbound:
     data = event["data"]
     return Outbound(
         message_id=event["id"],
         routing_key=contract.routing_key(data["kind"], data["storeId"]),
         body=contract.encode_event(event),
         content_type=contract.EVENT_CONTENT_TYPE,
-        timestamp_s=int(time.time()),
+        timestamp_s=int(received_at.timestamp()),
         headers=contract.event_headers(event) | (extra_headers or {}),
     )
 

@@ -133,7 +133,9 @@ class Receiver:
             await self._quarantine(gateway.delivery, rejection, receipt, request, rid)
             return self._refuse(rejection, rid, token_name)
         event = normalize(self.kind, model, receipt)
-        outbound = events.to_outbound(event, forwarded(request, gateway.forward_headers))
+        outbound = events.to_outbound(
+            event, receipt.received_at, forwarded(request, gateway.forward_headers)
+        )
         return await self._hand_over(gateway.delivery, outbound, rid, token_name)
 
     async def _hand_over(

@@ -15,13 +15,12 @@ _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        line.update((k, v) for k, v in vars(record).items() if k not in _STANDARD)
+        line: dict[str, Any] = {k: v for k, v in vars(record).items() if k not in _STANDARD}
+        # Set after the extras so that no `extra=` can overwrite them.
+        line["time"] = datetime.fromtimestamp(record.created, UTC).isoformat()
+        line["level"] = record.levelname
+        line["logger"] = record.name
+        line["message"] = record.getMessage()
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(line, default=str).decode()

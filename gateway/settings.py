@@ -38,10 +38,9 @@ class HttpSettings(_Section):
     @field_validator("forward_headers", mode="before")
     @classmethod
     def _no_credentials(cls, value: object) -> object:
-        names = tuple(value.split(",")) if isinstance(value, str) else value
-        if isinstance(names, list | tuple) and any(
-            str(n).strip().lower() in {"authorization", "cookie", "proxy-authorization"}
-            for n in names
+        names = split_list(value)
+        if isinstance(names, tuple) and any(
+            str(n).lower() in {"authorization", "cookie", "proxy-authorization"} for n in names
         ):
             raise ValueError("credentials headers cannot be forwarded")
         return names
@@ -56,6 +55,14 @@ class AuthSettings(_Section):
     def _parse_pairs(cls, value: object) -> object:
         return parse_token_pairs(value) if isinstance(value, str) else value
 
+    @field_validator("tokens")
+    @classmethod
+    def _not_blank(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        blank = [name for name, token in value.items() if not token.get_secret_value().strip()]
+        if blank:
+            raise ValueError(f"empty token for {', '.join(blank)}")
+        return value
+
 
 class AmqpSettings(_Section):
     urls: tuple[str, ...] = ("amqp://guest:guest@127.0.0.1:5672/",)
@@ -66,11 +73,7 @@ class AmqpSettings(_Section):
     @field_validator("urls", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
-        return (
-            tuple(u.strip() for u in value.split(",") if u.strip())
-            if isinstance(value, str)
-            else value
-        )
+        return split_list(value)
 
 
 class SpoolSettings(_Section):
@@ -97,11 +100,7 @@ class ConsumerSettings(_Section):
     @field_validator("bindings", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
-        return (
-            tuple(b.strip() for b in value.split(",") if b.strip())
-            if isinstance(value, str)
-            else value
-        )
+        return split_list(value)
 
 
 class LedgerSettings(_Section):
@@ -132,6 +131,15 @@ ENV_ALIASES = {"AIFI_TOKENS": ("auth", "tokens"), "AIFI_AMQP_URL": ("amqp", "url
 NOT_SETTINGS = {"AIFI_CONFIG"}
 
 
+def split_list(value: object) -> object:
+    """A comma-separated string from the environment into a tuple of trimmed items."""
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    if isinstance(value, list):
+        return tuple(str(item).strip() for item in value)
+    return value
+
+
 def parse_token_pairs(text: str) -> dict[str, str]:
     """`name=token,name2=token2` into a mapping; the error never shows a token."""
     pairs: dict[str, str] = {}
@@ -139,6 +147,8 @@ def parse_token_pairs(text: str) -> dict[str, str]:
         name, sep, token = item.partition("=")
         if not sep or not name.strip() or not token.strip():
             raise ValueError("each entry must be name=token (entry without '=' or empty part)")
+        if name.strip() in pairs:
+            raise ValueError(f"token name {name.strip()!r} given twice")
         pairs[name.strip()] = token.strip()
     return pairs
 
@@ -208,7 +218,6 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     base = read_yaml(path) if "AIFI_CONFIG" in environ or path.exists() else {}
     try:
         return Settings.model_validate(merge(base, env_overrides(environ)))
+    # `from None`: pydantic's error text repeats the input, which may hold a token.
     except ValidationError as exc:
-        raise SettingsError(describe(exc)) from exc
-    except ValueError as exc:
-        raise SettingsError(str(exc)) from exc
+        raise SettingsError(describe(exc)) from None

@@ -80,10 +80,6 @@ def test_bearer_extracts_the_credentials(authorization: str, expected: bytes | N
     assert bearer(authorization) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: TokenTable is a plain dataclass whose repr shows every token's bytes",
-)
 def test_repr_of_token_table_does_not_reveal_tokens() -> None:
     shown = repr(TABLE) + str(TABLE)
     assert CURRENT not in shown

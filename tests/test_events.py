@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
@@ -169,12 +168,11 @@ def test_transition_ids_are_unique_per_call_and_twins_share_the_fingerprint() ->
 
 def test_to_outbound() -> None:
     event, raw = transition(storeId=42)
-    before = int(time.time())
-    out = events.to_outbound(event, {"aifi_http_x-request-id": "r-1"})
+    out = events.to_outbound(event, RECEIVED, {"aifi_http_x-request-id": "r-1"})
     assert out.message_id == event["id"]
     assert out.routing_key == "entered.42"
     assert out.content_type == contract.EVENT_CONTENT_TYPE == "application/cloudevents+json"
-    assert before <= out.timestamp_s <= int(time.time())
+    assert out.timestamp_s == int(RECEIVED.timestamp())
     assert out.headers == contract.event_headers(event) | {"aifi_http_x-request-id": "r-1"}
     assert out.headers["cloudEvents_id"] == event["id"]
     assert out.headers[contract.FINGERPRINT_HEADER] == hashlib.sha256(raw).hexdigest()
@@ -184,7 +182,7 @@ def test_to_outbound() -> None:
 
 def test_to_outbound_without_extra_headers() -> None:
     event, _ = tracking(storeId=8)
-    out = events.to_outbound(event)
+    out = events.to_outbound(event, RECEIVED)
     assert (out.routing_key, out.headers) == ("tracking.8", contract.event_headers(event))
 
 

@@ -1,0 +1,138 @@
+"""A bounded loopback load and a total-queue checker in the style of Jepsen's.
+
+Every request carries a unique session id (its marker). After the run, each
+marker is classified by what the gateway answered and what arrived on a queue
+bound to `#`: lost (answered 200, never arrived), duplicated (arrived more than
+once), unexpected (arrived, never sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import aiohttp
+import orjson
+
+from gateway import contract
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "entered.json"
+
+
+def marked_body(template: dict[str, Any], marker: str) -> bytes:
+    body = dict(template)
+    body["sessionId"] = marker
+    body["session"] = dict(template["session"], sessionId=marker, sessionToken=marker)
+    return orjson.dumps(body)
+
+
+@dataclass
+class Sent:
+    """What the load saw: the status (or error) per marker and the event id of each 200."""
+
+    status: dict[str, int | str] = field(default_factory=dict)
+    event_ids: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def acknowledged(self) -> set[str]:
+        return {m for m, s in self.status.items() if s == 200}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    sent: int
+    acknowledged: int
+    arrived: int
+    lost: frozenset[str]
+    duplicated: dict[str, int]
+    unexpected: frozenset[str]
+    wrong_ids: frozenset[str]
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "sent": self.sent,
+            "acknowledged": self.acknowledged,
+            "arrived": self.arrived,
+            "lost": len(self.lost),
+            "duplicated": len(self.duplicated),
+            "unexpected": len(self.unexpected),
+            "wrong_ids": len(self.wrong_ids),
+        }
+
+
+async def post_one(
+    session: aiohttp.ClientSession, url: str, marker: str, body: bytes, sent: Sent
+) -> None:
+    try:
+        async with session.post(url, data=body) as response:
+            await response.read()
+            sent.status[marker] = response.status
+            if response.status == 200:
+                sent.event_ids[marker] = response.headers["X-Event-Id"]
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        sent.status[marker] = type(exc).__name__
+
+
+async def send_load(
+    url: str, token: str, markers: list[str], concurrency: int, timeout_s: float = 30.0
+) -> Sent:
+    """POST one marked `entered` body per marker, `concurrency` at a time, to a loopback URL."""
+    assert url.startswith(("http://127.0.0.1", "http://localhost")), "loopback only"
+    template = orjson.loads(EXAMPLE.read_bytes())
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    sent, slots = Sent(), asyncio.Semaphore(concurrency)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(headers=headers, timeout=timeout, connector=connector) as s:
+
+        async def one(marker: str) -> None:
+            async with slots:
+                await post_one(s, url, marker, marked_body(template, marker), sent)
+
+        await asyncio.gather(*(one(m) for m in markers))
+    return sent
+
+
+async def collect(
+    amqp_url: str, queue_name: str, expected: set[str], timeout_s: float, quiet_s: float = 2.0
+) -> list[tuple[str, str]]:
+    """(marker, event id) of every event on the queue, until all expected arrived and
+    nothing more came for `quiet_s`, or `timeout_s` passed."""
+    arrived: list[tuple[str, str]] = []
+    deadline = time.monotonic() + timeout_s
+    connection = await aio_pika.connect(amqp_url)
+    async with connection, connection.channel() as channel:
+        queue = await channel.get_queue(queue_name)
+        last = time.monotonic()
+        while time.monotonic() < deadline:
+            message = await queue.get(no_ack=True, fail=False)
+            if message is None:
+                seen = {m for m, _ in arrived}
+                if expected <= seen and time.monotonic() - last > quiet_s:
+                    break
+                await asyncio.sleep(0.05)
+                continue
+            last = time.monotonic()
+            event = contract.decode_event(message.body)
+            arrived.append((str(event["data"]["sessionId"]), str(event["id"])))
+    return arrived
+
+
+def classify(markers: list[str], sent: Sent, arrived: list[tuple[str, str]]) -> Verdict:
+    counts = Counter(m for m, _ in arrived)
+    ids = dict(arrived)
+    acknowledged = sent.acknowledged
+    return Verdict(
+        sent=len(markers),
+        acknowledged=len(acknowledged),
+        arrived=len(arrived),
+        lost=frozenset(acknowledged - counts.keys()),
+        duplicated={m: c for m, c in counts.items() if c > 1},
+        unexpected=frozenset(counts.keys() - set(markers)),
+        wrong_ids=frozenset(m for m in acknowledged & ids.keys() if ids[m] != sent.event_ids[m]),
+    )
