@@ -88,13 +88,15 @@ class SpoolSettings(_Section):
 class ConsumerSettings(_Section):
     """One worker process: its queue `aifi.<name>`, bindings, handler and settlement policy."""
 
-    handler: str = ""  # "module:attribute"; empty means the built-in ledger handler of that name
+    handler: str = ""  # "module:attribute"; empty: the presence ledger, as entered/exited/tracking
     bindings: tuple[str, ...] = ()  # default: ("<name>.#",)
-    prefetch: int = Field(64, gt=0)
+    prefetch: int = Field(64, gt=0, le=65535)
+    linger_ms: float = Field(2.0, ge=0)  # how long a short batch waits for more deliveries
     max_attempts: int = Field(5, gt=0)
     retry_base_ms: int = Field(1000, gt=0)
     retry_max_ms: int = Field(60_000, gt=0)
     delivery_limit: int = Field(20, gt=0)
+    health_host: str = "127.0.0.1"
     health_port: int = Field(0, ge=0, le=65535)  # 0: no health endpoint
 
     @field_validator("bindings", mode="before")
@@ -105,6 +107,9 @@ class ConsumerSettings(_Section):
 
 class LedgerSettings(_Section):
     db: Path = Path("data/ledger.sqlite3")
+    # FULL: a commit survives power loss, which acking after the commit relies on.
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    busy_timeout_ms: int = Field(10_000, ge=0)  # the three workers share one database file
 
 
 def default_consumers() -> dict[str, ConsumerSettings]:

@@ -1,0 +1,120 @@
+"""`python -m consumers NAME` (`aifi-consumer NAME`): run the worker NAME until SIGTERM.
+
+`aifi-consumer replay NAME [--limit N]` moves NAME's dead letters back to its queue.
+Settings are loaded once, here, and handed down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, Final
+
+import orjson
+
+from consumers import health, ledger
+from consumers.handler import Handler, HandlerError, load
+from consumers.health import ConsumerState
+from consumers.replay import replay
+from consumers.runner import Worker
+from consumers.topology import TopologyError, check_name
+from gateway import logs
+from gateway.publisher import BROKER_ERRORS
+from gateway.settings import ConsumerSettings, Settings, SettingsError
+from gateway.settings import load as load_settings
+
+log = logging.getLogger("consumers")
+
+BUILT_IN: Final = ("entered", "exited", "tracking")
+USAGE: Final = "aifi-consumer NAME\n       aifi-consumer replay NAME [--limit N]"
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="aifi-consumer", usage=USAGE, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    replaying = argv[:1] == ["replay"]
+    parser.add_argument("name", help=f"consumer name: {', '.join(BUILT_IN)} or one in config")
+    if replaying:
+        parser.add_argument("--limit", type=int, default=None, help="move at most N messages")
+    args = parser.parse_args(argv[1:] if replaying else argv)
+    args.command = "replay" if replaying else "run"
+    return args
+
+
+def consumer_settings(settings: Settings, name: str) -> ConsumerSettings:
+    """`consumers.<name>`; the built-in workers need no entry."""
+    try:
+        check_name(name)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    if name in settings.consumers:
+        return settings.consumers[name]
+    if name in BUILT_IN:
+        return ConsumerSettings()
+    raise SettingsError(f"no consumer {name!r}: add consumers.{name} to the config")
+
+
+@contextlib.asynccontextmanager
+async def handler_for(consumer: ConsumerSettings, settings: Settings) -> AsyncIterator[Handler]:
+    """The consumer's own handler if it names one, else the presence ledger's."""
+    if consumer.handler:
+        yield load(consumer.handler)
+        return
+    async with ledger.opened(settings.ledger) as presence:
+        yield presence.handler()
+
+
+async def serve(settings: Settings, name: str, consumer: ConsumerSettings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    state = ConsumerState(name)
+    # Entered in order, left in reverse: the worker settles and closes before the rest go.
+    async with (
+        handler_for(consumer, settings) as handler,
+        health.serving(state, consumer.health_host, consumer.health_port),
+    ):
+        await Worker(name, consumer, settings.amqp, handler, state).run(stop)
+    log.info("stopped", extra=state.snapshot())
+
+
+async def replay_and_report(
+    settings: Settings, name: str, consumer: ConsumerSettings, limit: int | None
+) -> None:
+    moved = await replay(name, consumer, settings.amqp, limit)
+    sys.stdout.write(orjson.dumps({"consumer": name, "moved": moved}).decode() + "\n")
+
+
+def run(coroutine: Coroutine[Any, Any, None]) -> None:
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(coroutine)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    try:
+        settings = load_settings()
+        logs.configure(settings.log.level)
+        consumer = consumer_settings(settings, args.name)
+        if args.command == "replay":
+            run(replay_and_report(settings, args.name, consumer, args.limit))
+        else:
+            run(serve(settings, args.name, consumer))
+    except (SettingsError, HandlerError, TopologyError) as exc:
+        print(f"aifi-consumer: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except BROKER_ERRORS as exc:
+        print(f"aifi-consumer: broker unavailable: {exc!r}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,292 @@
+"""The presence ledger: one row per visit (session) and per tracking match, in SQLite.
+
+Each event is applied in the transaction that records its id as processed, so an effect
+and its "done" mark commit together and a redelivered event has its effect once. Every
+effect commutes (counters add; times keep the earliest or latest; other fields keep the
+greatest value that is not null), so every order of the same events ends in the same state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from consumers.handler import Handler, Reject
+from gateway.contract import Event, Kind
+from gateway.settings import LedgerSettings
+
+Row = dict[str, Any]
+
+SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS processed (
+    event_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    processed_at TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS visits (
+    session_id TEXT PRIMARY KEY,
+    store_id INTEGER,
+    oasis_store_id INTEGER,
+    aifi_unique_store_id TEXT,
+    store_external_id TEXT,
+    customer_id TEXT,
+    customer_role TEXT,
+    shopper_id TEXT,
+    group_size INTEGER,
+    first_entered TEXT,
+    last_exited TEXT,
+    persons_entered INTEGER NOT NULL,
+    persons_exited INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS visits_by_store ON visits (store_id);
+CREATE TABLE IF NOT EXISTS tracking (
+    unique_event_id TEXT PRIMARY KEY,
+    store_id INTEGER,
+    shopper_id TEXT,
+    time_of_origin TEXT,
+    time_of_issue TEXT,
+    received_at TEXT
+) WITHOUT ROWID;
+"""
+
+# Facts about a visit that every event of its session repeats; merged by keeping the greatest.
+VISIT_FACTS: Final = (
+    "store_id", "oasis_store_id", "aifi_unique_store_id", "store_external_id", "customer_id",
+    "customer_role", "shopper_id", "group_size",
+)
+VISIT_FIELDS: Final = (
+    "session_id", *VISIT_FACTS, "first_entered", "last_exited", "persons_entered",
+    "persons_exited",
+)
+TRACKING_TIMES: Final = ("time_of_origin", "time_of_issue", "received_at")
+TRACKING_FIELDS: Final = ("unique_event_id", "store_id", "shopper_id", *TRACKING_TIMES)
+MARK_PROCESSED: Final = "INSERT INTO processed VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+
+
+def _merge(table: str, column: str, pick: str) -> str:
+    """`column` set to min or max of old and new, ignoring null (SQL's min/max do not)."""
+    old, new = f"{table}.{column}", f"excluded.{column}"
+    return f"{column} = coalesce({pick}({old}, {new}), {old}, {new})"
+
+
+def _upsert(table: str, fields: Sequence[str], merges: Sequence[str]) -> str:
+    names, values = ", ".join(fields), ", ".join(f":{f}" for f in fields)
+    return (
+        f"INSERT INTO {table} ({names}) VALUES ({values}) "
+        f"ON CONFLICT ({fields[0]}) DO UPDATE SET {', '.join(merges)}"
+    )
+
+
+UPSERT_VISIT: Final = _upsert("visits", VISIT_FIELDS, [
+    *(_merge("visits", f, "max") for f in VISIT_FACTS),
+    _merge("visits", "first_entered", "min"),
+    _merge("visits", "last_exited", "max"),
+    "persons_entered = visits.persons_entered + excluded.persons_entered",
+    "persons_exited = visits.persons_exited + excluded.persons_exited",
+])
+UPSERT_TRACKING: Final = _upsert("tracking", TRACKING_FIELDS, [
+    *(_merge("tracking", f, "max") for f in ("store_id", "shopper_id")),
+    *(_merge("tracking", f, "min") for f in TRACKING_TIMES),
+])
+
+
+def instant(value: object) -> str | None:
+    """A time as fixed-width UTC text, so that comparing the text compares the times."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(str(value))
+    except ValueError as exc:
+        raise Reject(f"not an ISO time: {value!r}") from exc
+    aware = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return aware.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def visit_row(event: Event) -> Row:
+    """One person entering or leaving: the twin "left" calls of a group are two rows' worth."""
+    data = event.data
+    if not data.get("sessionId"):
+        raise Reject(f"{event.kind} event {event.id} has no sessionId")
+    entered = event.kind == "entered"
+    at = instant(data.get("timeOfOrigin"))
+    return {
+        "session_id": str(data["sessionId"]),
+        "store_id": data.get("storeId"),
+        "oasis_store_id": data.get("oasisApiStoreId"),
+        "aifi_unique_store_id": data.get("aifiUniqueStoreId"),
+        "store_external_id": _text(data.get("storeExternalId")),
+        "customer_id": _text(data.get("customerId")),
+        "customer_role": data.get("customerRole"),
+        "shopper_id": _text(data.get("shopperId")),
+        "group_size": data.get("groupSize"),
+        "first_entered": at if entered else None,
+        "last_exited": None if entered else at,
+        "persons_entered": int(entered),
+        "persons_exited": int(not entered),
+    }
+
+
+def tracking_row(event: Event) -> Row:
+    data = event.data
+    if not data.get("uniqueEventId"):
+        raise Reject(f"tracking event {event.id} has no uniqueEventId")
+    return {
+        "unique_event_id": str(data["uniqueEventId"]),
+        "store_id": data.get("storeId"),
+        "shopper_id": _text(data.get("shopperId")),
+        "time_of_origin": instant(data.get("timeOfOrigin")),
+        "time_of_issue": instant(data.get("timeOfIssue")),
+        "received_at": instant(data.get("receivedAt")),
+    }
+
+
+EFFECTS: Final[dict[Kind, tuple[Callable[[Event], Row], str]]] = {
+    "entered": (visit_row, UPSERT_VISIT),
+    "exited": (visit_row, UPSERT_VISIT),
+    "tracking": (tracking_row, UPSERT_TRACKING),
+}
+
+
+class LedgerDB:
+    """The ledger's SQLite database; use it from one thread (`Ledger` sees to that)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    @classmethod
+    def open(cls, settings: LedgerSettings) -> LedgerDB:
+        settings.db.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: transactions are ours (BEGIN IMMEDIATE), not the module's.
+        db = sqlite3.connect(settings.db, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute(f"PRAGMA busy_timeout = {settings.busy_timeout_ms:d}")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute(f"PRAGMA synchronous = {settings.synchronous}")
+        db.executescript(SCHEMA)
+        return cls(db)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def apply(self, events: Sequence[Event]) -> int:
+        """Apply `events` in one transaction; return how many were new (not redeliveries)."""
+        # Every row is built before anything is written: a bad event fails the batch early.
+        rows = [(event, *self._effect(event)) for event in events]
+        now = datetime.now(UTC).isoformat()
+        applied = 0
+        with self._transaction():
+            for event, row, upsert in rows:
+                if self._db.execute(MARK_PROCESSED, (event.id, event.kind, now)).rowcount:
+                    self._db.execute(upsert, row)
+                    applied += 1
+        return applied
+
+    @staticmethod
+    def _effect(event: Event) -> tuple[Row, str]:
+        build, upsert = EFFECTS[event.kind]
+        return build(event), upsert
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        # IMMEDIATE takes the write lock up front, so that two workers sharing the file wait
+        # for each other (busy_timeout) instead of failing on a lock upgrade.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def occupancy(self, store_id: int | None = None) -> list[Row]:
+        """Per store: people inside (never below 0 per session), open and all sessions."""
+        where, args = ("WHERE store_id = ?", (store_id,)) if store_id is not None else ("", ())
+        return self._rows(
+            "SELECT store_id AS storeId,"
+            " sum(max(persons_entered - persons_exited, 0)) AS occupancy,"
+            " sum(persons_entered > persons_exited) AS openSessions, count(*) AS sessions"
+            f" FROM visits {where} GROUP BY store_id ORDER BY store_id",
+            args,
+        )
+
+    def visit(self, session_id: str) -> Row | None:
+        rows = self._rows(
+            "SELECT session_id AS sessionId, store_id AS storeId, oasis_store_id AS"
+            " oasisApiStoreId, aifi_unique_store_id AS aifiUniqueStoreId, store_external_id AS"
+            " storeExternalId, customer_id AS customerId, customer_role AS customerRole,"
+            " shopper_id AS shopperId, group_size AS groupSize, first_entered AS firstEntered,"
+            " last_exited AS lastExited, persons_entered AS personsEntered, persons_exited AS"
+            " personsExited, max(persons_entered - persons_exited, 0) AS occupancy"
+            " FROM visits WHERE session_id = ?",
+            (session_id,),
+        )
+        return rows[0] if rows else None
+
+    def tracking(self, unique_event_id: str) -> Row | None:
+        rows = self._rows(
+            "SELECT unique_event_id AS uniqueEventId, store_id AS storeId, shopper_id AS"
+            " shopperId, time_of_origin AS timeOfOrigin, time_of_issue AS timeOfIssue,"
+            " received_at AS receivedAt FROM tracking WHERE unique_event_id = ?",
+            (unique_event_id,),
+        )
+        return rows[0] | {"matched": rows[0]["shopperId"] is not None} if rows else None
+
+    def processed(self) -> int:
+        """How many distinct events the ledger has applied."""
+        return int(self._db.execute("SELECT count(*) FROM processed").fetchone()[0])
+
+    def _rows(self, sql: str, args: Sequence[object]) -> list[Row]:
+        return [dict(row) for row in self._db.execute(sql, args)]
+
+
+class Ledger:
+    """A `LedgerDB` owned by one thread, so that SQLite never blocks the event loop."""
+
+    def __init__(self, db: LedgerDB, executor: ThreadPoolExecutor) -> None:
+        self._db = db
+        self._executor = executor
+
+    async def call(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Run `function(db, *args)` on the ledger's thread."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, function, self._db, *args
+        )
+
+    async def apply(self, events: Sequence[Event]) -> int:
+        return int(await self.call(LedgerDB.apply, list(events)))
+
+    async def apply_one(self, event: Event) -> None:
+        await self.apply([event])
+
+    async def apply_many(self, events: Sequence[Event]) -> None:
+        await self.apply(events)
+
+    def handler(self) -> Handler:
+        """The built-in workers' handler: batches in one transaction, acked after the commit."""
+        return Handler(one=self.apply_one, many=self.apply_many)
+
+
+@contextlib.asynccontextmanager
+async def opened(settings: LedgerSettings) -> AsyncIterator[Ledger]:
+    """The ledger at `settings.db`, created if missing, closed on exit."""
+    # One thread for the connection's whole life: work queued on it runs in order, even
+    # work whose awaiting task was cancelled.
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+    loop = asyncio.get_running_loop()
+    try:
+        db = await loop.run_in_executor(executor, LedgerDB.open, settings)
+        try:
+            yield Ledger(db, executor)
+        finally:
+            await loop.run_in_executor(executor, db.close)
+    finally:
+        executor.shutdown(wait=False)

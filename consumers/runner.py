@@ -1,0 +1,209 @@
+"""The worker: consume one queue in batches, settle every delivery, reconnect by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Awaitable, Sequence
+from typing import Final
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+
+from consumers.handler import Handler, Reject, RetryLater
+from consumers.health import ConsumerState
+from consumers.settlement import Settler, describe
+from consumers.topology import TopologyError, declare
+from gateway.contract import Event
+from gateway.publisher import BROKER_ERRORS, backoff_s, first_of, redact
+from gateway.settings import AmqpSettings, ConsumerSettings
+
+log = logging.getLogger(__name__)
+
+Delivery = AbstractIncomingMessage
+# Deliveries in hand; None marks the end, once the consumer is cancelled.
+Inbox = asyncio.Queue[Delivery | None]
+Decoded = tuple[Delivery, Event]
+END: Final = None
+
+
+class ConnectionLost(ConnectionError):
+    """The broker closed the connection or the channel under us."""
+
+
+async def take(inbox: Inbox, size: int, linger_s: float) -> list[Delivery]:
+    """Up to `size` deliveries: wait for one, linger briefly for more; [] at the end mark."""
+    first = await inbox.get()
+    if first is END:
+        return []
+    batch = [first]
+    if not _fill(batch, inbox, size) and len(batch) < size and linger_s > 0:
+        await asyncio.sleep(linger_s)
+        _fill(batch, inbox, size)
+    return batch
+
+
+def _fill(batch: list[Delivery], inbox: Inbox, size: int) -> bool:
+    """Move what is waiting into `batch`; True if it met the end mark, which stays queued."""
+    while len(batch) < size and not inbox.empty():
+        item = inbox.get_nowait()
+        if item is END:
+            inbox.put_nowait(END)
+            return True
+        batch.append(item)
+    return False
+
+
+def decode(batch: Sequence[Delivery]) -> tuple[list[Decoded], list[tuple[Delivery, Reject]]]:
+    """Split deliveries into events and what is no event of ours (dead-lettered at once)."""
+    events: list[Decoded] = []
+    invalid: list[tuple[Delivery, Reject]] = []
+    for message in batch:
+        try:
+            events.append((message, Event.from_body(message.body)))
+        except ValueError as exc:
+            invalid.append((message, Reject(f"not a valid event: {exc}")))
+    return events, invalid
+
+
+class Worker:
+    """One consumer: `run` until the stop event is set, whatever the broker does meanwhile."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: ConsumerSettings,
+        amqp: AmqpSettings,
+        handler: Handler,
+        state: ConsumerState | None = None,
+    ) -> None:
+        self.name = name
+        self.state = state or ConsumerState(name)
+        self._settings = settings
+        self._amqp = amqp
+        self._handler = handler
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect, consume, and reconnect with backoff until `stop` is set."""
+        attempt = 0
+        for url in itertools.cycle(self._amqp.urls):
+            attempt = 0 if await self._attempt(url, stop) else attempt + 1
+            if stop.is_set():
+                return
+            self.state.reconnects += 1
+            pause = backoff_s(attempt, self._amqp.reconnect_max_s)
+            await first_of(stop.wait(), asyncio.sleep(pause))
+
+    async def _attempt(self, url: str, stop: asyncio.Event) -> bool:
+        """One connection's life; True if it ended by itself rather than failing."""
+        try:
+            await self._session(url, stop)
+        except TopologyError:
+            raise
+        except BROKER_ERRORS as exc:
+            self._note_failure("amqp connection failed", url, exc)
+            return False
+        # The outermost loop: whatever else went wrong, the broker redelivers what was in
+        # hand, so log it and start over rather than let the worker die.
+        except Exception as exc:
+            log.exception("worker failed", extra={"consumer": self.name})
+            self.state.last_error = describe(exc)
+            return False
+        return True
+
+    def _note_failure(self, message: str, url: str, exc: BaseException) -> None:
+        self.state.last_error = describe(exc)
+        log.warning(message, extra={
+            "consumer": self.name, "url": redact(url), "error": describe(exc)
+        })
+
+    async def _session(self, url: str, stop: asyncio.Event) -> None:
+        connection = await aio_pika.connect(
+            url, timeout=self._amqp.publish_timeout_s, heartbeat=self._amqp.heartbeat_s
+        )
+        # Confirms and returns: a retry or dead-letter copy counts once the broker holds it.
+        async with connection, connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        ) as channel:
+            await channel.set_qos(prefetch_count=self._settings.prefetch)
+            routes = await declare(channel, self.name, self._settings)
+            settler = Settler(
+                self.name, self._settings, routes, self.state, self._amqp.publish_timeout_s
+            )
+            lost = first_of(connection.closed(), channel.closed())
+            self.state.connected = True
+            try:
+                await self._consume(routes.queue, settler, stop, lost)
+            finally:
+                self.state.connected = self.state.consuming = False
+        if not stop.is_set():
+            self._note_failure("amqp connection lost", url, ConnectionLost())
+
+    async def _consume(
+        self, queue: AbstractQueue, settler: Settler, stop: asyncio.Event, lost: Awaitable[None]
+    ) -> None:
+        """Consume until stopped (then finish what is in hand) or until the connection is lost."""
+        inbox: Inbox = asyncio.Queue()
+        tag = await queue.consume(inbox.put)
+        self.state.consuming = True
+        log.info("consuming", extra={"consumer": self.name, "queue": queue.name})
+        work = asyncio.create_task(self._work(inbox, settler))
+        try:
+            await first_of(stop.wait(), lost, asyncio.shield(work))
+            if stop.is_set() and not work.done():
+                await self._finish(queue, tag, inbox, work)
+            elif work.done():
+                work.result()
+        finally:
+            work.cancel()
+
+    async def _finish(
+        self, queue: AbstractQueue, tag: str, inbox: Inbox, work: asyncio.Task[None]
+    ) -> None:
+        """Stop taking deliveries, then settle every one already in hand."""
+        await queue.cancel(tag)
+        self.state.consuming = False
+        inbox.put_nowait(END)
+        log.info("stopping: settling deliveries in hand", extra={"consumer": self.name})
+        await work
+
+    async def _work(self, inbox: Inbox, settler: Settler) -> None:
+        size, linger_s = self._settings.prefetch, self._settings.linger_ms / 1000
+        while batch := await take(inbox, size, linger_s):
+            await self._process(batch, settler)
+            self.state.batches += 1
+
+    async def _process(self, batch: Sequence[Delivery], settler: Settler) -> None:
+        events, invalid = decode(batch)
+        await asyncio.gather(*(settler.fail(message, exc) for message, exc in invalid))
+        if len(events) > 1 and await self._apply_many(events, settler):
+            return
+        await asyncio.gather(*(self._apply_one(m, e, settler) for m, e in events))
+
+    async def _apply_many(self, events: Sequence[Decoded], settler: Settler) -> bool:
+        """Apply the batch all or nothing; True if done (and acked), False to go one by one."""
+        if self._handler.many is None:
+            return False
+        try:
+            await self._handler.many([event for _, event in events])
+        # Handler code is foreign: any exception it raises is a failed attempt, by contract.
+        except Exception as exc:
+            log.warning("batch failed; applying its events one by one", extra={
+                "consumer": self.name, "size": len(events), "error": describe(exc)
+            })
+            return False
+        for message, _ in events:
+            await settler.ack(message)
+        return True
+
+    async def _apply_one(self, message: Delivery, event: Event, settler: Settler) -> None:
+        try:
+            await self._handler.one(event)
+        # Handler code is foreign: any exception it raises is a failed attempt, by contract.
+        except Exception as exc:
+            if not isinstance(exc, Reject | RetryLater):
+                log.exception("handler raised", extra={"consumer": self.name, "event_id": event.id})
+            await settler.fail(message, exc)
+        else:
+            await settler.ack(message)

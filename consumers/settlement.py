@@ -1,0 +1,169 @@
+"""Settling a delivery: ack it, retry it later through a delay queue, or dead-letter it.
+
+Retries and dead letters are copies that we publish with our headers (attempts, reason)
+and the original is acked only once the broker has confirmed the copy, so a crash at any
+point leaves the event in at least one queue. The broker's own dead-lettering (delivery
+limit exceeded: a message that keeps killing its worker) is the backstop for what a worker
+never gets to settle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import aio_pika
+from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, DeliveryMode
+
+from consumers import topology
+from consumers.handler import Reject
+from consumers.health import ConsumerState
+from consumers.topology import Topology
+from gateway.settings import ConsumerSettings
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS_HEADER: Final = "aifi_attempts"  # attempts that failed so far
+REASON_HEADER: Final = "aifi_reason"  # why the last one failed
+FAILED_AT_HEADER: Final = "aifi_failed_at"  # when, RFC 3339 UTC
+REPLAYS_HEADER: Final = "aifi_replays"  # times moved back from the dead-letter queue
+MAX_REASON_CHARS: Final = 1000
+# Written by the broker about an earlier life of the message; a replayed copy starts afresh.
+BROKER_HEADERS: Final = frozenset({
+    "x-death", "x-delivery-count",
+    "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
+    "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason",
+})
+PUBLISH_FAILED: Final = (
+    aio_pika.exceptions.DeliveryError,  # the broker nacked the copy
+    aio_pika.exceptions.PublishError,  # the copy was unroutable: a delay queue is missing
+    asyncio.TimeoutError,
+)
+
+
+def failures(message: AbstractIncomingMessage) -> int:
+    value = message.headers.get(ATTEMPTS_HEADER)
+    return value if isinstance(value, int) and value > 0 else 0
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc)
+    return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:MAX_REASON_CHARS]
+
+
+def copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+    """The same message with other headers (user_id is left out: the broker checks it)."""
+    return aio_pika.Message(
+        message.body,
+        headers=headers,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        delivery_mode=DeliveryMode.PERSISTENT,
+        priority=message.priority,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to,
+        message_id=message.message_id,
+        timestamp=message.timestamp,
+        type=message.type,
+        app_id=message.app_id,
+    )
+
+
+def replay_copy(message: AbstractIncomingMessage) -> aio_pika.Message:
+    """A dead letter made new: a full set of attempts, its replay counted."""
+    ours = {ATTEMPTS_HEADER, REASON_HEADER, FAILED_AT_HEADER}
+    headers = {k: v for k, v in message.headers.items() if k not in ours | BROKER_HEADERS}
+    replays = message.headers.get(REPLAYS_HEADER)
+    headers[REPLAYS_HEADER] = (replays if isinstance(replays, int) else 0) + 1
+    return copy(message, headers)
+
+
+class Settler:
+    """Settles the deliveries of one consumer on the channel they arrived on."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: ConsumerSettings,
+        routes: Topology,
+        state: ConsumerState,
+        publish_timeout_s: float,
+    ) -> None:
+        self._name = name
+        self._settings = settings
+        self._routes = routes
+        self._state = state
+        self._timeout_s = publish_timeout_s
+
+    async def ack(self, message: AbstractIncomingMessage) -> None:
+        await message.ack()
+        self._state.acked += 1
+
+    async def fail(self, message: AbstractIncomingMessage, exc: Exception) -> None:
+        """Retry after a backoff, or dead-letter: at once if rejected, else when out of attempts."""
+        attempts = failures(message) + 1
+        if isinstance(exc, Reject) or attempts >= self._settings.max_attempts:
+            await self._dead_letter(message, attempts, describe(exc))
+        else:
+            await self._retry(message, attempts, describe(exc))
+
+    async def _retry(self, message: AbstractIncomingMessage, attempts: int, reason: str) -> None:
+        delay_ms = topology.backoff_ms(self._settings, attempts)
+        key = topology.delay_key(self._name, delay_ms)
+        if await self._move(message, self._routes.delay, key, attempts, reason):
+            self._state.retried += 1
+            log.warning("retrying later", extra=self._fields(message, attempts, reason, delay_ms))
+
+    async def _dead_letter(
+        self, message: AbstractIncomingMessage, attempts: int, reason: str
+    ) -> None:
+        if await self._move(message, self._routes.dead, self._name, attempts, reason):
+            self._state.dead_lettered += 1
+            log.error("dead-lettered", extra=self._fields(message, attempts, reason, None))
+
+    async def _move(
+        self,
+        message: AbstractIncomingMessage,
+        exchange: AbstractExchange,
+        routing_key: str,
+        attempts: int,
+        reason: str,
+    ) -> bool:
+        """Publish a copy with our headers, and ack the original only once the copy is confirmed."""
+        headers = dict(message.headers) | {
+            ATTEMPTS_HEADER: attempts,
+            REASON_HEADER: reason,
+            FAILED_AT_HEADER: datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        }
+        try:
+            await exchange.publish(copy(message, headers), routing_key, timeout=self._timeout_s)
+        except PUBLISH_FAILED as exc:
+            await self._give_back(message, exc)
+            return False
+        await message.ack()
+        return True
+
+    async def _give_back(self, message: AbstractIncomingMessage, exc: BaseException) -> None:
+        """The copy is not safe, so the original must stay in the queue."""
+        log.error("cannot move message; requeueing it", extra={
+            "consumer": self._name, "event_id": message.message_id, "error": describe(exc)
+        })
+        # A pause, so that a broker refusing our copies is not answered with a hot loop.
+        await asyncio.sleep(self._settings.retry_base_ms / 1000)
+        # reject, not nack: RabbitMQ 4.3+ counts only reject against the delivery limit, which
+        # then dead-letters a message we can never move instead of redelivering it forever.
+        await message.reject(requeue=True)
+        self._state.requeued += 1
+
+    def _fields(
+        self, message: AbstractIncomingMessage, attempts: int, reason: str, delay_ms: int | None
+    ) -> dict[str, Any]:
+        return {
+            "consumer": self._name,
+            "event_id": message.message_id,
+            "attempts": attempts,
+            "reason": reason,
+            "delay_ms": delay_ms,
+        }

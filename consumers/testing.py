@@ -1,0 +1,89 @@
+"""Helpers for testing a consumer against a real broker (ours, and a downstream team's).
+
+Events are made by the gateway's own normalization, so a test sees exactly what the
+gateway would publish for the same AiFi call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+import orjson
+from aio_pika.abc import AbstractChannel
+
+from gateway import events
+from gateway.contract import EXCHANGE, Outbound
+from gateway.events import Receipt
+from gateway.models import Tracking, Transition
+from gateway.publisher import to_message
+
+ORIGIN: Final = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+PUBLISH_CHUNK: Final = 1000
+
+
+def transition_body(store_id: int, session_id: str, **fields: Any) -> bytes:
+    """A minimal AiFi "entered"/"left" body; `fields` override or add top-level fields."""
+    body = {
+        "sessionId": session_id,
+        "session": {"sessionId": session_id, "groupSize": 1},
+        "customer": {"id": f"c-{session_id}", "role": "customer"},
+        "storeId": store_id,
+        "store": {"oasisApiStoreId": store_id, "aifiUniqueStoreId": f"s-{store_id}"},
+        "storeExternalId": f"ext-{store_id}",
+        "timeOfOrigin": ORIGIN.isoformat(),
+        "timeOfIssue": ORIGIN.isoformat(),
+        "payment": {"paymentProvider": "NONE"},
+        "shopperId": f"p-{session_id}",
+        "shopper": {"shopperId": f"p-{session_id}"},
+    }
+    return orjson.dumps(body | fields)
+
+
+def receipt(raw: bytes) -> Receipt:
+    return Receipt(raw_body=raw, token_name="test", received_at=datetime.now(UTC))
+
+
+def transition(
+    kind: Literal["entered", "exited"], store_id: int, session_id: str, **fields: Any
+) -> Outbound:
+    """What the gateway publishes for one "entered" or "left" call."""
+    raw = transition_body(store_id, session_id, **fields)
+    model, got = Transition.model_validate_json(raw), receipt(raw)
+    return events.to_outbound(events.from_transition(model, kind, got), got.received_at)
+
+
+def tracking(store_id: int, unique_event_id: str, shopper_id: str | None) -> Outbound:
+    """What the gateway publishes for one tracking call."""
+    raw = orjson.dumps({
+        "storeId": store_id,
+        "store": {"oasisApiStoreId": store_id, "aifiUniqueStoreId": f"s-{store_id}"},
+        "timeOfOrigin": ORIGIN.isoformat(),
+        "timeOfIssue": ORIGIN.isoformat(),
+        "shopperId": shopper_id,
+        "uniqueEventId": unique_event_id,
+    })
+    model, got = Tracking.model_validate_json(raw), receipt(raw)
+    return events.to_outbound(events.from_tracking(model, got), got.received_at)
+
+
+async def publish(channel: AbstractChannel, outbounds: Iterable[Outbound]) -> None:
+    """Publish to the events exchange, confirmed, pipelined a chunk at a time."""
+    exchange = await channel.get_exchange(EXCHANGE)
+    for chunk in _chunks(outbounds):
+        await asyncio.gather(*(exchange.publish(to_message(o), o.routing_key) for o in chunk))
+
+
+def _chunks(outbounds: Iterable[Outbound]) -> Iterable[list[Outbound]]:
+    iterator = iter(outbounds)
+    while chunk := list(itertools.islice(iterator, PUBLISH_CHUNK)):
+        yield chunk
+
+
+async def depth(channel: AbstractChannel, queue: str) -> int:
+    """Messages ready in `queue` (not counting those delivered and not yet settled)."""
+    declared = await channel.declare_queue(queue, passive=True)
+    return declared.declaration_result.message_count or 0
