@@ -18,7 +18,17 @@ from gateway.settings import AmqpSettings
 
 log = logging.getLogger(__name__)
 
-BROKER_ERRORS: Final = (aiormq.exceptions.AMQPError, ConnectionError, OSError, asyncio.TimeoutError)
+# ChannelInvalidStateError is a RuntimeError, not an AMQPError: it is what a
+# publish on a channel closed under it raises.
+# ChannelInvalidStateError is a RuntimeError, not an AMQPError: it is what a
+# publish on a channel closed under it raises.
+BROKER_ERRORS: Final = (
+    aiormq.exceptions.AMQPError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+)
 
 
 class PublishError(Exception):
@@ -89,6 +99,9 @@ class Publisher:
                 log.warning(
                     "amqp connection failed", extra={"url": redact(url), "error": repr(exc)}
                 )
+            except Exception:
+                # The outermost loop: whatever broke, the gateway must reconnect.
+                log.exception("amqp connection broke unexpectedly", extra={"url": redact(url)})
             self.reconnects += 1
             await asyncio.sleep(backoff_s(attempt, self._settings.reconnect_max_s))
             attempt += 1
@@ -117,7 +130,7 @@ class Publisher:
                 if exchange is None:
                     raise PublishError("channel closed")
                 await exchange.publish(to_message(outbound), outbound.routing_key, mandatory=False)
-        except (*BROKER_ERRORS, aio_pika.exceptions.DeliveryError) as exc:
+        except BROKER_ERRORS as exc:
             raise PublishError(type(exc).__name__) from exc
 
 

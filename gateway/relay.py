@@ -75,28 +75,29 @@ class Relay:
         return self._backlog.popleft()
 
     async def _publish(self, record: Record) -> None:
+        confirmed = False
         try:
             await self._publisher.publish(record.outbound)
+            confirmed = True
         except PublishError as exc:
-            self._failed(record, exc)
-        else:
-            self.published += 1
-            self._spool.confirm(record.seq)
+            log.debug("relay publish failed", extra={"error": str(exc)})
         finally:
+            # Whatever ended the attempt, an unconfirmed record goes back in line.
+            if confirmed:
+                self.published += 1
+                self._spool.confirm(record.seq)
+            else:
+                self._failed(record)
             self._publishing -= 1
             self._slots.release()
             self._settled.set()
 
-    def _failed(self, record: Record, error: PublishError) -> None:
+    def _failed(self, record: Record) -> None:
         """Put the record back in front and pause, so a refusing broker is not hammered."""
         self.failures += 1
         self._backlog.appendleft(record)
         self._wakeup.set()
         self._pause_until = asyncio.get_running_loop().time() + FAILURE_PAUSE_S
-        log.debug(
-            "relay publish failed",
-            extra={"event_id": record.outbound.message_id, "error": str(error)},
-        )
 
     async def _checkpoint(self) -> None:
         while True:

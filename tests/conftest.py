@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aio_pika
 import pytest
+from _pytest.terminal import TerminalReporter
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from devtools.loadcheck import Verdict
 from devtools.rabbitnode import amqp_reachable
 from gateway.app import PIPELINE, create_app
 from gateway.publisher import declare_topology
@@ -64,3 +66,25 @@ async def client(settings: Settings) -> AsyncIterator[TestClient[web.Request, we
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         await asyncio.wait_for(app[PIPELINE].publisher.wait_ready(), 10)
         yield client
+
+
+CHECKER_VERDICTS = pytest.StashKey[list[tuple[str, dict[str, int]]]]()
+
+
+@pytest.fixture
+def checker_report(request: pytest.FixtureRequest) -> Callable[[str, Verdict], None]:
+    """Keep a checker verdict for the summary at the end of the run, duplicates included."""
+    verdicts = request.config.stash.setdefault(CHECKER_VERDICTS, [])
+
+    def report(name: str, verdict: Verdict) -> None:
+        verdicts.append((f"{request.node.name} [{name}]", verdict.summary()))
+
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: TerminalReporter, config: pytest.Config) -> None:
+    verdicts = config.stash.get(CHECKER_VERDICTS, [])
+    if verdicts:
+        terminalreporter.section("zero-loss checker")
+        for name, summary in verdicts:
+            terminalreporter.write_line(f"{name}: {summary}")

@@ -1,0 +1,175 @@
+"""Zero loss under real faults: a few thousand events in flight, checked end to end.
+
+Each test runs `aifi-gateway` as a process against a private RabbitMQ node of
+its own, causes one fault for real in the middle of a loopback load, and
+classifies every request with the total-queue checker: nothing answered 200 may
+be lost, nothing may arrive that was not sent. Duplicates are reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import aio_pika
+import pytest
+
+from devtools.gatewayproc import GatewayProcess
+from devtools.loadcheck import Verdict, classify, collect, send_load
+from devtools.rabbitnode import Node, NodeSpec, free_port
+from gateway import contract
+from gateway.publisher import declare_topology
+from tests.support import TOKEN, TOKEN_NAME
+
+CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
+LOAD = 3000
+CONCURRENCY = 64
+Fault = Callable[[], Awaitable[None]]
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    """A broker this module may kill: never the one the rest of the suite uses."""
+    spec = NodeSpec("aifi-zero-loss", free_port(), free_port(), tmp_path_factory.mktemp("rmq"))
+    broker = Node(spec)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+async def queue_name(node: Node) -> AsyncIterator[str]:
+    """A durable queue bound to `#`: confirmed events must survive a broker crash in it."""
+    name = f"zero-loss.{uuid.uuid4().hex}"
+    connection = await aio_pika.connect(node.url)
+    async with connection, connection.channel() as channel:
+        await declare_topology(channel)
+        queue = await channel.declare_queue(name, durable=True)
+        await queue.bind(contract.EXCHANGE, "#")
+    yield name
+    if not node.is_running():
+        node.start()
+    connection = await aio_pika.connect(node.url)
+    async with connection, connection.channel() as channel:
+        await channel.queue_delete(name)
+
+
+def gateway_env(node: Node, spool_dir: Path, ack: str) -> dict[str, str]:
+    return {
+        "AIFI_CONFIG": str(CONFIG),
+        "AIFI_AMQP_URL": node.url,
+        "AIFI_TOKENS": f"{TOKEN_NAME}={TOKEN}",
+        "AIFI_SPOOL_DIR": str(spool_dir),
+        "AIFI_ACK": ack,
+        "AIFI_AMQP_PUBLISH_TIMEOUT_S": "2",
+        "AIFI_AMQP_RECONNECT_MAX_S": "0.5",
+        "AIFI_LOG_LEVEL": "WARNING",
+    }
+
+
+@pytest.fixture(params=["spooled"])
+def gateway(request: pytest.FixtureRequest, node: Node, tmp_path: Path) -> Iterator[GatewayProcess]:
+    env = gateway_env(node, tmp_path / "spool", request.param)
+    process = GatewayProcess(free_port(), env, tmp_path / "gateway.log")
+    process.start()
+    yield process
+    process.stop()
+
+
+async def run_with_fault(
+    gateway: GatewayProcess,
+    node: Node,
+    queue_name: str,
+    fault: Fault,
+    report: Callable[[str, Verdict], None],
+    name: str,
+) -> Verdict:
+    markers = [f"{name}-{uuid.uuid4().hex[:8]}-{i}" for i in range(LOAD)]
+    url = f"{gateway.url}/webhooks/aifi/entered"
+    load = asyncio.create_task(send_load(url, TOKEN, markers, CONCURRENCY))
+    await asyncio.sleep(0.4)
+    assert not load.done(), "the load ended before the fault: it would prove nothing"
+    await fault()
+    sent = await load
+    if not node.is_running():
+        await asyncio.to_thread(node.start)
+    arrived = await collect(node.url, queue_name, sent.acknowledged, timeout_s=90)
+    verdict = classify(markers, sent, arrived)
+    report(name, verdict)
+    return verdict
+
+
+def assert_nothing_lost(verdict: Verdict) -> None:
+    assert not verdict.lost, f"lost {len(verdict.lost)}: {sorted(verdict.lost)[:5]}"
+    assert not verdict.unexpected
+    assert not verdict.wrong_ids
+    assert verdict.acknowledged >= LOAD // 4, "the load hardly ran; the fault proved nothing"
+
+
+@pytest.mark.parametrize("gateway", ["spooled", "confirmed"], indirect=True)
+async def test_broker_sigkill_mid_load(
+    gateway: GatewayProcess,
+    node: Node,
+    queue_name: str,
+    checker_report: Callable[[str, Verdict], None],
+) -> None:
+    async def crash_and_restart() -> None:
+        await asyncio.to_thread(node.kill)
+        await asyncio.sleep(1)
+        await asyncio.to_thread(node.start)
+
+    verdict = await run_with_fault(
+        gateway, node, queue_name, crash_and_restart, checker_report, "broker-kill"
+    )
+    assert_nothing_lost(verdict)
+
+
+async def test_gateway_sigkill_mid_load(
+    gateway: GatewayProcess,
+    node: Node,
+    queue_name: str,
+    checker_report: Callable[[str, Verdict], None],
+) -> None:
+    async def crash_and_restart() -> None:
+        gateway.kill()
+        await asyncio.to_thread(gateway.start)
+
+    verdict = await run_with_fault(
+        gateway, node, queue_name, crash_and_restart, checker_report, "gateway-kill"
+    )
+    assert_nothing_lost(verdict)
+    assert verdict.acknowledged < LOAD, "the crash should have refused some requests"
+
+
+async def test_connection_cut_mid_load(
+    gateway: GatewayProcess,
+    node: Node,
+    queue_name: str,
+    checker_report: Callable[[str, Verdict], None],
+) -> None:
+    async def cut() -> None:
+        await asyncio.to_thread(node.close_all_connections, "zero-loss test")
+
+    verdict = await run_with_fault(gateway, node, queue_name, cut, checker_report, "conn-cut")
+    assert_nothing_lost(verdict)
+
+
+async def test_sigterm_under_load_exits_0_and_loses_nothing(
+    gateway: GatewayProcess,
+    node: Node,
+    queue_name: str,
+    checker_report: Callable[[str, Verdict], None],
+) -> None:
+    exit_codes: list[int] = []
+
+    async def terminate_then_restart() -> None:
+        exit_codes.append(await asyncio.to_thread(gateway.terminate))
+        await asyncio.to_thread(gateway.start)
+
+    verdict = await run_with_fault(
+        gateway, node, queue_name, terminate_then_restart, checker_report, "gateway-sigterm"
+    )
+    assert exit_codes == [0]
+    assert_nothing_lost(verdict)
