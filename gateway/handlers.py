@@ -144,7 +144,7 @@ class Receiver:
         try:
             await delivery.put(outbound)
         except Unavailable as exc:
-            log.warning(
+            log.debug(  # the delivery logs the cause once, not per request
                 "event not accepted",
                 extra={
                     "request_id": rid,
