@@ -175,6 +175,7 @@ class Worker:
             self.state.batches += 1
 
     async def _process(self, batch: Sequence[Delivery], settler: Settler) -> None:
+        self.state.redelivered += sum(1 for message in batch if message.redelivered)
         events, invalid = decode(batch)
         await asyncio.gather(*(settler.fail(message, exc) for message, exc in invalid))
         if len(events) > 1 and await self._apply_many(events, settler):

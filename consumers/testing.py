@@ -7,19 +7,26 @@ gateway would publish for the same AiFi call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import itertools
-from collections.abc import Iterable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
+import aio_pika
 import orjson
 from aio_pika.abc import AbstractChannel
 
+from consumers import topology
+from consumers.runner import Worker
 from gateway import events
 from gateway.contract import EXCHANGE, Outbound
 from gateway.events import Receipt
 from gateway.models import Tracking, Transition
 from gateway.publisher import to_message
+from gateway.settings import ConsumerSettings
 
 ORIGIN: Final = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 PUBLISH_CHUNK: Final = 1000
@@ -87,3 +94,66 @@ async def depth(channel: AbstractChannel, queue: str) -> int:
     """Messages ready in `queue` (not counting those delivered and not yet settled)."""
     declared = await channel.declare_queue(queue, passive=True)
     return declared.declaration_result.message_count or 0
+
+
+async def eventually(
+    predicate: Callable[[], bool | Awaitable[bool]], timeout_s: float = 10.0, what: str = "it"
+) -> None:
+    """Poll `predicate` (plain or async) until it holds; fail naming `what` after `timeout_s`."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await _holds(predicate):
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def _holds(predicate: Callable[[], bool | Awaitable[bool]]) -> bool:
+    result = predicate()
+    return await result if inspect.isawaitable(result) else result
+
+
+@contextlib.asynccontextmanager
+async def running(worker: Worker, timeout_s: float = 10.0) -> AsyncIterator[asyncio.Task[None]]:
+    """`worker` consuming in the background for the block, then stopped gracefully."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+
+    def consuming() -> bool:
+        if task.done():
+            task.result()
+        return worker.state.consuming
+
+    try:
+        await eventually(consuming, timeout_s, f"{worker.name} to consume")
+        yield task
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout_s)
+
+
+async def delete_queues(url: str, name: str, settings: ConsumerSettings) -> None:
+    """Remove a scratch consumer's queues, on a connection of its own."""
+    connection = await aio_pika.connect(url)
+    async with connection, connection.channel() as channel:
+        await topology.delete(channel, name, settings)
+
+
+class Scratch:
+    """Consumers with names no one else uses, made for one test; `delete` removes their queues."""
+
+    def __init__(self, url: str, base: ConsumerSettings) -> None:
+        self.url = url
+        self._base = base
+        self._made: list[tuple[str, ConsumerSettings]] = []
+
+    def consumer(self, *bindings: str, **overrides: Any) -> tuple[str, ConsumerSettings]:
+        name = f"t{uuid.uuid4().hex[:16]}"
+        settings = ConsumerSettings.model_validate(
+            self._base.model_dump() | overrides | {"bindings": bindings}
+        )
+        self._made.append((name, settings))
+        return name, settings
+
+    async def delete(self) -> None:
+        for name, settings in self._made:
+            await delete_queues(self.url, name, settings)

@@ -1,0 +1,331 @@
+"""The worker against a real broker: settlement, retries, dead letters, batching, stopping."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import aiohttp
+import orjson
+import pytest
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+
+from consumers import health, ledger, testing, topology
+from consumers.handler import Handler, Reject, RetryLater
+from consumers.ledger import Ledger, LedgerDB
+from consumers.runner import Worker
+from consumers.settlement import ATTEMPTS_HEADER, REASON_HEADER
+from consumers.topology import dead_queue_name, delay_queue_name, queue_name
+from devtools.rabbitnode import Node, NodeSpec, free_port
+from gateway import contract
+from gateway.contract import Event, Outbound
+from gateway.publisher import declare_topology
+from gateway.settings import AmqpSettings, ConsumerSettings, LedgerSettings
+
+BASE = ConsumerSettings(
+    prefetch=16, max_attempts=3, retry_base_ms=50, retry_max_ms=100, linger_ms=1
+)
+
+
+class Recorder:
+    """A handler that records every call and raises what its plan says, in turn."""
+
+    def __init__(self, *plan: Exception, delay_s: float = 0.0) -> None:
+        self.plan = list(plan)
+        self.calls: list[tuple[str, float]] = []
+        self.delay_s = delay_s
+
+    async def __call__(self, event: Event) -> None:
+        self.calls.append((event.id, time.monotonic()))
+        await asyncio.sleep(self.delay_s)
+        if self.plan:
+            raise self.plan.pop(0)
+
+
+@pytest.fixture
+def store() -> int:
+    """A store id no other test uses, so that routing keys are this test's own."""
+    return random.randrange(10**6, 10**9)
+
+
+@pytest.fixture
+async def scratch(amqp_url: str) -> AsyncIterator[testing.Scratch]:
+    made = testing.Scratch(amqp_url, BASE)
+    yield made
+    await made.delete()
+
+
+@pytest.fixture
+async def presence(tmp_path: Path) -> AsyncIterator[Ledger]:
+    async with ledger.opened(LedgerSettings(db=tmp_path / "ledger.sqlite3")) as opened:
+        yield opened
+
+
+def worker(url: str, name: str, settings: ConsumerSettings, handler: Handler) -> Worker:
+    return Worker(name, settings, AmqpSettings(urls=(url,), reconnect_max_s=0.5), handler)
+
+
+async def dead_letters(channel: AbstractChannel, name: str) -> list[AbstractIncomingMessage]:
+    queue = await channel.get_queue(dead_queue_name(name))
+    found = []
+    while (message := await queue.get(fail=False)) is not None:
+        await message.ack()
+        found.append(message)
+    return found
+
+
+def without_session(outbound: Outbound) -> Outbound:
+    """A well-formed event the ledger cannot use: an entry without a session."""
+    event = orjson.loads(outbound.body)
+    del event["data"]["sessionId"]
+    return Outbound(outbound.message_id, outbound.routing_key, orjson.dumps(event),
+                    outbound.content_type, outbound.timestamp_s, outbound.headers)
+
+
+async def test_twins_and_a_redelivery_through_the_broker(
+    amqp_url: str, channel: AbstractChannel, scratch: testing.Scratch, presence: Ledger,
+    store: int,
+) -> None:
+    name, settings = scratch.consumer(f"entered.{store}", f"exited.{store}")
+    entered = testing.transition("entered", store, "s1")
+    twins = [testing.transition("exited", store, "s1") for _ in range(2)]
+    consumer = worker(amqp_url, name, settings, presence.handler())
+    async with testing.running(consumer):
+        await testing.publish(channel, [entered, entered, *twins])
+        await testing.eventually(lambda: consumer.state.acked == 4, what="4 acks")
+    visit = await presence.call(LedgerDB.visit, "s1")
+    assert (visit["personsEntered"], visit["personsExited"]) == (1, 2)
+    assert await presence.call(LedgerDB.processed) == 3
+
+
+@pytest.mark.parametrize("turns", [
+    [["entered"], ["exited"]], [["exited"], ["entered"]], [["entered", "exited"]],
+], ids=["entry-first", "exits-first", "together"])
+async def test_every_order_of_entry_and_exits_ends_the_same(
+    amqp_url: str, channel: AbstractChannel, scratch: testing.Scratch, presence: Ledger,
+    store: int, turns: list[list[str]],
+) -> None:
+    """Entries and exits travel on separate queues, so either may be processed first."""
+    queues = {kind: scratch.consumer(f"{kind}.{store}") for kind in ("entered", "exited")}
+    for name, settings in queues.values():
+        await topology.declare(channel, name, settings)
+    await testing.publish(channel, [
+        testing.transition("exited", store, "s1", timeOfOrigin="2024-05-01T12:30:00Z"),
+        testing.transition("exited", store, "s1", timeOfOrigin="2024-05-01T12:30:00.5Z"),
+        testing.transition("entered", store, "s1", timeOfOrigin="2024-05-01T12:00:00Z"),
+    ])
+    expected_acks = {"entered": 1, "exited": 2}
+    for turn in turns:
+        await run_until_acked(
+            {kind: worker(amqp_url, *queues[kind], presence.handler()) for kind in turn},
+            expected_acks,
+        )
+    assert await presence.call(LedgerDB.visit, "s1") == {
+        "sessionId": "s1", "storeId": store, "oasisApiStoreId": store,
+        "aifiUniqueStoreId": f"s-{store}", "storeExternalId": f"ext-{store}",
+        "customerId": "c-s1", "customerRole": "customer", "shopperId": "p-s1",
+        "groupSize": 1, "firstEntered": "2024-05-01T12:00:00.000000Z",
+        "lastExited": "2024-05-01T12:30:00.500000Z", "personsEntered": 1, "personsExited": 2,
+        "occupancy": 0,
+    }
+
+
+async def run_until_acked(workers: dict[str, Worker], acks: dict[str, int]) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        for each in workers.values():
+            await stack.enter_async_context(testing.running(each))
+        await testing.eventually(
+            lambda: all(w.state.acked == acks[k] for k, w in workers.items()),
+            what=f"{sorted(workers)} to be processed",
+        )
+
+
+async def test_a_poison_message_is_dead_lettered_after_max_attempts_with_its_reason(
+    amqp_url: str, channel: AbstractChannel, scratch: testing.Scratch, store: int
+) -> None:
+    name, settings = scratch.consumer(f"entered.{store}")
+    handler = Recorder(*(RetryLater("downstream is down") for _ in range(5)))
+    consumer = worker(amqp_url, name, settings, Handler(one=handler))
+    event = testing.transition("entered", store, "s1")
+    async with testing.running(consumer):
+        await testing.publish(channel, [event])
+        await testing.eventually(lambda: consumer.state.dead_lettered == 1, what="dead letter")
+    [dead] = await dead_letters(channel, name)
+    assert dead.body == event.body
+    assert dead.message_id == event.message_id
+    assert dead.headers[ATTEMPTS_HEADER] == 3
+    assert dead.headers[REASON_HEADER] == "RetryLater: downstream is down"
+    assert [call[0] for call in handler.calls] == [event.message_id] * 3
+    # Backoff, not a hot loop: 50 ms, then 100 ms.
+    gaps = [b[1] - a[1] for a, b in itertools.pairwise(handler.calls)]
+    assert gaps[0] >= 0.05
+    assert gaps[1] >= 0.1
+    assert (consumer.state.retried, consumer.state.acked) == (2, 0)
+
+
+async def test_a_transient_failure_succeeds_on_retry(
+    amqp_url: str, channel: AbstractChannel, scratch: testing.Scratch, store: int
+) -> None:
+    name, settings = scratch.consumer(f"entered.{store}")
+    handler = Recorder(RetryLater("busy"), RuntimeError("a bug that went away"))
+    consumer = worker(amqp_url, name, settings, Handler(one=handler))
+    async with testing.running(consumer):
+        await testing.publish(channel, [testing.transition("entered", store, "s1")])
+        await testing.eventually(lambda: consumer.state.acked == 1, what="the ack")
+    assert len(handler.calls) == 3
+    assert (consumer.state.retried, consumer.state.dead_lettered) == (2, 0)
+    assert await dead_letters(channel, name) == []
+    assert await testing.depth(channel, queue_name(name)) == 0
+
+
+async def test_reject_and_invalid_bodies_are_dead_lettered_at_once(
+    amqp_url: str, channel: AbstractChannel, scratch: testing.Scratch, store: int
+) -> None:
+    name, settings = scratch.consumer(f"entered.{store}")
+    handler = Recorder(Reject("unknown store"))
+    consumer = worker(amqp_url, name, settings, Handler(one=handler))
+    exchange = await channel.get_exchange(contract.EXCHANGE)
+    async with testing.running(consumer):
+        junk = aio_pika.Message(b"{not json", message_id="junk")
+        await exchange.publish(junk, f"entered.{store}")
+        await testing.publish(channel, [testing.transition("entered", store, "s1")])
+        await testing.eventually(lambda: consumer.state.dead_lettered == 2, what="dead letters")
+    reasons = {m.message_id: (m.headers[ATTEMPTS_HEADER], str(m.headers[REASON_HEADER]))
+               for m in await dead_letters(channel, name)}
+    assert reasons.pop("junk")[1].startswith("Reject: not a valid event")
+    assert list(reasons.values()) == [(1, "Reject: unknown store")]
+    assert len(handler.calls) == 1
+    assert consumer.state.retried == 0
+
+
+async def test_one_poison_event_does_not_hold_back_its_batch(
+    amqp_url: str, channel: AbstractChannel, scratch: testing.Scratch, presence: Ledger,
+    store: int,
+) -> None:
+    name, settings = scratch.consumer(f"entered.{store}")
+    await topology.declare(channel, name, settings)
+    good = [testing.transition("entered", store, f"s{i}") for i in range(10)]
+    poison = without_session(testing.transition("entered", store, "s-poison"))
+    await testing.publish(channel, [*good[:5], poison, *good[5:]])
+    consumer = worker(amqp_url, name, settings, presence.handler())
+    async with testing.running(consumer):
+        await testing.eventually(lambda: consumer.state.acked + consumer.state.dead_lettered == 11)
+    assert consumer.state.batches < 11  # the events did arrive together
+    assert (consumer.state.acked, consumer.state.dead_lettered) == (10, 1)
+    assert await presence.call(LedgerDB.processed) == 10
+    [dead] = await dead_letters(channel, name)
+    assert dead.message_id == poison.message_id
+    assert "no sessionId" in str(dead.headers[REASON_HEADER])
+
+
+async def test_a_copy_the_broker_cannot_route_is_requeued_until_the_delivery_limit(
+    amqp_url: str, channel: AbstractChannel, scratch: testing.Scratch, store: int
+) -> None:
+    """Nothing is dropped: with no delay queue to take the retry, the original goes back
+    (reject, counted by the delivery limit), and the broker dead-letters it at the limit."""
+    name, settings = scratch.consumer(f"entered.{store}", delivery_limit=2)
+    handler = Recorder(*(RetryLater("still down") for _ in range(10)))
+    consumer = worker(amqp_url, name, settings, Handler(one=handler))
+    async with testing.running(consumer):
+        await channel.queue_delete(delay_queue_name(name, 50), if_unused=False, if_empty=False)
+        await testing.publish(channel, [testing.transition("entered", store, "s1")])
+        await testing.eventually(lambda: dead_letters_waiting(channel, name), what="dead letter")
+    assert consumer.state.requeued == 3  # delivered, then redelivered twice: the limit is 2
+    assert len(handler.calls) == 3
+    [dead] = await dead_letters(channel, name)
+    assert dead.headers["x-first-death-reason"] == "delivery_limit"
+    assert ATTEMPTS_HEADER not in dead.headers
+
+
+async def dead_letters_waiting(channel: AbstractChannel, name: str) -> bool:
+    return await testing.depth(channel, dead_queue_name(name)) > 0
+
+
+async def test_stopping_settles_every_delivery_in_hand(
+    amqp_url: str, channel: AbstractChannel, scratch: testing.Scratch, store: int
+) -> None:
+    name, settings = scratch.consumer(f"entered.{store}")
+    await topology.declare(channel, name, settings)
+    await testing.publish(
+        channel, [testing.transition("entered", store, f"s{i}") for i in range(50)]
+    )
+    handler = Recorder(delay_s=0.2)
+    consumer = worker(amqp_url, name, settings, Handler(one=handler))
+    async with testing.running(consumer):
+        await testing.eventually(lambda: len(handler.calls) > 0, what="the first call")
+    # Stopped while 16 handlers were running: each finished and was acked, none came back.
+    assert consumer.state.acked == len(handler.calls) == settings.prefetch
+    assert await testing.depth(channel, queue_name(name)) == 50 - settings.prefetch
+    rest = await channel.get_queue(queue_name(name))
+    redelivered = []
+    while (message := await rest.get(fail=False)) is not None:
+        redelivered.append(message.redelivered)
+        await message.ack()
+    assert redelivered == [False] * (50 - settings.prefetch)
+
+
+@pytest.fixture
+async def private_node(tmp_path: Path) -> AsyncIterator[Node]:
+    """A broker of this test's own, to crash at will; never the shared one."""
+    spec = NodeSpec(f"t-{uuid.uuid4().hex[:8]}", free_port(), free_port(), tmp_path / "rabbit")
+    node = Node(spec)
+    await asyncio.to_thread(node.start)
+    try:
+        yield node
+    finally:
+        await asyncio.to_thread(node.kill)
+
+
+async def publish_to(url: str, outbounds: list[Outbound]) -> None:
+    connection = await aio_pika.connect(url)
+    async with connection, connection.channel() as channel:
+        await declare_topology(channel)
+        await testing.publish(channel, outbounds)
+
+
+async def healthz(port: int) -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as session, session.get(
+        f"http://127.0.0.1:{port}/healthz"
+    ) as response:
+        return response.status, await response.json()
+
+
+async def test_consuming_resumes_after_the_broker_is_killed_and_restarted(
+    private_node: Node, presence: Ledger, store: int
+) -> None:
+    name, port = f"t{uuid.uuid4().hex[:16]}", free_port()
+    settings = BASE.model_copy(update={"bindings": (f"entered.{store}",), "prefetch": 64})
+    consumer = worker(private_node.url, name, settings, presence.handler())
+    before = [testing.transition("entered", store, f"a{i}") for i in range(6000)]
+    after = [testing.transition("entered", store, f"b{i}") for i in range(1000)]
+    async with health.serving(consumer.state, "127.0.0.1", port), testing.running(consumer):
+        await publish_to(private_node.url, before)
+        await testing.eventually(lambda: processed_at_least(presence, 200), what="progress")
+        await asyncio.to_thread(private_node.kill)
+        assert await presence.call(LedgerDB.processed) < len(before)  # killed mid-stream
+        await testing.eventually(lambda: not consumer.state.connected, what="the loss")
+        assert (await healthz(port))[0] == 503
+        await asyncio.to_thread(private_node.start)
+        await publish_to(private_node.url, after)
+        await testing.eventually(
+            lambda: processed_at_least(presence, len(before) + len(after)), 30, "every event"
+        )
+        status, body = await healthz(port)
+    assert (status, body["consuming"], body["connected"]) == (200, True, True)
+    assert body["reconnects"] >= 1
+    assert body["redelivered"] > 0  # what was in hand at the crash came back...
+    assert await presence.call(LedgerDB.processed) == len(before) + len(after)
+    [stats] = await presence.call(LedgerDB.occupancy, store)
+    assert stats["occupancy"] == len(before) + len(after)  # ...and counted once
+
+
+async def processed_at_least(presence: Ledger, count: int) -> bool:
+    return bool(await presence.call(LedgerDB.processed) >= count)
