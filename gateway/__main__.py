@@ -13,6 +13,7 @@ from aiohttp import web
 from gateway import logs, spool, tail
 from gateway.app import create_app
 from gateway.settings import Settings, SettingsError, load
+from gateway.workers import Supervisor
 
 log = logging.getLogger("gateway")
 
@@ -38,8 +39,10 @@ def check_auth(settings: Settings) -> None:
 
 
 def serve(settings: Settings) -> None:
+    """One gateway process; with `http.workers` > 1 each worker shares the port (SO_REUSEPORT)."""
     import uvloop
 
+    logs.configure(settings.log.level)
     web.run_app(
         create_app(settings),
         host=settings.http.host,
@@ -48,6 +51,7 @@ def serve(settings: Settings) -> None:
         shutdown_timeout=settings.http.shutdown_timeout_s,
         print=None,
         loop=uvloop.new_event_loop(),
+        reuse_port=settings.http.workers > 1 or None,
     )
 
 
@@ -71,7 +75,16 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "tail":
         tail.run(settings.amqp.urls[0], args.binding)
     else:
-        log.info("starting", extra={"host": settings.http.host, "port": settings.http.port})
+        log.info(
+            "starting",
+            extra={
+                "host": settings.http.host,
+                "port": settings.http.port,
+                "workers": settings.http.workers,
+            },
+        )
+        if settings.http.workers > 1:
+            raise SystemExit(Supervisor(settings, serve).run())
         serve(settings)
 
 

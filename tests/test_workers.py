@@ -1,0 +1,130 @@
+"""`http.workers: 2`: two processes on one port, no event lost or duplicated across them,
+and a worker killed with SIGKILL is restarted and recovers its own spool."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import aio_pika
+import pytest
+
+from devtools.gatewayproc import GatewayProcess
+from devtools.loadcheck import Verdict, classify, collect, send_load
+from devtools.rabbitnode import free_port
+from gateway import contract
+from gateway.publisher import declare_topology
+from gateway.settings import Settings
+from gateway.workers import worker_settings
+from tests.support import TOKEN, TOKEN_NAME, gateway_settings
+
+CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
+LOAD = 2000
+
+
+def worker_pids(parent: int) -> list[int]:
+    """The spawned gateway workers of `parent` (not multiprocessing's resource tracker)."""
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    return [int(p) for p in children if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+
+@pytest.fixture
+async def queue_name(amqp_url: str) -> AsyncIterator[str]:
+    name = f"workers.{uuid.uuid4().hex}"
+    connection = await aio_pika.connect(amqp_url)
+    async with connection, connection.channel() as channel:
+        await declare_topology(channel)
+        queue = await channel.declare_queue(name, durable=True)
+        await queue.bind(contract.EXCHANGE, "#")
+        yield name
+        await channel.queue_delete(name)
+
+
+@pytest.fixture
+def two_workers(amqp_url: str, tmp_path: Path) -> Iterator[GatewayProcess]:
+    env = {
+        "AIFI_CONFIG": str(CONFIG),
+        "AIFI_AMQP_URL": amqp_url,
+        "AIFI_TOKENS": f"{TOKEN_NAME}={TOKEN}",
+        "AIFI_SPOOL_DIR": str(tmp_path / "spool"),
+        "AIFI_HTTP_WORKERS": "2",
+        "AIFI_LOG_LEVEL": "WARNING",
+    }
+    process = GatewayProcess(free_port(), env, tmp_path / "gateway.log")
+    process.start()
+    yield process
+    process.stop()
+
+
+def test_each_worker_gets_a_spool_of_its_own(amqp_url: str, tmp_path: Path) -> None:
+    settings: Settings = gateway_settings(amqp_url, tmp_path, http={"workers": 2})
+    dirs = {worker_settings(settings, i).spool.dir for i in range(2)}
+    assert dirs == {tmp_path / "spool" / "worker-0", tmp_path / "spool" / "worker-1"}
+
+
+async def load_and_check(
+    gateway: GatewayProcess, amqp_url: str, queue_name: str, during: Callable[[], None]
+) -> Verdict:
+    markers = [f"workers-{uuid.uuid4().hex[:8]}-{i}" for i in range(LOAD)]
+    url = f"{gateway.url}/webhooks/aifi/entered"
+    load = asyncio.create_task(send_load(url, TOKEN, markers, 64))
+    await asyncio.sleep(0.3)
+    assert not load.done()
+    during()
+    sent = await load
+    arrived = await collect(amqp_url, queue_name, sent.acknowledged, timeout_s=60)
+    verdict = classify(markers, sent, arrived)
+    assert not verdict.lost
+    assert not verdict.unexpected
+    assert not verdict.wrong_ids
+    assert verdict.acknowledged >= LOAD // 2
+    return verdict
+
+
+def watermarks(spool_dir: Path) -> list[int]:
+    return [int((d / "confirmed").read_text()) for d in sorted(spool_dir.glob("worker-*"))]
+
+
+async def test_two_workers_share_the_load_without_loss_or_duplicates(
+    two_workers: GatewayProcess,
+    amqp_url: str,
+    queue_name: str,
+    tmp_path: Path,
+    checker_report: Callable[[str, Verdict], None],
+) -> None:
+    verdict = await load_and_check(two_workers, amqp_url, queue_name, lambda: None)
+    checker_report("two-workers", verdict)
+    assert not verdict.duplicated
+    await asyncio.sleep(0.5)  # the relays checkpoint their watermark every 0.2 s
+    marks = await asyncio.to_thread(watermarks, tmp_path / "spool")
+    assert len(marks) == 2
+    assert all(m > 0 for m in marks), "a worker took no traffic"
+
+
+async def test_a_killed_worker_is_restarted_and_nothing_is_lost(
+    two_workers: GatewayProcess,
+    amqp_url: str,
+    queue_name: str,
+    checker_report: Callable[[str, Verdict], None],
+) -> None:
+    assert two_workers.process is not None
+    pids = worker_pids(two_workers.process.pid)
+    assert len(pids) == 2
+    verdict = await load_and_check(
+        two_workers, amqp_url, queue_name, lambda: os.kill(pids[0], signal.SIGKILL)
+    )
+    checker_report("two-workers-one-killed", verdict)
+    await asyncio.sleep(1.0)  # the supervisor looks every 0.5 s
+    replacement = set(worker_pids(two_workers.process.pid)) - set(pids)
+    assert len(replacement) == 1, "the killed worker was not restarted"
+
+
+def test_sigterm_stops_every_worker_with_exit_code_0(two_workers: GatewayProcess) -> None:
+    assert two_workers.process is not None
+    pids = worker_pids(two_workers.process.pid)
+    assert two_workers.terminate() == 0
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in pids)
