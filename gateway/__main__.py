@@ -17,6 +17,8 @@ from gateway.workers import Supervisor
 
 log = logging.getLogger("gateway")
 
+LINGERING_S = 1.0
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="aifi-gateway", description=__doc__)
@@ -49,6 +51,12 @@ def serve(settings: Settings) -> None:
         port=settings.http.port,
         access_log=logging.getLogger("aiohttp.access") if settings.http.access_log else None,
         shutdown_timeout=settings.http.shutdown_timeout_s,
+        # aiohttp closes a connection that has not delivered a complete request
+        # head within the keep-alive timeout: that is our header timeout.
+        keepalive_timeout=settings.http.header_timeout_s,
+        # After refusing a body, drain what the client still sends for a moment
+        # (so it can read the answer), not for aiohttp's default 10 s.
+        lingering_time=LINGERING_S,
         print=None,
         loop=uvloop.new_event_loop(),
         reuse_port=settings.http.workers > 1 or None,

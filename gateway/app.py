@@ -7,15 +7,27 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
-from gateway import fsync
+from gateway import fsync, openapi
 from gateway.auth import TokenTable
 from gateway.delivery import ConfirmedDelivery, Delivery, SpooledDelivery
-from gateway.handlers import GATEWAY, Gateway, Handler, Receiver, healthz, problem, readyz
+from gateway.handlers import (
+    GATEWAY,
+    Gateway,
+    Handler,
+    Receiver,
+    healthz,
+    metrics,
+    problem,
+    readyz,
+)
+from gateway.metrics import Metrics
 from gateway.models import Tracking, Transition
 from gateway.publisher import Publisher
+from gateway.ratelimit import RateLimiter
 from gateway.relay import Relay
 from gateway.settings import Settings
 from gateway.spool import Spool
@@ -50,8 +62,19 @@ class Pipeline:
             spool, durability, publisher, relay, spooled, delivery, settings.http.shutdown_timeout_s
         )
 
+    def snapshot(self) -> dict[str, Any]:
+        """The state that `/metrics` reports, read at scrape time."""
+        return self.spool.stats() | {
+            "connected": int(self.publisher.ready),
+            "publishes": self.relay.attempts,
+            "confirms": self.relay.published,
+            "returns": self.publisher.returns,
+            "reconnects": self.publisher.reconnects,
+        }
+
 
 PIPELINE = web.AppKey("pipeline", Pipeline)
+OPENAPI = web.AppKey("openapi", dict[str, Any])
 
 
 @web.middleware
@@ -102,18 +125,36 @@ def add_routes(app: web.Application, settings: Settings) -> None:
     app.router.add_post(settings.http.tracking_path, Receiver("tracking", Tracking).handle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi_json)
+
+
+def gateway_state(settings: Settings, pipeline: Pipeline) -> Gateway:
+    auth = settings.auth
+    limiter = None
+    if auth.rate_limit_per_s > 0:
+        limiter = RateLimiter(auth.rate_limit_per_s, auth.rate_limit_burst)
+    return Gateway(
+        tokens=TokenTable.from_settings(auth.tokens, auth.allow_anonymous),
+        delivery=pipeline.delivery,
+        metrics=Metrics.create(pipeline.snapshot),
+        max_body_bytes=settings.http.max_body_bytes,
+        body_timeout_s=settings.http.body_timeout_s,
+        rate_limiter=limiter,
+        forward_headers=settings.http.forward_headers,
+    )
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(request.app[OPENAPI])
 
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=settings.http.max_body_bytes)
     pipeline = Pipeline.build(settings)
     app[PIPELINE] = pipeline
-    app[GATEWAY] = Gateway(
-        tokens=TokenTable.from_settings(settings.auth.tokens, settings.auth.allow_anonymous),
-        delivery=pipeline.delivery,
-        max_body_bytes=settings.http.max_body_bytes,
-        forward_headers=settings.http.forward_headers,
-    )
+    app[GATEWAY] = gateway_state(settings, pipeline)
+    app[OPENAPI] = openapi.document(settings)
     app.cleanup_ctx.append(pipeline_ctx)
     app.on_shutdown.append(stop_being_ready)
     add_routes(app, settings)

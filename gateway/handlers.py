@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -15,34 +17,45 @@ from pydantic import BaseModel, ValidationError
 
 from gateway import events
 from gateway.auth import TokenTable
-from gateway.contract import Kind, Outbound
+from gateway.contract import Headers, Kind, Outbound
 from gateway.delivery import Delivery, Unavailable
 from gateway.events import Receipt
+from gateway.metrics import Metrics
 from gateway.models import Tracking, Transition
+from gateway.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
 OK_BODY: Final = b'"ok"'
-RETRY_AFTER_S: Final = "5"
+RETRY_AFTER_S: Final = 5
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True, slots=True)
 class Gateway:
-    """What handlers read; built once at start-up and never changed."""
+    """What handlers read; built once at start-up and never replaced."""
 
     tokens: TokenTable
     delivery: Delivery
+    metrics: Metrics
     max_body_bytes: int
+    body_timeout_s: float
+    rate_limiter: RateLimiter | None = None
     forward_headers: tuple[str, ...] = ()
+
+
+GATEWAY: Final = web.AppKey("gateway", Gateway)
 
 
 class Rejection(Exception):
     """A request we refuse, with the status and a JSON problem to answer."""
 
-    def __init__(self, status: int, title: str, detail: str, **extra: Any) -> None:
+    def __init__(
+        self, status: int, title: str, detail: str, retry_after_s: int | None = None, **extra: Any
+    ) -> None:
         super().__init__(detail)
-        self.status, self.title, self.detail, self.extra = status, title, detail, extra
+        self.status, self.title, self.detail = status, title, detail
+        self.retry_after_s, self.extra = retry_after_s, extra
 
 
 def problem(status: int, title: str, detail: str, **extra: Any) -> web.Response:
@@ -51,6 +64,14 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> web.Response:
     return web.Response(
         status=status, body=orjson.dumps(body), content_type="application/problem+json"
     )
+
+
+def refusal(rejection: Rejection, rid: str) -> web.Response:
+    response = problem(rejection.status, rejection.title, rejection.detail, **rejection.extra)
+    response.headers["X-Request-Id"] = rid
+    if rejection.retry_after_s is not None:
+        response.headers[hdrs.RETRY_AFTER] = str(rejection.retry_after_s)
+    return response
 
 
 def request_id(request: web.Request) -> str:
@@ -71,22 +92,34 @@ def field_errors(error: ValidationError) -> list[dict[str, str]]:
     ]
 
 
-async def read_body(request: web.Request, max_body_bytes: int) -> bytes:
-    """The whole body, refusing more than `max_body_bytes`; a declared excess is never read."""
+def check_rate(limiter: RateLimiter | None, token_name: str) -> None:
+    wait_s = limiter.retry_after_s(token_name) if limiter else 0
+    if wait_s:
+        raise Rejection(429, "Too Many Requests", f"rate limit of {token_name!r}", wait_s)
+
+
+async def read_body(request: web.Request, max_body_bytes: int, timeout_s: float) -> bytes:
+    """The whole body within `timeout_s`, refusing more than `max_body_bytes`.
+
+    A declared excess is refused without reading a byte; a chunked body is cut
+    off at the limit.
+    """
     too_large = Rejection(413, "Payload Too Large", f"body exceeds {max_body_bytes} bytes")
     if request.content_length is not None and request.content_length > max_body_bytes:
         raise too_large
     try:
-        return await request.read()
+        async with asyncio.timeout(timeout_s):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise too_large from None
+    except TimeoutError:
+        raise Rejection(408, "Request Timeout", f"body not received in {timeout_s} s") from None
 
 
 def parse(raw: bytes, content_type: str, model: type[BaseModel]) -> BaseModel:
     if not is_json(content_type):
-        raise Rejection(
-            415, "Unsupported Media Type", f"expected application/json, got {content_type}"
-        )
+        detail = f"expected application/json, got {content_type}"
+        raise Rejection(415, "Unsupported Media Type", detail)
     try:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -106,8 +139,22 @@ def normalize(kind: Kind, model: BaseModel, receipt: Receipt) -> dict[str, Any]:
     return events.from_tracking(model, receipt)
 
 
-def forwarded(request: web.Request, names: tuple[str, ...]) -> dict[str, str | int | None]:
+def forwarded(request: web.Request, names: tuple[str, ...]) -> Headers:
     return {f"aifi_http_{n.lower()}": request.headers[n] for n in names if n in request.headers}
+
+
+def unauthorized(rid: str) -> web.Response:
+    response = problem(401, "Unauthorized", "a valid bearer token is required")
+    response.headers[hdrs.WWW_AUTHENTICATE] = "Bearer"
+    response.headers["X-Request-Id"] = rid
+    # The body was not read: closing spares reading a stranger's upload.
+    response.force_close()
+    return response
+
+
+def accepted(rid: str, event_id: str) -> web.Response:
+    headers = {"X-Request-Id": rid, "X-Event-Id": event_id}
+    return web.Response(body=OK_BODY, content_type="application/json", headers=headers)
 
 
 class Receiver:
@@ -118,65 +165,66 @@ class Receiver:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         gateway = request.app[GATEWAY]
-        rid = request_id(request)
+        started_s = time.perf_counter()
+        response = await self._respond(gateway, request, request_id(request))
+        gateway.metrics.observe(self.kind, response.status, time.perf_counter() - started_s)
+        return response
+
+    async def _respond(self, gateway: Gateway, request: web.Request, rid: str) -> web.Response:
         token_name = gateway.tokens.identify(request.headers.get(hdrs.AUTHORIZATION))
         if token_name is None:
-            return self._unauthorized(rid)
+            log.info("unauthorized", extra={"request_id": rid, "kind": self.kind})
+            return unauthorized(rid)
         try:
-            raw = await read_body(request, gateway.max_body_bytes)
+            check_rate(gateway.rate_limiter, token_name)
+            raw = await read_body(request, gateway.max_body_bytes, gateway.body_timeout_s)
         except Rejection as rejection:
-            return self._refuse(rejection, rid, token_name, close=True)
+            self._log_refusal(rejection, rid, token_name)
+            response = refusal(rejection, rid)
+            response.force_close()
+            return response
         receipt = Receipt(raw, token_name, datetime.now(UTC))
-        try:
-            model = parse(raw, request.content_type, self.model)
-        except Rejection as rejection:
-            await self._quarantine(gateway.delivery, rejection, receipt, request, rid)
-            return self._refuse(rejection, rid, token_name)
-        event = normalize(self.kind, model, receipt)
-        outbound = events.to_outbound(
-            event, receipt.received_at, forwarded(request, gateway.forward_headers)
-        )
-        return await self._hand_over(gateway.delivery, outbound, rid, token_name)
+        return await self._accept(gateway, request, receipt, rid)
 
-    async def _hand_over(
-        self, delivery: Delivery, outbound: Outbound, rid: str, token_name: str
+    async def _accept(
+        self, gateway: Gateway, request: web.Request, receipt: Receipt, rid: str
     ) -> web.Response:
+        try:
+            model = parse(receipt.raw_body, request.content_type, self.model)
+        except Rejection as rejection:
+            await self._quarantine(gateway, rejection, receipt, request.content_type, rid)
+            self._log_refusal(rejection, rid, receipt.token_name)
+            return refusal(rejection, rid)
+        event = normalize(self.kind, model, receipt)
+        extra = forwarded(request, gateway.forward_headers)
+        outbound = events.to_outbound(event, receipt.received_at, extra)
+        return await self._hand_over(gateway.delivery, outbound, rid)
+
+    async def _hand_over(self, delivery: Delivery, outbound: Outbound, rid: str) -> web.Response:
         try:
             await delivery.put(outbound)
         except Unavailable as exc:
-            log.debug(  # the delivery logs the cause once, not per request
-                "event not accepted",
-                extra={
-                    "request_id": rid,
-                    "kind": self.kind,
-                    "event_id": outbound.message_id,
-                    "token_name": token_name,
-                    "reason": str(exc),
-                },
+            # The delivery logs the cause once when it starts, not on every request.
+            rejection = Rejection(503, "Service Unavailable", f"not accepted: {exc}", RETRY_AFTER_S)
+            return refusal(rejection, rid)
+        log.debug("accepted", extra={"request_id": rid, "event_id": outbound.message_id})
+        return accepted(rid, outbound.message_id)
+
+    async def _quarantine(
+        self, gateway: Gateway, rejection: Rejection, receipt: Receipt, content_type: str, rid: str
+    ) -> None:
+        kept = events.quarantined(self.kind, rejection.detail, receipt, content_type)
+        try:
+            await gateway.delivery.put(kept)
+        except Unavailable as exc:
+            log.error(
+                "invalid request could not be quarantined",
+                extra={"request_id": rid, "kind": self.kind, "reason": str(exc)},
             )
-            response = problem(503, "Service Unavailable", f"event not accepted: {exc}")
-            response.headers[hdrs.RETRY_AFTER] = RETRY_AFTER_S
-            return response
-        log.debug(
-            "event accepted",
-            extra={"request_id": rid, "kind": self.kind, "event_id": outbound.message_id},
-        )
-        return web.Response(
-            body=OK_BODY,
-            content_type="application/json",
-            headers={"X-Request-Id": rid, "X-Event-Id": outbound.message_id},
-        )
+            return
+        gateway.metrics.quarantined.labels(self.kind).inc()
 
-    def _unauthorized(self, rid: str) -> web.Response:
-        log.info("unauthorized", extra={"request_id": rid, "kind": self.kind})
-        response = problem(401, "Unauthorized", "a valid bearer token is required")
-        response.headers[hdrs.WWW_AUTHENTICATE] = "Bearer"
-        response.force_close()
-        return response
-
-    def _refuse(
-        self, rejection: Rejection, rid: str, token_name: str, close: bool = False
-    ) -> web.Response:
+    def _log_refusal(self, rejection: Rejection, rid: str, token_name: str | None) -> None:
         log.info(
             "request refused",
             extra={
@@ -187,31 +235,6 @@ class Receiver:
                 "reason": rejection.detail,
             },
         )
-        response = problem(rejection.status, rejection.title, rejection.detail, **rejection.extra)
-        response.headers["X-Request-Id"] = rid
-        if close:
-            response.force_close()
-        return response
-
-    async def _quarantine(
-        self,
-        delivery: Delivery,
-        rejection: Rejection,
-        receipt: Receipt,
-        request: web.Request,
-        rid: str,
-    ) -> None:
-        kept = events.quarantined(self.kind, rejection.detail, receipt, request.content_type)
-        try:
-            await delivery.put(kept)
-        except Unavailable as exc:
-            log.error(
-                "invalid request could not be quarantined",
-                extra={"request_id": rid, "kind": self.kind, "reason": str(exc)},
-            )
-
-
-GATEWAY: Final = web.AppKey("gateway", Gateway)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -221,3 +244,8 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     status = request.app[GATEWAY].delivery.status()
     return web.json_response(status, status=200 if status["ready"] else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[GATEWAY].metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})

@@ -80,6 +80,7 @@ class Publisher:
         self._exchange: AbstractExchange | None = None
         self._ready = asyncio.Event()
         self.reconnects = 0
+        self.returns = 0
 
     @property
     def ready(self) -> bool:
@@ -129,9 +130,15 @@ class Publisher:
                 exchange = self._exchange
                 if exchange is None:
                     raise PublishError("channel closed")
-                await exchange.publish(to_message(outbound), outbound.routing_key, mandatory=False)
+                returned = await exchange.publish(
+                    to_message(outbound), outbound.routing_key, mandatory=True
+                )
         except BROKER_ERRORS as exc:
             raise PublishError(type(exc).__name__) from exc
+        if isinstance(returned, aiormq.abc.DeliveredMessage):
+            # Only when the alternate exchange is gone: the event is in no queue.
+            self.returns += 1
+            raise PublishError("returned unroutable")
 
 
 async def first_of(*waitables: Awaitable[Any]) -> None:

@@ -31,6 +31,7 @@ class Relay:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._pause_until = 0.0
         self._publishing = 0
+        self.attempts = 0
         self.published = 0
         self.failures = 0
 
@@ -76,6 +77,7 @@ class Relay:
 
     async def _publish(self, record: Record) -> None:
         confirmed = False
+        self.attempts += 1
         try:
             await self._publisher.publish(record.outbound)
             confirmed = True

@@ -32,6 +32,8 @@ class HttpSettings(_Section):
     max_body_bytes: int = Field(1024 * 1024, gt=0)
     access_log: bool = False
     shutdown_timeout_s: float = Field(10.0, gt=0)
+    body_timeout_s: float = Field(10.0, gt=0)
+    header_timeout_s: float = Field(10.0, gt=0)
     workers: int = Field(1, ge=1)
     forward_headers: tuple[str, ...] = ()
 
@@ -49,6 +51,8 @@ class HttpSettings(_Section):
 class AuthSettings(_Section):
     tokens: dict[str, SecretStr] = Field(default_factory=dict)
     allow_anonymous: bool = False
+    rate_limit_per_s: float = Field(0.0, ge=0)  # 0: no rate limit
+    rate_limit_burst: int = Field(50, gt=0)
 
     @field_validator("tokens", mode="before")
     @classmethod

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -13,14 +12,13 @@ import pytest
 from _pytest.terminal import TerminalReporter
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from devtools.loadcheck import Verdict
 from devtools.rabbitnode import amqp_reachable
-from gateway.app import PIPELINE, create_app
 from gateway.publisher import declare_topology
 from gateway.settings import Settings
-from tests.support import Capture, gateway_settings
+from tests.support import Capture, gateway_settings, started_client
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -62,10 +60,8 @@ def settings(amqp_url: str, tmp_path: Path) -> Settings:
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     """The gateway on a loopback port, connected to the broker."""
-    app = create_app(settings)
-    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
-        await asyncio.wait_for(app[PIPELINE].publisher.wait_ready(), 10)
-        yield client
+    async for started in started_client(settings):
+        yield started
 
 
 CHECKER_VERDICTS = pytest.StashKey[list[tuple[str, dict[str, int]]]]()

@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import Any, Final
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from gateway import contract
+from gateway.app import PIPELINE, create_app
 from gateway.settings import Settings
 
 TOKEN: Final = "test-token-0f5e2a"
@@ -61,3 +64,14 @@ class Capture:
     async def nothing_more(self, wait_s: float = 0.3) -> bool:
         await asyncio.sleep(wait_s)
         return self.received.empty()
+
+
+Client = TestClient[web.Request, web.Application]
+
+
+async def started_client(settings: Settings) -> AsyncIterator[Client]:
+    """A gateway on a loopback port, yielded once it is connected to the broker."""
+    app = create_app(settings)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        await asyncio.wait_for(app[PIPELINE].publisher.wait_ready(), 10)
+        yield client

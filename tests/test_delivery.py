@@ -2,40 +2,32 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from gateway import contract
-from gateway.app import PIPELINE, create_app
-from gateway.settings import Settings
-from tests.support import AUTH, Capture, gateway_settings
+from tests.support import AUTH, Capture, gateway_settings, started_client
 
 Client = TestClient[web.Request, web.Application]
 ENTERED = "/webhooks/aifi/entered"
 
 
-async def started(settings: Settings) -> AsyncIterator[Client]:
-    app = create_app(settings)
-    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
-        await asyncio.wait_for(app[PIPELINE].publisher.wait_ready(), 10)
-        yield client
-
-
 @pytest.fixture
 async def tiny_spool(amqp_url: str, tmp_path: Path) -> AsyncIterator[Client]:
-    async for client in started(gateway_settings(amqp_url, tmp_path, spool={"max_bytes": 4000})):
+    async for client in started_client(
+        gateway_settings(amqp_url, tmp_path, spool={"max_bytes": 4000})
+    ):
         yield client
 
 
 @pytest.fixture
 async def confirmed(amqp_url: str, tmp_path: Path) -> AsyncIterator[Client]:
-    async for client in started(gateway_settings(amqp_url, tmp_path, ack="confirmed")):
+    async for client in started_client(gateway_settings(amqp_url, tmp_path, ack="confirmed")):
         yield client
 
 

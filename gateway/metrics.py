@@ -1,0 +1,85 @@
+"""Prometheus metrics of one gateway process, in a registry of its own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+Snapshot = Callable[[], dict[str, Any]]
+
+
+class PipelineCollector(Collector):
+    """Reads the spool, relay and publisher state at scrape time instead of on every event."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        state = self._snapshot()
+        gauges = {
+            "aifi_spool_depth": ("events spooled and not yet confirmed", state["depth"]),
+            "aifi_spool_bytes": ("bytes of spool segment files", state["bytes"]),
+            "aifi_spool_oldest_age_seconds": (
+                "age of the oldest unconfirmed event",
+                state["oldest_age_s"] or 0.0,
+            ),
+            "aifi_broker_connected": ("1 when the AMQP channel is open", state["connected"]),
+        }
+        for name, (doc, value) in gauges.items():
+            yield GaugeMetricFamily(name, doc, value=value)
+        counters = {
+            "aifi_relay_publishes": ("publish attempts by the relay", state["publishes"]),
+            "aifi_relay_confirms": ("publishes confirmed by the broker", state["confirms"]),
+            "aifi_broker_returns": ("publishes the broker returned unroutable", state["returns"]),
+            "aifi_broker_reconnects": ("AMQP reconnections", state["reconnects"]),
+        }
+        for name, (doc, value) in counters.items():
+            yield CounterMetricFamily(name, doc, value=value)
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    registry: CollectorRegistry
+    requests: Counter
+    ack_latency: Histogram
+    quarantined: Counter
+
+    @classmethod
+    def create(cls, snapshot: Snapshot) -> Metrics:
+        registry = CollectorRegistry()
+        registry.register(PipelineCollector(snapshot))
+        return cls(
+            registry,
+            Counter(
+                "aifi_requests",
+                "webhook requests by kind and status",
+                ["kind", "status"],
+                registry=registry,
+            ),
+            Histogram(
+                "aifi_ack_latency_seconds",
+                "time from request to answer, by kind",
+                ["kind"],
+                buckets=LATENCY_BUCKETS_S,
+                registry=registry,
+            ),
+            Counter(
+                "aifi_quarantined",
+                "invalid requests kept under invalid.<kind>",
+                ["kind"],
+                registry=registry,
+            ),
+        )
+
+    def observe(self, kind: str, status: int, elapsed_s: float) -> None:
+        self.requests.labels(kind, str(status)).inc()
+        self.ack_latency.labels(kind).observe(elapsed_s)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

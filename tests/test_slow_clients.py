@@ -1,0 +1,90 @@
+"""Slow clients: a trickled head or body is cut off in time and holds nothing up."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from devtools.gatewayproc import GatewayProcess
+from devtools.rabbitnode import free_port
+from tests.support import AUTH, TOKEN, TOKEN_NAME
+
+CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
+TIMEOUT_S = 1.0
+ENTERED = "/webhooks/aifi/entered"
+
+
+@pytest.fixture
+def gateway(amqp_url: str, tmp_path: Path) -> Iterator[GatewayProcess]:
+    env = {
+        "AIFI_CONFIG": str(CONFIG),
+        "AIFI_AMQP_URL": amqp_url,
+        "AIFI_TOKENS": f"{TOKEN_NAME}={TOKEN}",
+        "AIFI_SPOOL_DIR": str(tmp_path / "spool"),
+        "AIFI_HTTP_HEADER_TIMEOUT_S": str(TIMEOUT_S),
+        "AIFI_HTTP_BODY_TIMEOUT_S": str(TIMEOUT_S),
+    }
+    process = GatewayProcess(free_port(), env, tmp_path / "gateway.log")
+    process.start()
+    yield process
+    process.stop()
+
+
+async def trickle(port: int, head: bytes, drip: bytes, limit_s: float) -> tuple[bytes, float]:
+    """Send `head`, then `drip` once a tenth of a second; what came back and when it ended."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    started = time.monotonic()
+    writer.write(head)
+    answer = b""
+    try:
+        while time.monotonic() - started < limit_s and not reader.at_eof():
+            writer.write(drip)
+            await writer.drain()
+            try:
+                answer += await asyncio.wait_for(reader.read(4096), 0.1)
+            except TimeoutError:
+                continue
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+    return answer, time.monotonic() - started
+
+
+async def test_a_trickled_head_is_cut_off(gateway: GatewayProcess) -> None:
+    head = f"POST {ENTERED} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode()
+    answer, took_s = await trickle(gateway.port, head, b"X-Slow: 1\r\n", limit_s=10)
+    assert took_s < TIMEOUT_S + 3
+    assert b"200" not in answer
+
+
+async def test_a_trickled_body_gets_408_and_is_not_accepted(
+    gateway: GatewayProcess, examples: dict[str, bytes]
+) -> None:
+    length = len(examples["entered"])
+    head = (
+        f"POST {ENTERED} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+    answer, took_s = await trickle(gateway.port, head, b" ", limit_s=10)
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert took_s < TIMEOUT_S + 3
+
+
+async def test_slow_clients_do_not_hold_up_others(
+    gateway: GatewayProcess, examples: dict[str, bytes]
+) -> None:
+    head = f"POST {ENTERED} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode()
+    slow = [asyncio.create_task(trickle(gateway.port, head, b"X: 1\r\n", 5)) for _ in range(20)]
+    async with aiohttp.ClientSession() as session:
+        started = time.monotonic()
+        url = f"{gateway.url}{ENTERED}"
+        async with session.post(url, data=examples["entered"], headers=AUTH) as response:
+            assert response.status == 200
+        assert time.monotonic() - started < TIMEOUT_S
+    await asyncio.gather(*slow)
