@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 from aiohttp import web
 
-from gateway import logs, spool, tail
+from gateway import asyncapi, logs, openapi, spool, tail
 from gateway.app import create_app
 from gateway.settings import Settings, SettingsError, load
 from gateway.workers import Supervisor
@@ -26,6 +26,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     commands.add_parser("serve", help="run the gateway (the default)")
     inspect = commands.add_parser("spool", help="print the spool's depth, age and segments")
     inspect.add_argument("--dir", type=Path, help="spool directory (default: spool.dir)")
+    commands.add_parser("asyncapi", help="print the AsyncAPI 3.0 document of the events")
+    commands.add_parser("openapi", help="print the OpenAPI 3.1 document of the webhooks")
     follow = commands.add_parser("tail", help="print events as they reach the exchange")
     follow.add_argument("--binding", default="#", help="routing-key pattern (default: #)")
     return parser.parse_args(argv)
@@ -80,6 +82,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     if args.command == "spool":
         inspect_spool(args.dir or settings.spool.dir)
+    elif args.command == "asyncapi":
+        print(orjson.dumps(asyncapi.document(), option=orjson.OPT_INDENT_2).decode())
+    elif args.command == "openapi":
+        print(orjson.dumps(openapi.document(settings), option=orjson.OPT_INDENT_2).decode())
     elif args.command == "tail":
         tail.run(settings.amqp.urls[0], args.binding)
     else:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 import orjson
+from pydantic import BaseModel, ConfigDict
 
 EXCHANGE: Final = "aifi.events"
 UNROUTED_EXCHANGE: Final = "aifi.unrouted"
@@ -21,7 +22,8 @@ HEADER_PREFIX: Final = "cloudEvents_"
 
 Kind = Literal["entered", "exited", "tracking"]
 KINDS: Final[tuple[Kind, ...]] = ("entered", "exited", "tracking")
-EVENT_TYPES: Final[dict[Kind, str]] = {
+EventType = Literal["com.aifi.customer.entered", "com.aifi.customer.exited", "com.aifi.tracking"]
+EVENT_TYPES: Final[dict[Kind, EventType]] = {
     "entered": "com.aifi.customer.entered",
     "exited": "com.aifi.customer.exited",
     "tracking": "com.aifi.tracking",
@@ -126,3 +128,42 @@ class Event:
             subject=event.get("subject"),
             data=event["data"],
         )
+
+
+class EventData(BaseModel):
+    """`data` of every event: the normalized fields, and AiFi's body untouched in `payload`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Kind
+    storeId: int | None
+    oasisApiStoreId: int | None
+    aifiUniqueStoreId: str | None
+    storeExternalId: str | None
+    sessionId: str | None
+    customerId: str | int | None
+    customerRole: str | None
+    shopperId: str | None
+    groupSize: int | None
+    uniqueEventId: str | None
+    timeOfOrigin: str
+    timeOfIssue: str
+    receivedAt: str
+    tokenName: str | None
+    fingerprint: str
+    payload: dict[str, Any]
+
+
+class CloudEvent(BaseModel):
+    """The body of every message on `aifi.events` (CloudEvents 1.0, structured mode)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    specversion: Literal["1.0"]
+    id: str
+    source: str
+    type: EventType
+    time: str
+    subject: str | None
+    datacontenttype: Literal["application/json"]
+    data: EventData
