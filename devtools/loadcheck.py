@@ -37,6 +37,13 @@ class Sent:
 
     status: dict[str, int | str] = field(default_factory=dict)
     event_ids: dict[str, str] = field(default_factory=dict)
+    answered: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def record(self, marker: str, status: int | str, event_id: str | None = None) -> None:
+        self.status[marker] = status
+        if event_id is not None:
+            self.event_ids[marker] = event_id
+        self.answered.set()
 
     @property
     def acknowledged(self) -> set[str]:
@@ -71,21 +78,25 @@ async def post_one(
     try:
         async with session.post(url, data=body) as response:
             await response.read()
-            sent.status[marker] = response.status
-            if response.status == 200:
-                sent.event_ids[marker] = response.headers["X-Event-Id"]
+            sent.record(marker, response.status, response.headers.get("X-Event-Id"))
     except (TimeoutError, aiohttp.ClientError) as exc:
-        sent.status[marker] = type(exc).__name__
+        sent.record(marker, type(exc).__name__)
 
 
 async def send_load(
-    url: str, token: str, markers: list[str], concurrency: int, timeout_s: float = 30.0
+    url: str,
+    token: str,
+    batch: list[str],
+    concurrency: int,
+    sent: Sent | None = None,
+    timeout_s: float = 30.0,
 ) -> Sent:
-    """POST one marked `entered` body per marker, `concurrency` at a time, to a loopback URL."""
+    """POST one marked `entered` body per marker of `batch`, `concurrency` at a time, to a
+    loopback URL, recording the answers in `sent` as they come."""
     assert url.startswith(("http://127.0.0.1", "http://localhost")), "loopback only"
     template = orjson.loads(EXAMPLE.read_bytes())
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    sent, slots = Sent(), asyncio.Semaphore(concurrency)
+    sent, slots = sent or Sent(), asyncio.Semaphore(concurrency)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(headers=headers, timeout=timeout, connector=connector) as s:
@@ -94,15 +105,44 @@ async def send_load(
             async with slots:
                 await post_one(s, url, marker, marked_body(template, marker), sent)
 
-        await asyncio.gather(*(one(m) for m in markers))
+        await asyncio.gather(*(one(m) for m in batch))
     return sent
 
 
+async def until_answered(sent: Sent, count: int, timeout_s: float = 30.0) -> None:
+    """Wait until `count` requests were answered: the moment to cause a fault mid-load."""
+    async with asyncio.timeout(timeout_s):
+        while len(sent.status) < count:
+            sent.answered.clear()
+            await sent.answered.wait()
+
+
+def markers(run: str, count: int) -> list[str]:
+    """Unique markers sharing the prefix `run-`, by which `collect` tells this run's events."""
+    return [f"{run}-{i}" for i in range(count)]
+
+
+def marker_of(body: bytes, run: str) -> tuple[str, str] | None:
+    """(marker, event id) of one of this run's events; None for anything else on the queue."""
+    try:
+        event = contract.decode_event(body)
+    except ValueError:
+        return None
+    marker = str(event["data"].get("sessionId"))
+    return (marker, str(event["id"])) if marker.startswith(f"{run}-") else None
+
+
 async def collect(
-    amqp_url: str, queue_name: str, expected: set[str], timeout_s: float, quiet_s: float = 2.0
+    amqp_url: str,
+    queue_name: str,
+    run: str,
+    expected: set[str],
+    timeout_s: float,
+    quiet_s: float = 2.0,
 ) -> list[tuple[str, str]]:
-    """(marker, event id) of every event on the queue, until all expected arrived and
-    nothing more came for `quiet_s`, or `timeout_s` passed."""
+    """(marker, event id) of every event of `run` on the queue, until all expected arrived
+    and nothing more came for `quiet_s`, or `timeout_s` passed. Other messages (another
+    producer on a shared broker) are passed over."""
     arrived: list[tuple[str, str]] = []
     deadline = time.monotonic() + timeout_s
     connection = await aio_pika.connect(amqp_url)
@@ -118,21 +158,22 @@ async def collect(
                 await asyncio.sleep(0.05)
                 continue
             last = time.monotonic()
-            event = contract.decode_event(message.body)
-            arrived.append((str(event["data"]["sessionId"]), str(event["id"])))
+            mine = marker_of(message.body, run)
+            if mine is not None:
+                arrived.append(mine)
     return arrived
 
 
-def classify(markers: list[str], sent: Sent, arrived: list[tuple[str, str]]) -> Verdict:
+def classify(sent_markers: list[str], sent: Sent, arrived: list[tuple[str, str]]) -> Verdict:
     counts = Counter(m for m, _ in arrived)
     ids = dict(arrived)
     acknowledged = sent.acknowledged
     return Verdict(
-        sent=len(markers),
+        sent=len(sent_markers),
         acknowledged=len(acknowledged),
         arrived=len(arrived),
         lost=frozenset(acknowledged - counts.keys()),
         duplicated={m: c for m, c in counts.items() if c > 1},
-        unexpected=frozenset(counts.keys() - set(markers)),
+        unexpected=frozenset(counts.keys() - set(sent_markers)),
         wrong_ids=frozenset(m for m in acknowledged & ids.keys() if ids[m] != sent.event_ids[m]),
     )

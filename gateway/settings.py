@@ -10,10 +10,31 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+
+
+def split_list(value: object) -> object:
+    """A comma-separated string from the environment into a tuple of trimmed items."""
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    if isinstance(value, list):
+        return tuple(str(item).strip() for item in value)
+    return value
+
+
+# Lists from the environment arrive as one comma-separated string.
+CommaList = Annotated[tuple[str, ...], BeforeValidator(split_list)]
 
 
 class SettingsError(Exception):
@@ -35,15 +56,12 @@ class HttpSettings(_Section):
     body_timeout_s: float = Field(10.0, gt=0)
     header_timeout_s: float = Field(10.0, gt=0)
     workers: int = Field(1, ge=1)
-    forward_headers: tuple[str, ...] = ()
+    forward_headers: CommaList = ()
 
-    @field_validator("forward_headers", mode="before")
+    @field_validator("forward_headers")
     @classmethod
-    def _no_credentials(cls, value: object) -> object:
-        names = split_list(value)
-        if isinstance(names, tuple) and any(
-            str(n).lower() in {"authorization", "cookie", "proxy-authorization"} for n in names
-        ):
+    def _no_credentials(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        if {n.lower() for n in names} & {"authorization", "cookie", "proxy-authorization"}:
             raise ValueError("credentials headers cannot be forwarded")
         return names
 
@@ -69,15 +87,10 @@ class AuthSettings(_Section):
 
 
 class AmqpSettings(_Section):
-    urls: tuple[str, ...] = ("amqp://guest:guest@127.0.0.1:5672/",)
+    urls: CommaList = ("amqp://guest:guest@127.0.0.1:5672/",)
     publish_timeout_s: float = Field(5.0, gt=0)
     reconnect_max_s: float = Field(5.0, gt=0)
     heartbeat_s: int = Field(30, ge=0)
-
-    @field_validator("urls", mode="before")
-    @classmethod
-    def _split(cls, value: object) -> object:
-        return split_list(value)
 
 
 class SpoolSettings(_Section):
@@ -93,7 +106,7 @@ class ConsumerSettings(_Section):
     """One worker process: its queue `aifi.<name>`, bindings, handler and settlement policy."""
 
     handler: str = ""  # "module:attribute"; empty: the presence ledger, as entered/exited/tracking
-    bindings: tuple[str, ...] = ()  # default: ("<name>.#",)
+    bindings: CommaList = ()  # default: ("<name>.#",)
     prefetch: int = Field(64, gt=0, le=65535)
     linger_ms: float = Field(2.0, ge=0)  # how long a short batch waits for more deliveries
     max_attempts: int = Field(5, gt=0)
@@ -102,11 +115,6 @@ class ConsumerSettings(_Section):
     delivery_limit: int = Field(20, gt=0)
     health_host: str = "127.0.0.1"
     health_port: int = Field(0, ge=0, le=65535)  # 0: no health endpoint
-
-    @field_validator("bindings", mode="before")
-    @classmethod
-    def _split(cls, value: object) -> object:
-        return split_list(value)
 
 
 class LedgerSettings(_Section):
@@ -138,15 +146,6 @@ class Settings(_Section):
 
 ENV_ALIASES = {"AIFI_TOKENS": ("auth", "tokens"), "AIFI_AMQP_URL": ("amqp", "urls")}
 NOT_SETTINGS = {"AIFI_CONFIG"}
-
-
-def split_list(value: object) -> object:
-    """A comma-separated string from the environment into a tuple of trimmed items."""
-    if isinstance(value, str):
-        return tuple(item.strip() for item in value.split(",") if item.strip())
-    if isinstance(value, list):
-        return tuple(str(item).strip() for item in value)
-    return value
 
 
 def parse_token_pairs(text: str) -> dict[str, str]:

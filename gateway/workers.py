@@ -75,4 +75,6 @@ class Supervisor:
         timeout_s = self._settings.http.shutdown_timeout_s + 5
         for process in self._workers.values():
             process.join(timeout_s)
-        return 0 if all(p.exitcode == 0 for p in self._workers.values()) else 1
+        # -SIGTERM: a worker stopped while still starting, before it could accept anything.
+        clean = (0, -signal.SIGTERM)
+        return 0 if all(p.exitcode in clean for p in self._workers.values()) else 1

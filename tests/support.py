@@ -16,9 +16,21 @@ from gateway import contract
 from gateway.app import PIPELINE, create_app
 from gateway.settings import Settings
 
+CONFIG: Final = Path(__file__).resolve().parent.parent / "config.yaml"
 TOKEN: Final = "test-token-0f5e2a"
 TOKEN_NAME: Final = "aifi-test"
 AUTH: Final = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+
+
+def gateway_env(amqp_url: str, spool_dir: Path, **settings: str) -> dict[str, str]:
+    """Environment for a gateway subprocess; `settings` are extra AIFI_* variables."""
+    return {
+        "AIFI_CONFIG": str(CONFIG),
+        "AIFI_AMQP_URL": amqp_url,
+        "AIFI_TOKENS": f"{TOKEN_NAME}={TOKEN}",
+        "AIFI_SPOOL_DIR": str(spool_dir),
+        "AIFI_LOG_LEVEL": "WARNING",
+    } | settings
 
 
 def gateway_settings(amqp_url: str, tmp_path: Path, **overrides: Any) -> Settings:

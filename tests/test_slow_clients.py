@@ -12,23 +12,20 @@ import pytest
 
 from devtools.gatewayproc import GatewayProcess
 from devtools.rabbitnode import free_port
-from tests.support import AUTH, TOKEN, TOKEN_NAME
+from tests.support import AUTH, TOKEN, gateway_env
 
-CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
 TIMEOUT_S = 1.0
 ENTERED = "/webhooks/aifi/entered"
 
 
 @pytest.fixture
 def gateway(amqp_url: str, tmp_path: Path) -> Iterator[GatewayProcess]:
-    env = {
-        "AIFI_CONFIG": str(CONFIG),
-        "AIFI_AMQP_URL": amqp_url,
-        "AIFI_TOKENS": f"{TOKEN_NAME}={TOKEN}",
-        "AIFI_SPOOL_DIR": str(tmp_path / "spool"),
-        "AIFI_HTTP_HEADER_TIMEOUT_S": str(TIMEOUT_S),
-        "AIFI_HTTP_BODY_TIMEOUT_S": str(TIMEOUT_S),
-    }
+    env = gateway_env(
+        amqp_url,
+        tmp_path / "spool",
+        AIFI_HTTP_HEADER_TIMEOUT_S=str(TIMEOUT_S),
+        AIFI_HTTP_BODY_TIMEOUT_S=str(TIMEOUT_S),
+    )
     process = GatewayProcess(free_port(), env, tmp_path / "gateway.log")
     process.start()
     yield process

@@ -14,15 +14,22 @@ import aio_pika
 import pytest
 
 from devtools.gatewayproc import GatewayProcess
-from devtools.loadcheck import Verdict, classify, collect, send_load
+from devtools.loadcheck import (
+    Sent,
+    Verdict,
+    classify,
+    collect,
+    markers,
+    send_load,
+    until_answered,
+)
 from devtools.rabbitnode import free_port
 from gateway import contract
 from gateway.publisher import declare_topology
 from gateway.settings import Settings
 from gateway.workers import worker_settings
-from tests.support import TOKEN, TOKEN_NAME, gateway_settings
+from tests.support import TOKEN, gateway_env, gateway_settings
 
-CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
 LOAD = 2000
 
 
@@ -46,14 +53,7 @@ async def queue_name(amqp_url: str) -> AsyncIterator[str]:
 
 @pytest.fixture
 def two_workers(amqp_url: str, tmp_path: Path) -> Iterator[GatewayProcess]:
-    env = {
-        "AIFI_CONFIG": str(CONFIG),
-        "AIFI_AMQP_URL": amqp_url,
-        "AIFI_TOKENS": f"{TOKEN_NAME}={TOKEN}",
-        "AIFI_SPOOL_DIR": str(tmp_path / "spool"),
-        "AIFI_HTTP_WORKERS": "2",
-        "AIFI_LOG_LEVEL": "WARNING",
-    }
+    env = gateway_env(amqp_url, tmp_path / "spool", AIFI_HTTP_WORKERS="2")
     process = GatewayProcess(free_port(), env, tmp_path / "gateway.log")
     process.start()
     yield process
@@ -69,15 +69,17 @@ def test_each_worker_gets_a_spool_of_its_own(amqp_url: str, tmp_path: Path) -> N
 async def load_and_check(
     gateway: GatewayProcess, amqp_url: str, queue_name: str, during: Callable[[], None]
 ) -> Verdict:
-    markers = [f"workers-{uuid.uuid4().hex[:8]}-{i}" for i in range(LOAD)]
+    run = f"workers-{uuid.uuid4().hex[:8]}"
+    sent_markers = markers(run, LOAD)
     url = f"{gateway.url}/webhooks/aifi/entered"
-    load = asyncio.create_task(send_load(url, TOKEN, markers, 64))
-    await asyncio.sleep(0.3)
+    sent = Sent()
+    load = asyncio.create_task(send_load(url, TOKEN, sent_markers, 64, sent))
+    await until_answered(sent, LOAD // 4)
     assert not load.done()
     during()
-    sent = await load
-    arrived = await collect(amqp_url, queue_name, sent.acknowledged, timeout_s=60)
-    verdict = classify(markers, sent, arrived)
+    await load
+    arrived = await collect(amqp_url, queue_name, run, sent.acknowledged, timeout_s=60)
+    verdict = classify(sent_markers, sent, arrived)
     assert not verdict.lost
     assert not verdict.unexpected
     assert not verdict.wrong_ids

@@ -17,13 +17,20 @@ import aio_pika
 import pytest
 
 from devtools.gatewayproc import GatewayProcess
-from devtools.loadcheck import Verdict, classify, collect, send_load
+from devtools.loadcheck import (
+    Sent,
+    Verdict,
+    classify,
+    collect,
+    markers,
+    send_load,
+    until_answered,
+)
 from devtools.rabbitnode import Node, NodeSpec, free_port
 from gateway import contract
 from gateway.publisher import declare_topology
-from tests.support import TOKEN, TOKEN_NAME
+from tests.support import TOKEN, gateway_env
 
-CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
 LOAD = 3000
 CONCURRENCY = 64
 Fault = Callable[[], Awaitable[None]]
@@ -56,22 +63,15 @@ async def queue_name(node: Node) -> AsyncIterator[str]:
         await channel.queue_delete(name)
 
 
-def gateway_env(node: Node, spool_dir: Path, ack: str) -> dict[str, str]:
-    return {
-        "AIFI_CONFIG": str(CONFIG),
-        "AIFI_AMQP_URL": node.url,
-        "AIFI_TOKENS": f"{TOKEN_NAME}={TOKEN}",
-        "AIFI_SPOOL_DIR": str(spool_dir),
-        "AIFI_ACK": ack,
-        "AIFI_AMQP_PUBLISH_TIMEOUT_S": "2",
-        "AIFI_AMQP_RECONNECT_MAX_S": "0.5",
-        "AIFI_LOG_LEVEL": "WARNING",
-    }
-
-
 @pytest.fixture(params=["spooled"])
 def gateway(request: pytest.FixtureRequest, node: Node, tmp_path: Path) -> Iterator[GatewayProcess]:
-    env = gateway_env(node, tmp_path / "spool", request.param)
+    env = gateway_env(
+        node.url,
+        tmp_path / "spool",
+        AIFI_ACK=request.param,
+        AIFI_AMQP_PUBLISH_TIMEOUT_S="2",
+        AIFI_AMQP_RECONNECT_MAX_S="0.5",
+    )
     process = GatewayProcess(free_port(), env, tmp_path / "gateway.log")
     process.start()
     yield process
@@ -86,17 +86,19 @@ async def run_with_fault(
     report: Callable[[str, Verdict], None],
     name: str,
 ) -> Verdict:
-    markers = [f"{name}-{uuid.uuid4().hex[:8]}-{i}" for i in range(LOAD)]
+    run = f"{name}-{uuid.uuid4().hex[:8]}"
+    sent_markers = markers(run, LOAD)
     url = f"{gateway.url}/webhooks/aifi/entered"
-    load = asyncio.create_task(send_load(url, TOKEN, markers, CONCURRENCY))
-    await asyncio.sleep(0.4)
+    sent = Sent()
+    load = asyncio.create_task(send_load(url, TOKEN, sent_markers, CONCURRENCY, sent))
+    await until_answered(sent, LOAD // 4)
     assert not load.done(), "the load ended before the fault: it would prove nothing"
     await fault()
-    sent = await load
+    await load
     if not node.is_running():
         await asyncio.to_thread(node.start)
-    arrived = await collect(node.url, queue_name, sent.acknowledged, timeout_s=90)
-    verdict = classify(markers, sent, arrived)
+    arrived = await collect(node.url, queue_name, run, sent.acknowledged, timeout_s=90)
+    verdict = classify(sent_markers, sent, arrived)
     report(name, verdict)
     return verdict
 
