@@ -40,7 +40,11 @@ async def declare_topology(channel: AbstractChannel) -> AbstractExchange:
     unrouted = await channel.declare_exchange(
         contract.UNROUTED_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
     )
-    queue = await channel.declare_queue(contract.UNROUTED_QUEUE, durable=True)
+    # Quorum, not classic: a classic queue lives on one node, and when that node
+    # dies no survivor of a cluster may declare it, which would stop the gateway.
+    queue = await channel.declare_queue(
+        contract.UNROUTED_QUEUE, durable=True, arguments={"x-queue-type": "quorum"}
+    )
     await queue.bind(unrouted)
     return await channel.declare_exchange(
         contract.EXCHANGE,
