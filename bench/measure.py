@@ -1,0 +1,112 @@
+"""What the bench measures besides the load: peak RSS, and events arriving in RabbitMQ."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from aio_pika.abc import AbstractChannel
+
+from gateway.publisher import declare_topology
+
+POLL_S: Final = 0.05
+QUEUE_PREFIX: Final = "bench.e2e."
+
+
+def vm_hwm_bytes(pid: int) -> int | None:
+    """A process's high-water mark of resident memory (VmHWM), None if it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024  # the kernel reports kB
+    return None
+
+
+def parent_pids() -> dict[int, int]:
+    """pid -> parent pid of every process now; field 4 of /proc/<pid>/stat, after `(comm)`."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # exited while we looked
+        parents[int(stat.parent.name)] = int(fields[1])
+    return parents
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (a gateway with `http.workers` > 1 forks its workers)."""
+    parents = parent_pids()
+    tree, frontier = [pid], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        tree.extend(frontier)
+    return tree
+
+
+def peak_rss_bytes(pid: int) -> int | None:
+    """Peak RSS of the server: the sum of the VmHWM of its processes, None if it is gone.
+
+    With several processes the sum of their peaks bounds the peak of their sum from above.
+    """
+    peaks = [vm_hwm_bytes(p) for p in process_tree(pid)]
+    return sum(p for p in peaks if p is not None) if peaks[0] is not None else None
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """How many events the queue held when the wait ended, and when the last one arrived."""
+
+    count: int
+    at: float  # time.monotonic()
+
+
+class EventQueue:
+    """A fresh durable queue on the exchange: it counts every event its binding matches."""
+
+    def __init__(self, channel: AbstractChannel, name: str) -> None:
+        self._channel, self.name = channel, name
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def bound(cls, channel: AbstractChannel, binding: str) -> AsyncIterator[EventQueue]:
+        """The queue for the duration of the block; purged and deleted after, whatever happens."""
+        exchange = await declare_topology(channel)  # a fresh broker has no exchange yet
+        name = f"{QUEUE_PREFIX}{uuid.uuid4().hex[:12]}"
+        queue = await channel.declare_queue(name, durable=True)
+        try:
+            await queue.bind(exchange, routing_key=binding)
+            yield cls(channel, name)
+        finally:
+            await queue.purge()
+            await queue.delete(if_unused=False, if_empty=False)
+
+    async def count(self) -> int:
+        """Messages in the queue now (no consumer, so every one routed and not purged)."""
+        queue = await self._channel.declare_queue(self.name, passive=True)
+        result = queue.declaration_result
+        return int(result.message_count or 0)
+
+    async def wait_for(self, target: int, timeout_s: float, quiet_s: float) -> Arrival:
+        """Poll until `target` events arrived, none came for `quiet_s`, or `timeout_s` passed."""
+        start = time.monotonic()
+        last_count, last_change = await self.count(), start
+        while last_count < target:
+            now = time.monotonic()
+            if now - last_change > quiet_s or now - start > timeout_s:
+                break
+            await asyncio.sleep(POLL_S)
+            count = await self.count()
+            if count != last_count:
+                last_count, last_change = count, time.monotonic()
+        # The poll that saw the count change is when the last counted event arrived.
+        return Arrival(last_count, last_change)
