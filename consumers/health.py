@@ -22,6 +22,7 @@ class ConsumerState:
     consuming: bool = False
     reconnects: int = 0
     batches: int = 0
+    received: int = 0
     redelivered: int = 0  # deliveries the broker had handed out before: crash recovery
     acked: int = 0
     retried: int = 0

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import aio_pika
 from aio_pika.abc import AbstractExchange, AbstractQueue
 
-from consumers.settlement import replay_copy
+from consumers.settlement import ACK_GRACE_S, replay_copy
 from consumers.topology import declare
 from gateway.settings import AmqpSettings, ConsumerSettings
 
@@ -28,6 +29,7 @@ async def replay(
         waiting = routes.dead_queue.declaration_result.message_count or 0
         budget = waiting if limit is None else min(limit, waiting)
         moved = await _move(routes.dead_queue, routes.redeliver, name, budget)
+        await asyncio.sleep(ACK_GRACE_S)
     log.info("replayed", extra={"consumer": name, "moved": moved, "was_waiting": waiting})
     return moved
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 from collections.abc import Awaitable, Sequence
@@ -13,7 +14,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from consumers.handler import Handler, Reject, RetryLater
 from consumers.health import ConsumerState
-from consumers.settlement import Settler, describe
+from consumers.settlement import ACK_GRACE_S, Settler, describe
 from consumers.topology import TopologyError, declare
 from gateway.contract import Event
 from gateway.publisher import BROKER_ERRORS, backoff_s, first_of, redact
@@ -145,7 +146,7 @@ class Worker:
     ) -> None:
         """Consume until stopped (then finish what is in hand) or until the connection is lost."""
         inbox: Inbox = asyncio.Queue()
-        tag = await queue.consume(inbox.put)
+        tag = await queue.consume(functools.partial(self._receive, inbox))
         self.state.consuming = True
         log.info("consuming", extra={"consumer": self.name, "queue": queue.name})
         work = asyncio.create_task(self._work(inbox, settler))
@@ -158,15 +159,24 @@ class Worker:
         finally:
             work.cancel()
 
+    async def _receive(self, inbox: Inbox, message: Delivery) -> None:
+        self.state.received += 1
+        self.state.redelivered += bool(message.redelivered)
+        inbox.put_nowait(message)
+
     async def _finish(
         self, queue: AbstractQueue, tag: str, inbox: Inbox, work: asyncio.Task[None]
     ) -> None:
         """Stop taking deliveries, then settle every one already in hand."""
+        # A quorum queue may still deliver after cancel-ok; aiormq drops those (their
+        # consumer tag is gone), and the broker requeues them when the channel closes:
+        # never in hand, never lost.
         await queue.cancel(tag)
         self.state.consuming = False
         inbox.put_nowait(END)
         log.info("stopping: settling deliveries in hand", extra={"consumer": self.name})
         await work
+        await asyncio.sleep(ACK_GRACE_S)
 
     async def _work(self, inbox: Inbox, settler: Settler) -> None:
         size, linger_s = self._settings.prefetch, self._settings.linger_ms / 1000
@@ -175,7 +185,6 @@ class Worker:
             self.state.batches += 1
 
     async def _process(self, batch: Sequence[Delivery], settler: Settler) -> None:
-        self.state.redelivered += sum(1 for message in batch if message.redelivered)
         events, invalid = decode(batch)
         await asyncio.gather(*(settler.fail(message, exc) for message, exc in invalid))
         if len(events) > 1 and await self._apply_many(events, settler):

@@ -36,6 +36,10 @@ BROKER_HEADERS: Final = frozenset({
     "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
     "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason",
 })
+# RabbitMQ applies acks to a quorum queue asynchronously and may drop those still in flight
+# when the channel closes (rabbitmq-server#10327): they come back as redeliveries. Before a
+# planned close, this pause lets them land.
+ACK_GRACE_S: Final = 0.3
 PUBLISH_FAILED: Final = (
     aio_pika.exceptions.DeliveryError,  # the broker nacked the copy
     aio_pika.exceptions.PublishError,  # the copy was unroutable: a delay queue is missing

@@ -1,0 +1,239 @@
+"""`python -m consumers NAME` as a process: SIGKILL and SIGTERM mid-batch, config errors,
+and a downstream team's handler named in the config."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+import yaml
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+
+from consumers import testing, topology
+from consumers.ledger import LedgerDB
+from consumers.topology import dead_queue_name, queue_name
+from devtools.rabbitnode import free_port
+from gateway.settings import ConsumerSettings, LedgerSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE = ConsumerSettings(prefetch=64, max_attempts=3, retry_base_ms=50, retry_max_ms=100)
+Launcher = Callable[[dict[str, ConsumerSettings]], "WorkerProcess"]
+
+
+class WorkerProcess:
+    """One `python -m consumers NAME`, its settings in a YAML file, its log in a file."""
+
+    def __init__(self, tmp_path: Path, amqp_url: str, consumers: dict[str, ConsumerSettings]):
+        tmp_path.mkdir(parents=True)
+        self.db = tmp_path / "ledger.sqlite3"
+        self.config = tmp_path / "config.yaml"
+        self.config.write_text(yaml.safe_dump({
+            "consumers": {n: s.model_dump(mode="json") for n, s in consumers.items()},
+        }))
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("AIFI_")} | {
+            "AIFI_AMQP_URL": amqp_url,
+            "AIFI_CONFIG": str(self.config),
+            "AIFI_LEDGER_DB": str(self.db),
+        }
+        self.logs = tmp_path / "logs"
+        self.logs.mkdir()
+        self.runs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str) -> subprocess.Popen[bytes]:
+        log = (self.logs / f"{len(self.runs)}.log").open("wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "consumers", *args], cwd=ROOT, env=self.env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+        )
+        self.runs.append(process)
+        return process
+
+    def log_lines(self, run: int) -> list[dict[str, Any]]:
+        text = (self.logs / f"{run}.log").read_text()
+        return [orjson.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+    def stopped(self, run: int) -> dict[str, Any]:
+        [line] = [line for line in self.log_lines(run) if line["message"] == "stopped"]
+        return line
+
+    def processed(self) -> int:
+        # Opening creates the schema if the worker has not yet: no race with its start.
+        ledger = LedgerDB.open(LedgerSettings(db=self.db))
+        try:
+            return ledger.processed()
+        finally:
+            ledger.close()
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        with contextlib.closing(sqlite3.connect(self.db)) as db:
+            return db.execute(sql).fetchall()
+
+    def kill_all(self) -> None:
+        for process in self.runs:
+            if process.poll() is None:
+                process.kill()
+            process.wait(10)
+
+
+@pytest.fixture
+def store() -> int:
+    return random.randrange(10**6, 10**9)
+
+
+@pytest.fixture
+async def scratch(amqp_url: str) -> AsyncIterator[testing.Scratch]:
+    made = testing.Scratch(amqp_url, BASE)
+    yield made
+    await made.delete()
+
+
+@pytest.fixture
+def launcher(
+    tmp_path: Path, amqp_url: str
+) -> Iterator[Callable[[dict[str, ConsumerSettings]], WorkerProcess]]:
+    made: list[WorkerProcess] = []
+
+    def launch(consumers: dict[str, ConsumerSettings]) -> WorkerProcess:
+        made.append(WorkerProcess(tmp_path / str(len(made)), amqp_url, consumers))
+        return made[-1]
+
+    yield launch
+    for each in made:
+        each.kill_all()
+
+
+async def exited(process: subprocess.Popen[bytes], timeout_s: float = 15.0) -> int:
+    await testing.eventually(lambda: process.poll() is not None, timeout_s, "the process to exit")
+    return process.wait()
+
+
+async def test_sigkill_mid_batch_loses_no_event_and_counts_none_twice(
+    channel: AbstractChannel, scratch: testing.Scratch, launcher: Launcher, store: int
+) -> None:
+    name, settings = scratch.consumer(f"entered.{store}", f"exited.{store}")
+    await topology.declare(channel, name, settings)
+    entries = [testing.transition("entered", store, f"s{i}") for i in range(3000)]
+    twins = [testing.transition("exited", store, f"s{i // 2}") for i in range(2000)]
+    await testing.publish(channel, entries + twins)
+    worker = launcher({name: settings})
+    first = worker.start(name)
+    await testing.eventually(lambda: worker.processed() >= 300, what="progress")
+    first.kill()
+    assert await exited(first) == -signal.SIGKILL
+    assert worker.processed() < len(entries) + len(twins)  # killed mid-stream
+    second = worker.start(name)
+    await testing.eventually(lambda: worker.processed() == 5000, 30, "every event")
+    second.send_signal(signal.SIGTERM)
+    assert await exited(second) == 0
+    assert worker.stopped(1)["redelivered"] > 0  # deliveries in hand at the kill came back
+    assert worker.query("SELECT sum(persons_entered), sum(persons_exited) FROM visits") == [
+        (3000, 2000)
+    ]
+    assert await testing.depth(channel, queue_name(name)) == 0
+    assert await testing.depth(channel, dead_queue_name(name)) == 0
+
+
+async def test_sigterm_mid_batch_settles_what_is_in_hand_and_exits_0(
+    channel: AbstractChannel, scratch: testing.Scratch, launcher: Launcher, store: int
+) -> None:
+    name, settings = scratch.consumer(f"entered.{store}")
+    await topology.declare(channel, name, settings)
+    await testing.publish(
+        channel, [testing.transition("entered", store, f"s{i}") for i in range(4000)]
+    )
+    worker = launcher({name: settings})
+    process = worker.start(name)
+    await testing.eventually(lambda: worker.processed() >= 300, what="progress")
+    process.send_signal(signal.SIGTERM)
+    assert await exited(process) == 0
+    done, stopped = worker.processed(), worker.stopped(0)
+    assert done < 4000  # stopped mid-stream
+    # Every delivery it took in hand was applied and acked; none was left to the broker.
+    assert stopped["received"] == stopped["acked"] == done
+    assert "stopping: settling deliveries in hand" in [m["message"] for m in worker.log_lines(0)]
+    remaining = await drain(channel, queue_name(name))
+    processed_ids = {row[0] for row in worker.query("SELECT event_id FROM processed")}
+    assert not processed_ids & {message.message_id for message in remaining}
+    assert len(remaining) == 4000 - done
+    # Only what a quorum queue sent after cancel-ok, which never reached the worker, is
+    # marked redelivered; at most a prefetch window of it.
+    assert sum(bool(message.redelivered) for message in remaining) <= settings.prefetch
+
+
+async def drain(channel: AbstractChannel, queue: str) -> list[AbstractIncomingMessage]:
+    source = await channel.get_queue(queue)
+    found = []
+    while (message := await source.get(fail=False)) is not None:
+        await message.ack()
+        found.append(message)
+    return found
+
+
+async def health(port: int) -> dict[str, Any] | None:
+    try:
+        async with aiohttp.ClientSession() as session, session.get(
+            f"http://127.0.0.1:{port}/healthz"
+        ) as response:
+            body: dict[str, Any] = await response.json()
+            return body
+    except aiohttp.ClientConnectionError:
+        return None
+
+
+async def test_a_handler_named_in_the_config_runs_and_reports_its_health(
+    channel: AbstractChannel, scratch: testing.Scratch, launcher: Launcher, store: int
+) -> None:
+    port = free_port()
+    name, settings = scratch.consumer(
+        f"entered.{store}", f"tracking.{store}",
+        handler="consumers.examples.print_handler:handle", health_port=port,
+    )
+    worker = launcher({name: settings})
+    process = worker.start(name)
+    await testing.eventually(lambda: consuming(port), what="the worker to consume")
+    entries = [testing.transition("entered", store, f"s{i}") for i in range(3)]
+    await testing.publish(channel, [*entries, testing.tracking(store, "u-1", None)])
+    await testing.eventually(lambda: settled(port, acked=3, dead_lettered=1), what="settlement")
+    process.send_signal(signal.SIGTERM)
+    assert await exited(process) == 0
+    assert process.stdout is not None
+    printed = [orjson.loads(line) for line in process.stdout.read().splitlines()]
+    assert sorted(line["id"] for line in printed) == sorted(e.message_id for e in entries)
+    assert {(line["kind"], line["store"]) for line in printed} == {("entered", store)}
+
+
+async def consuming(port: int) -> bool:
+    body = await health(port)
+    return body is not None and body["consuming"] is True
+
+
+async def settled(port: int, **counters: int) -> bool:
+    body = await health(port)
+    return body is not None and all(body[k] == v for k, v in counters.items())
+
+
+@pytest.mark.parametrize(("consumers", "name", "complaint"), [
+    ({}, "nosuch", "no consumer 'nosuch'"),
+    ({}, "no.dots", "must match"),
+    ({"bad": ConsumerSettings(handler="consumers.examples.print_handler:missing")}, "bad",
+     "is not an `async def` function"),
+    ({"bad": ConsumerSettings(handler="consumers.nowhere:handle")}, "bad", "cannot import"),
+])
+async def test_a_configuration_error_exits_2_naming_it(
+    launcher: Launcher, consumers: dict[str, ConsumerSettings], name: str, complaint: str
+) -> None:
+    worker = launcher(consumers)
+    process = worker.start(name)
+    assert await exited(process) == 2
+    assert complaint in (worker.logs / "0.log").read_text()
