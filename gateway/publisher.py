@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Awaitable
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import aio_pika
@@ -54,14 +55,13 @@ async def declare_topology(channel: AbstractChannel) -> AbstractExchange:
     )
 
 
-def to_message(outbound: Outbound) -> aio_pika.Message:
-    return aio_pika.Message(
-        outbound.body,
-        message_id=outbound.message_id,
+def properties(outbound: Outbound) -> aiormq.spec.Basic.Properties:
+    return aiormq.spec.Basic.Properties(
         content_type=outbound.content_type,
-        timestamp=outbound.timestamp_s,
+        delivery_mode=int(DeliveryMode.PERSISTENT),
+        message_id=outbound.message_id,
+        timestamp=datetime.fromtimestamp(outbound.timestamp_s, UTC),
         headers=dict(outbound.headers),
-        delivery_mode=DeliveryMode.PERSISTENT,
     )
 
 
@@ -81,7 +81,7 @@ class Publisher:
 
     def __init__(self, settings: AmqpSettings) -> None:
         self._settings = settings
-        self._exchange: AbstractExchange | None = None
+        self._channel: aiormq.abc.AbstractChannel | None = None
         self._ready = asyncio.Event()
         self.reconnects = 0
         self.returns = 0
@@ -116,27 +116,45 @@ class Publisher:
             url, timeout=self._settings.publish_timeout_s, heartbeat=self._settings.heartbeat_s
         )
         async with connection, connection.channel(publisher_confirms=True) as channel:
-            self._exchange = await declare_topology(channel)
+            await declare_topology(channel)
+            self._channel = await channel.get_underlay_channel()
             self._ready.set()
             log.info("amqp connected", extra={"url": redact(url)})
             try:
                 await first_of(connection.closed(), channel.closed())
             finally:
                 self._ready.clear()
-                self._exchange = None
+                self._channel = None
         log.warning("amqp connection lost", extra={"url": redact(url)})
 
     async def publish(self, outbound: Outbound, timeout_s: float | None = None) -> None:
-        """Return once the broker confirmed; raise `PublishError` otherwise, within the timeout."""
+        """`send`, bounded: for a request whose answer waits on the confirm."""
         try:
             async with asyncio.timeout(timeout_s or self._settings.publish_timeout_s):
-                await self._ready.wait()
-                exchange = self._exchange
-                if exchange is None:
-                    raise PublishError("channel closed")
-                returned = await exchange.publish(
-                    to_message(outbound), outbound.routing_key, mandatory=True
-                )
+                await self.send(outbound)
+        except TimeoutError as exc:
+            raise PublishError("no confirm in time") from exc
+
+    async def send(self, outbound: Outbound) -> None:
+        """Wait for a channel, publish, and return once the broker confirmed.
+
+        Unbounded, for the relay: a slow confirm is not a failure, and a lost
+        connection fails every pending confirm at once. It publishes on aiormq's
+        channel under aio-pika's, skipping the Message and Exchange layers, which
+        cost about as much as the publish itself (measured under bench/).
+        """
+        try:
+            await self._ready.wait()
+            channel = self._channel
+            if channel is None:
+                raise PublishError("channel closed")
+            returned = await channel.basic_publish(
+                outbound.body,
+                exchange=contract.EXCHANGE,
+                routing_key=outbound.routing_key,
+                properties=properties(outbound),
+                mandatory=True,
+            )
         except BROKER_ERRORS as exc:
             raise PublishError(type(exc).__name__) from exc
         if isinstance(returned, aiormq.abc.DeliveredMessage):

@@ -79,7 +79,7 @@ class Relay:
         confirmed = False
         self.attempts += 1
         try:
-            await self._publisher.publish(record.outbound)
+            await self._publisher.send(record.outbound)
             confirmed = True
         except PublishError as exc:
             log.debug("relay publish failed", extra={"error": str(exc)})

@@ -135,6 +135,7 @@ class Spool:
         self.watermark = 0
         self._saved_watermark = 0
         self._lock_fd: int | None = None
+        self._bytes = 0
 
     def recover(self) -> list[Record]:
         """Open the spool; return what was spooled and not confirmed, oldest first."""
@@ -166,7 +167,9 @@ class Spool:
 
     def _adopt(self, path: Path, records: list[Record]) -> None:
         first, last = records[0].seq, records[-1].seq
-        self._segments.append(Segment(path, first, last, path.stat().st_size))
+        size = path.stat().st_size
+        self._segments.append(Segment(path, first, last, size))
+        self._bytes += size
         self._next_seq = max(self._next_seq, last + 1)
 
     @property
@@ -197,6 +200,7 @@ class Spool:
             self._seal(truncate_to=segment.size_bytes)
             raise OSError(f"short write to {segment.path.name}")
         segment.size_bytes += written
+        self._bytes += written
 
     def _writable(self, seq: int, frame_bytes: int) -> Segment:
         active = self._segments[-1] if self._fd is not None else None
@@ -241,6 +245,7 @@ class Spool:
             if self._fd is not None and len(self._segments) == 1:
                 return
             segment = self._segments.popleft()
+            self._bytes -= segment.size_bytes
             with contextlib.suppress(FileNotFoundError):
                 segment.path.unlink()
 
@@ -262,7 +267,7 @@ class Spool:
 
     @property
     def size_bytes(self) -> int:
-        return sum(s.size_bytes for s in self._segments)
+        return self._bytes
 
     @property
     def depth(self) -> int:

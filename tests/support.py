@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Final
@@ -18,7 +19,9 @@ from gateway.settings import Settings
 
 CONFIG: Final = Path(__file__).resolve().parent.parent / "config.yaml"
 TOKEN: Final = "test-token-0f5e2a"
-TOKEN_NAME: Final = "aifi-test"
+# Unique per test run, so that a capture can tell this run's messages from those of
+# anything else publishing on a shared broker.
+TOKEN_NAME: Final = f"aifi-test-{uuid.uuid4().hex[:8]}"
 AUTH: Final = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 
 
@@ -45,6 +48,16 @@ def gateway_settings(amqp_url: str, tmp_path: Path, **overrides: Any) -> Setting
     return Settings.model_validate(base)
 
 
+def token_name_of(message: AbstractIncomingMessage) -> str:
+    """The token name a gateway stamped on a message, or "" if it is not one of ours."""
+    if contract.TOKEN_NAME_HEADER in message.headers:
+        return str(message.headers[contract.TOKEN_NAME_HEADER])
+    try:
+        return str(contract.decode_event(message.body)["data"].get("tokenName"))
+    except ValueError:
+        return ""
+
+
 class Capture:
     """Messages arriving on one queue bound to the events exchange."""
 
@@ -68,7 +81,8 @@ class Capture:
             await queue.delete(if_unused=False, if_empty=False)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        await self.received.put(message)
+        if token_name_of(message).startswith(TOKEN_NAME):
+            await self.received.put(message)
 
     async def get(self, timeout_s: float = 5.0) -> AbstractIncomingMessage:
         return await asyncio.wait_for(self.received.get(), timeout_s)
