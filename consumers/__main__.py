@@ -35,8 +35,12 @@ USAGE: Final = "aifi-consumer NAME\n       aifi-consumer replay NAME [--limit N]
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="aifi-consumer", usage=USAGE, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="aifi-consumer",
+        usage=USAGE,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     replaying = argv[:1] == ["replay"]
     parser.add_argument("name", help=f"consumer name: {', '.join(BUILT_IN)} or one in config")
     if replaying:

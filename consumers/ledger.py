@@ -56,11 +56,21 @@ CREATE TABLE IF NOT EXISTS tracking (
 
 # Facts about a visit that every event of its session repeats; merged by keeping the greatest.
 VISIT_FACTS: Final = (
-    "store_id", "oasis_store_id", "aifi_unique_store_id", "store_external_id", "customer_id",
-    "customer_role", "shopper_id", "group_size",
+    "store_id",
+    "oasis_store_id",
+    "aifi_unique_store_id",
+    "store_external_id",
+    "customer_id",
+    "customer_role",
+    "shopper_id",
+    "group_size",
 )
 VISIT_FIELDS: Final = (
-    "session_id", *VISIT_FACTS, "first_entered", "last_exited", "persons_entered",
+    "session_id",
+    *VISIT_FACTS,
+    "first_entered",
+    "last_exited",
+    "persons_entered",
     "persons_exited",
 )
 TRACKING_TIMES: Final = ("time_of_origin", "time_of_issue", "received_at")
@@ -82,17 +92,25 @@ def _upsert(table: str, fields: Sequence[str], merges: Sequence[str]) -> str:
     )
 
 
-UPSERT_VISIT: Final = _upsert("visits", VISIT_FIELDS, [
-    *(_merge("visits", f, "max") for f in VISIT_FACTS),
-    _merge("visits", "first_entered", "min"),
-    _merge("visits", "last_exited", "max"),
-    "persons_entered = visits.persons_entered + excluded.persons_entered",
-    "persons_exited = visits.persons_exited + excluded.persons_exited",
-])
-UPSERT_TRACKING: Final = _upsert("tracking", TRACKING_FIELDS, [
-    *(_merge("tracking", f, "max") for f in ("store_id", "shopper_id")),
-    *(_merge("tracking", f, "min") for f in TRACKING_TIMES),
-])
+UPSERT_VISIT: Final = _upsert(
+    "visits",
+    VISIT_FIELDS,
+    [
+        *(_merge("visits", f, "max") for f in VISIT_FACTS),
+        _merge("visits", "first_entered", "min"),
+        _merge("visits", "last_exited", "max"),
+        "persons_entered = visits.persons_entered + excluded.persons_entered",
+        "persons_exited = visits.persons_exited + excluded.persons_exited",
+    ],
+)
+UPSERT_TRACKING: Final = _upsert(
+    "tracking",
+    TRACKING_FIELDS,
+    [
+        *(_merge("tracking", f, "max") for f in ("store_id", "shopper_id")),
+        *(_merge("tracking", f, "min") for f in TRACKING_TIMES),
+    ],
+)
 
 
 def instant(value: object) -> str | None:

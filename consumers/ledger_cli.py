@@ -22,8 +22,11 @@ from gateway.settings import LedgerSettings, SettingsError, load
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aifi-ledger", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="aifi-ledger",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--db", type=Path, help="ledger database (default: ledger.db setting)")
     commands = parser.add_subparsers(dest="command", required=True)
     occupancy = commands.add_parser("occupancy", help="people inside, per store")
@@ -40,8 +43,11 @@ def query(db: LedgerDB, args: argparse.Namespace) -> Any:
         return db.tracking(args.unique_event_id)
     stores = db.occupancy(args.store)
     if args.store is not None:
-        return stores[0] if stores else {"storeId": args.store, "occupancy": 0,
-                                         "openSessions": 0, "sessions": 0}
+        return (
+            stores[0]
+            if stores
+            else {"storeId": args.store, "occupancy": 0, "openSessions": 0, "sessions": 0}
+        )
     return {"occupancy": sum(s["occupancy"] for s in stores), "stores": stores}
 
 

@@ -20,9 +20,10 @@ async def replay(
 ) -> int:
     """Move up to `limit` messages from `aifi.<name>.dead` to `aifi.<name>`; return how many."""
     connection = await aio_pika.connect(amqp.urls[0], timeout=amqp.publish_timeout_s)
-    async with connection, connection.channel(
-        publisher_confirms=True, on_return_raises=True
-    ) as channel:
+    async with (
+        connection,
+        connection.channel(publisher_confirms=True, on_return_raises=True) as channel,
+    ):
         routes = await declare(channel, name, settings)
         # Only what is dead now: a message that fails again while we run must not come round
         # a second time.

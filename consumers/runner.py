@@ -115,18 +115,19 @@ class Worker:
 
     def _note_failure(self, message: str, url: str, exc: BaseException) -> None:
         self.state.last_error = describe(exc)
-        log.warning(message, extra={
-            "consumer": self.name, "url": redact(url), "error": describe(exc)
-        })
+        log.warning(
+            message, extra={"consumer": self.name, "url": redact(url), "error": describe(exc)}
+        )
 
     async def _session(self, url: str, stop: asyncio.Event) -> None:
         connection = await aio_pika.connect(
             url, timeout=self._amqp.publish_timeout_s, heartbeat=self._amqp.heartbeat_s
         )
         # Confirms and returns: a retry or dead-letter copy counts once the broker holds it.
-        async with connection, connection.channel(
-            publisher_confirms=True, on_return_raises=True
-        ) as channel:
+        async with (
+            connection,
+            connection.channel(publisher_confirms=True, on_return_raises=True) as channel,
+        ):
             await channel.set_qos(prefetch_count=self._settings.prefetch)
             routes = await declare(channel, self.name, self._settings)
             settler = Settler(
@@ -199,9 +200,10 @@ class Worker:
             await self._handler.many([event for _, event in events])
         # Handler code is foreign: any exception it raises is a failed attempt, by contract.
         except Exception as exc:
-            log.warning("batch failed; applying its events one by one", extra={
-                "consumer": self.name, "size": len(events), "error": describe(exc)
-            })
+            log.warning(
+                "batch failed; applying its events one by one",
+                extra={"consumer": self.name, "size": len(events), "error": describe(exc)},
+            )
             return False
         for message, _ in events:
             await settler.ack(message)

@@ -31,11 +31,18 @@ FAILED_AT_HEADER: Final = "aifi_failed_at"  # when, RFC 3339 UTC
 REPLAYS_HEADER: Final = "aifi_replays"  # times moved back from the dead-letter queue
 MAX_REASON_CHARS: Final = 1000
 # Written by the broker about an earlier life of the message; a replayed copy starts afresh.
-BROKER_HEADERS: Final = frozenset({
-    "x-death", "x-delivery-count",
-    "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
-    "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason",
-})
+BROKER_HEADERS: Final = frozenset(
+    {
+        "x-death",
+        "x-delivery-count",
+        "x-first-death-exchange",
+        "x-first-death-queue",
+        "x-first-death-reason",
+        "x-last-death-exchange",
+        "x-last-death-queue",
+        "x-last-death-reason",
+    }
+)
 # RabbitMQ applies acks to a quorum queue asynchronously and may drop those still in flight
 # when the channel closes (rabbitmq-server#10327): they come back as redeliveries. Before a
 # planned close, this pause lets them land.
@@ -151,9 +158,10 @@ class Settler:
 
     async def _give_back(self, message: AbstractIncomingMessage, exc: BaseException) -> None:
         """The copy is not safe, so the original must stay in the queue."""
-        log.error("cannot move message; requeueing it", extra={
-            "consumer": self._name, "event_id": message.message_id, "error": describe(exc)
-        })
+        log.error(
+            "cannot move message; requeueing it",
+            extra={"consumer": self._name, "event_id": message.message_id, "error": describe(exc)},
+        )
         # A pause, so that a broker refusing our copies is not answered with a hot loop.
         await asyncio.sleep(self._settings.retry_base_ms / 1000)
         # reject, not nack: RabbitMQ 4.3+ counts only reject against the delivery limit, which

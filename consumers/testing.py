@@ -17,7 +17,7 @@ from typing import Any, Final, Literal
 
 import aio_pika
 import orjson
-from aio_pika.abc import AbstractChannel
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from consumers import topology
 from consumers.runner import Worker
@@ -25,7 +25,6 @@ from gateway import events
 from gateway.contract import EXCHANGE, Outbound
 from gateway.events import Receipt
 from gateway.models import Tracking, Transition
-from gateway.publisher import to_message
 from gateway.settings import ConsumerSettings
 
 ORIGIN: Final = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -65,23 +64,37 @@ def transition(
 
 def tracking(store_id: int, unique_event_id: str, shopper_id: str | None) -> Outbound:
     """What the gateway publishes for one tracking call."""
-    raw = orjson.dumps({
-        "storeId": store_id,
-        "store": {"oasisApiStoreId": store_id, "aifiUniqueStoreId": f"s-{store_id}"},
-        "timeOfOrigin": ORIGIN.isoformat(),
-        "timeOfIssue": ORIGIN.isoformat(),
-        "shopperId": shopper_id,
-        "uniqueEventId": unique_event_id,
-    })
+    raw = orjson.dumps(
+        {
+            "storeId": store_id,
+            "store": {"oasisApiStoreId": store_id, "aifiUniqueStoreId": f"s-{store_id}"},
+            "timeOfOrigin": ORIGIN.isoformat(),
+            "timeOfIssue": ORIGIN.isoformat(),
+            "shopperId": shopper_id,
+            "uniqueEventId": unique_event_id,
+        }
+    )
     model, got = Tracking.model_validate_json(raw), receipt(raw)
     return events.to_outbound(events.from_tracking(model, got), got.received_at)
+
+
+def message(outbound: Outbound) -> aio_pika.Message:
+    """The AMQP message the gateway sends for `outbound`."""
+    return aio_pika.Message(
+        outbound.body,
+        message_id=outbound.message_id,
+        content_type=outbound.content_type,
+        timestamp=datetime.fromtimestamp(outbound.timestamp_s, UTC),
+        headers=dict(outbound.headers),
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+    )
 
 
 async def publish(channel: AbstractChannel, outbounds: Iterable[Outbound]) -> None:
     """Publish to the events exchange, confirmed, pipelined a chunk at a time."""
     exchange = await channel.get_exchange(EXCHANGE)
     for chunk in _chunks(outbounds):
-        await asyncio.gather(*(exchange.publish(to_message(o), o.routing_key) for o in chunk))
+        await asyncio.gather(*(exchange.publish(message(o), o.routing_key) for o in chunk))
 
 
 def _chunks(outbounds: Iterable[Outbound]) -> Iterable[list[Outbound]]:
@@ -157,3 +170,23 @@ class Scratch:
     async def delete(self) -> None:
         for name, settings in self._made:
             await delete_queues(self.url, name, settings)
+
+
+async def drain(
+    channel: AbstractChannel, queue: str, timeout_s: float = 10.0
+) -> list[AbstractIncomingMessage]:
+    """Every message ready in `queue` now, acked, in order (a consumer: faster than gets)."""
+    expected = await depth(channel, queue)
+    taken: list[AbstractIncomingMessage] = []
+    source = await channel.get_queue(queue)
+    tag = await source.consume(lambda message: _keep(taken, message))
+    try:
+        await eventually(lambda: len(taken) >= expected, timeout_s, f"{expected} from {queue}")
+    finally:
+        await source.cancel(tag)
+    return taken
+
+
+async def _keep(taken: list[AbstractIncomingMessage], message: AbstractIncomingMessage) -> None:
+    await message.ack()
+    taken.append(message)

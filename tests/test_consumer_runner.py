@@ -86,12 +86,21 @@ def without_session(outbound: Outbound) -> Outbound:
     """A well-formed event the ledger cannot use: an entry without a session."""
     event = orjson.loads(outbound.body)
     del event["data"]["sessionId"]
-    return Outbound(outbound.message_id, outbound.routing_key, orjson.dumps(event),
-                    outbound.content_type, outbound.timestamp_s, outbound.headers)
+    return Outbound(
+        outbound.message_id,
+        outbound.routing_key,
+        orjson.dumps(event),
+        outbound.content_type,
+        outbound.timestamp_s,
+        outbound.headers,
+    )
 
 
 async def test_twins_and_a_redelivery_through_the_broker(
-    amqp_url: str, channel: AbstractChannel, scratch: testing.Scratch, presence: Ledger,
+    amqp_url: str,
+    channel: AbstractChannel,
+    scratch: testing.Scratch,
+    presence: Ledger,
     store: int,
 ) -> None:
     name, settings = scratch.consumer(f"entered.{store}", f"exited.{store}")
@@ -106,22 +115,35 @@ async def test_twins_and_a_redelivery_through_the_broker(
     assert await presence.call(LedgerDB.processed) == 3
 
 
-@pytest.mark.parametrize("turns", [
-    [["entered"], ["exited"]], [["exited"], ["entered"]], [["entered", "exited"]],
-], ids=["entry-first", "exits-first", "together"])
+@pytest.mark.parametrize(
+    "turns",
+    [
+        [["entered"], ["exited"]],
+        [["exited"], ["entered"]],
+        [["entered", "exited"]],
+    ],
+    ids=["entry-first", "exits-first", "together"],
+)
 async def test_every_order_of_entry_and_exits_ends_the_same(
-    amqp_url: str, channel: AbstractChannel, scratch: testing.Scratch, presence: Ledger,
-    store: int, turns: list[list[str]],
+    amqp_url: str,
+    channel: AbstractChannel,
+    scratch: testing.Scratch,
+    presence: Ledger,
+    store: int,
+    turns: list[list[str]],
 ) -> None:
     """Entries and exits travel on separate queues, so either may be processed first."""
     queues = {kind: scratch.consumer(f"{kind}.{store}") for kind in ("entered", "exited")}
     for name, settings in queues.values():
         await topology.declare(channel, name, settings)
-    await testing.publish(channel, [
-        testing.transition("exited", store, "s1", timeOfOrigin="2024-05-01T12:30:00Z"),
-        testing.transition("exited", store, "s1", timeOfOrigin="2024-05-01T12:30:00.5Z"),
-        testing.transition("entered", store, "s1", timeOfOrigin="2024-05-01T12:00:00Z"),
-    ])
+    await testing.publish(
+        channel,
+        [
+            testing.transition("exited", store, "s1", timeOfOrigin="2024-05-01T12:30:00Z"),
+            testing.transition("exited", store, "s1", timeOfOrigin="2024-05-01T12:30:00.5Z"),
+            testing.transition("entered", store, "s1", timeOfOrigin="2024-05-01T12:00:00Z"),
+        ],
+    )
     expected_acks = {"entered": 1, "exited": 2}
     for turn in turns:
         await run_until_acked(
@@ -129,11 +151,19 @@ async def test_every_order_of_entry_and_exits_ends_the_same(
             expected_acks,
         )
     assert await presence.call(LedgerDB.visit, "s1") == {
-        "sessionId": "s1", "storeId": store, "oasisApiStoreId": store,
-        "aifiUniqueStoreId": f"s-{store}", "storeExternalId": f"ext-{store}",
-        "customerId": "c-s1", "customerRole": "customer", "shopperId": "p-s1",
-        "groupSize": 1, "firstEntered": "2024-05-01T12:00:00.000000Z",
-        "lastExited": "2024-05-01T12:30:00.500000Z", "personsEntered": 1, "personsExited": 2,
+        "sessionId": "s1",
+        "storeId": store,
+        "oasisApiStoreId": store,
+        "aifiUniqueStoreId": f"s-{store}",
+        "storeExternalId": f"ext-{store}",
+        "customerId": "c-s1",
+        "customerRole": "customer",
+        "shopperId": "p-s1",
+        "groupSize": 1,
+        "firstEntered": "2024-05-01T12:00:00.000000Z",
+        "lastExited": "2024-05-01T12:30:00.500000Z",
+        "personsEntered": 1,
+        "personsExited": 2,
         "occupancy": 0,
     }
 
@@ -198,8 +228,10 @@ async def test_reject_and_invalid_bodies_are_dead_lettered_at_once(
         await exchange.publish(junk, f"entered.{store}")
         await testing.publish(channel, [testing.transition("entered", store, "s1")])
         await testing.eventually(lambda: consumer.state.dead_lettered == 2, what="dead letters")
-    reasons = {m.message_id: (m.headers[ATTEMPTS_HEADER], str(m.headers[REASON_HEADER]))
-               for m in await dead_letters(channel, name)}
+    reasons = {
+        m.message_id: (m.headers[ATTEMPTS_HEADER], str(m.headers[REASON_HEADER]))
+        for m in await dead_letters(channel, name)
+    }
     assert reasons.pop("junk")[1].startswith("Reject: not a valid event")
     assert list(reasons.values()) == [(1, "Reject: unknown store")]
     assert len(handler.calls) == 1
@@ -207,7 +239,10 @@ async def test_reject_and_invalid_bodies_are_dead_lettered_at_once(
 
 
 async def test_one_poison_event_does_not_hold_back_its_batch(
-    amqp_url: str, channel: AbstractChannel, scratch: testing.Scratch, presence: Ledger,
+    amqp_url: str,
+    channel: AbstractChannel,
+    scratch: testing.Scratch,
+    presence: Ledger,
     store: int,
 ) -> None:
     name, settings = scratch.consumer(f"entered.{store}")
@@ -292,9 +327,10 @@ async def publish_to(url: str, outbounds: list[Outbound]) -> None:
 
 
 async def healthz(port: int) -> tuple[int, dict[str, Any]]:
-    async with aiohttp.ClientSession() as session, session.get(
-        f"http://127.0.0.1:{port}/healthz"
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/healthz") as response,
+    ):
         return response.status, await response.json()
 
 

@@ -1,0 +1,100 @@
+"""Settlement headers and copies: what a retry, a dead letter and a replay carry."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+
+from consumers import testing, topology
+from consumers.handler import Reject, RetryLater
+from consumers.settlement import (
+    ATTEMPTS_HEADER,
+    FAILED_AT_HEADER,
+    MAX_REASON_CHARS,
+    REASON_HEADER,
+    REPLAYS_HEADER,
+    copy,
+    describe,
+    failures,
+    replay_copy,
+)
+from consumers.topology import queue_name
+from gateway.settings import ConsumerSettings
+
+
+@pytest.fixture
+async def received(
+    amqp_url: str, channel: AbstractChannel
+) -> AsyncIterator[AbstractIncomingMessage]:
+    """A message as a worker receives it, with our headers and the broker's."""
+    scratch = testing.Scratch(amqp_url, ConsumerSettings(delivery_limit=5))
+    store = random.randrange(10**6, 10**9)
+    name, settings = scratch.consumer(f"entered.{store}")
+    await topology.declare(channel, name, settings)
+    exchange = await channel.get_exchange(topology.REDELIVER_EXCHANGE)
+    await exchange.publish(
+        aio_pika.Message(
+            b'{"x": 1}',
+            message_id="m-1",
+            content_type="application/cloudevents+json",
+            correlation_id="c-1",
+            headers={
+                ATTEMPTS_HEADER: 4,
+                REASON_HEADER: "RetryLater: down",
+                FAILED_AT_HEADER: "t",
+                "aifi_store_id": store,
+                "x-first-death-reason": "expired",
+            },
+        ),
+        name,
+    )
+    queue = await channel.get_queue(queue_name(name))
+    await testing.eventually(lambda: waiting(channel, queue.name), what="routing")
+    first = await queue.get()
+    await first.reject(requeue=True)  # so that the broker adds x-delivery-count
+    message = await queue.get()
+    yield message
+    await message.ack()
+    await scratch.delete()
+
+
+async def waiting(channel: AbstractChannel, queue: str) -> bool:
+    return await testing.depth(channel, queue) > 0
+
+
+def test_describe_names_the_exception_and_is_bounded() -> None:
+    assert describe(RetryLater("downstream is down")) == "RetryLater: downstream is down"
+    assert describe(Reject()) == "Reject"
+    assert describe(KeyError("sessionId")) == "KeyError: 'sessionId'"
+    assert len(describe(ValueError("x" * 5000))) == MAX_REASON_CHARS
+
+
+async def test_failures_come_from_our_header_only(received: AbstractIncomingMessage) -> None:
+    assert failures(received) == 4
+    received.headers[ATTEMPTS_HEADER] = "4"
+    assert failures(received) == 0
+    del received.headers[ATTEMPTS_HEADER]
+    assert failures(received) == 0
+
+
+async def test_a_copy_keeps_body_and_properties(received: AbstractIncomingMessage) -> None:
+    duplicate = copy(received, {"h": 1})
+    assert duplicate.body == received.body
+    assert (duplicate.message_id, duplicate.correlation_id) == ("m-1", "c-1")
+    assert duplicate.content_type == "application/cloudevents+json"
+    assert duplicate.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert duplicate.headers == {"h": 1}
+
+
+async def test_a_replayed_copy_starts_afresh_and_counts_its_replays(
+    received: AbstractIncomingMessage,
+) -> None:
+    assert received.headers["x-delivery-count"] == 1
+    fresh = replay_copy(received)
+    assert fresh.headers == {"aifi_store_id": received.headers["aifi_store_id"], REPLAYS_HEADER: 1}
+    received.headers[REPLAYS_HEADER] = 1
+    assert replay_copy(received).headers[REPLAYS_HEADER] == 2

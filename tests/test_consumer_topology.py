@@ -1,0 +1,141 @@
+"""Per-consumer queues on the real broker: bindings, delay queues, delivery limit, names."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractChannel
+
+from consumers import testing, topology
+from consumers.topology import (
+    DEAD_EXCHANGE,
+    DELAY_EXCHANGE,
+    TopologyError,
+    dead_queue_name,
+    delay_key,
+    queue_name,
+)
+from gateway.settings import ConsumerSettings
+
+BASE = ConsumerSettings(max_attempts=3, retry_base_ms=50, retry_max_ms=100, delivery_limit=2)
+
+
+@pytest.fixture
+def store() -> int:
+    return random.randrange(10**6, 10**9)
+
+
+@pytest.fixture
+async def scratch(amqp_url: str) -> AsyncIterator[testing.Scratch]:
+    made = testing.Scratch(amqp_url, BASE)
+    yield made
+    await made.delete()
+
+
+def test_one_delay_queue_per_distinct_backoff_step() -> None:
+    assert topology.delays_ms(ConsumerSettings()) == [1000, 2000, 4000, 8000]
+    capped = ConsumerSettings(max_attempts=6, retry_base_ms=1000, retry_max_ms=3000)
+    assert topology.delays_ms(capped) == [1000, 2000, 3000]
+    assert [topology.backoff_ms(capped, n) for n in range(1, 6)] == [1000, 2000, 3000, 3000, 3000]
+    assert topology.delays_ms(ConsumerSettings(max_attempts=1)) == []
+
+
+def test_names_that_would_read_as_routing_key_parts_are_refused() -> None:
+    assert topology.check_name("entered") == "entered"
+    assert topology.check_name("store-42_v2") == "store-42_v2"
+    for bad in ("a.b", "", "a b", "a#"):
+        with pytest.raises(ValueError, match="must match"):
+            topology.check_name(bad)
+
+
+def test_the_main_queue_dead_letters_at_least_once() -> None:
+    arguments = topology.main_arguments("entered", ConsumerSettings(delivery_limit=7))
+    assert arguments == {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": 7,
+        "x-dead-letter-exchange": DEAD_EXCHANGE,
+        "x-dead-letter-routing-key": "entered",
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+async def test_declaring_twice_is_harmless_and_bindings_select_the_events(
+    channel: AbstractChannel, scratch: testing.Scratch, store: int
+) -> None:
+    name, settings = scratch.consumer(f"entered.{store}")
+    await topology.declare(channel, name, settings)
+    await topology.declare(channel, name, settings)
+    await testing.publish(
+        channel,
+        [
+            testing.transition("entered", store, "s1"),
+            testing.transition("exited", store, "s1"),
+            testing.transition("entered", store + 1, "s2"),
+        ],
+    )
+    await testing.eventually(lambda: depth_is(channel, queue_name(name), 1), what="routing")
+    message = await (await channel.get_queue(queue_name(name))).get()
+    assert message.routing_key == f"entered.{store}"
+    await message.ack()
+
+
+async def test_the_default_binding_is_the_name_followed_by_anything(
+    channel: AbstractChannel, scratch: testing.Scratch, store: int
+) -> None:
+    name, settings = scratch.consumer()
+    assert topology.bindings(name, settings) == (f"{name}.#",)
+    await topology.declare(channel, name, settings)
+    exchange = await channel.get_exchange("aifi.events")
+    await exchange.publish(aio_pika.Message(b"x"), f"{name}.{store}")
+    await testing.eventually(lambda: depth_is(channel, queue_name(name), 1), what="routing")
+
+
+async def test_a_delayed_message_comes_back_to_its_own_queue_only(
+    channel: AbstractChannel, scratch: testing.Scratch, store: int
+) -> None:
+    """Both consumers bind the same key: a retry must reach the one that failed it, only."""
+    (mine, settings), (other, _) = (scratch.consumer(f"entered.{store}") for _ in range(2))
+    for name in (mine, other):
+        await topology.declare(channel, name, settings)
+    delay = await channel.get_exchange(DELAY_EXCHANGE)
+    await delay.publish(aio_pika.Message(b"x", message_id="m1"), delay_key(mine, 50))
+    assert await testing.depth(channel, queue_name(mine)) == 0  # not before its delay
+    await testing.eventually(lambda: depth_is(channel, queue_name(mine), 1), what="the retry")
+    assert await testing.depth(channel, queue_name(other)) == 0
+
+
+async def test_the_delivery_limit_sends_a_message_to_the_dead_letter_queue(
+    channel: AbstractChannel, scratch: testing.Scratch, store: int
+) -> None:
+    name, settings = scratch.consumer(f"entered.{store}")  # delivery limit 2
+    await topology.declare(channel, name, settings)
+    await testing.publish(channel, [testing.transition("entered", store, "s1")])
+    queue = await channel.get_queue(queue_name(name))
+    await testing.eventually(lambda: depth_is(channel, queue_name(name), 1), what="routing")
+    for _ in range(3):
+        message = await queue.get()
+        await message.reject(requeue=True)
+    await testing.eventually(lambda: depth_is(channel, dead_queue_name(name), 1), what="death")
+    dead = await (await channel.get_queue(dead_queue_name(name))).get()
+    assert dead.headers["x-first-death-reason"] == "delivery_limit"
+    await dead.ack()
+
+
+async def test_changed_queue_arguments_are_a_clear_error(
+    amqp_url: str, channel: AbstractChannel, scratch: testing.Scratch, store: int
+) -> None:
+    name, settings = scratch.consumer(f"entered.{store}")
+    await topology.declare(channel, name, settings)
+    changed = settings.model_copy(update={"delivery_limit": 5})
+    connection = await aio_pika.connect(amqp_url)
+    async with connection, connection.channel() as other:
+        with pytest.raises(TopologyError, match=f"queue aifi.{name} exists with other arguments"):
+            await topology.declare(other, name, changed)
+
+
+async def depth_is(channel: AbstractChannel, queue: str, count: int) -> bool:
+    return await testing.depth(channel, queue) == count
