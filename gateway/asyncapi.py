@@ -78,6 +78,7 @@ def quarantined_message() -> dict[str, Any]:
         contract.TOKEN_NAME_HEADER,
         contract.RECEIVED_AT_HEADER,
         contract.FINGERPRINT_HEADER,
+        contract.REQUEST_CONTENT_TYPE_HEADER,
     ]
     return {
         "name": "quarantined",

@@ -40,6 +40,7 @@ INVALID_REASON_HEADER: Final = "aifi_invalid_reason"
 INVALID_KIND_HEADER: Final = "aifi_invalid_kind"
 TOKEN_NAME_HEADER: Final = "aifi_token_name"
 RECEIVED_AT_HEADER: Final = "aifi_received_at"
+REQUEST_CONTENT_TYPE_HEADER: Final = "aifi_request_content_type"
 
 HeaderValue = str | int | None
 Headers = dict[str, HeaderValue]

@@ -17,6 +17,8 @@ from gateway.models import Tracking, Transition
 # Fixed namespace so that a tracking event's id is the same on every machine
 # and every redelivery: uuid5(namespace, "storeId:uniqueEventId").
 TRACKING_NAMESPACE: Final = uuid.UUID("4f1c7d0e-3b5a-5c1e-9a8e-6a1f0b2c3d4e")
+SHORT_STRING_BYTES: Final = 255  # AMQP's limit for a property such as content_type
+MAX_HEADER_CHARS: Final = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +69,7 @@ def transition_data(model: Transition, kind: Kind, receipt: Receipt) -> dict[str
 
 def tracking_data(model: Tracking, receipt: Receipt) -> dict[str, Any]:
     return _common(model, "tracking", receipt) | {
-        "storeExternalId": getattr(model, "storeExternalId", None),
+        "storeExternalId": model.storeExternalId,
         "sessionId": None,
         "customerId": None,
         "customerRole": None,
@@ -121,19 +123,26 @@ def to_outbound(
     )
 
 
+def amqp_content_type(content_type: str) -> str:
+    """The request's media type if AMQP can carry it (a short string), else octet-stream."""
+    fits = 0 < len(content_type.encode()) <= SHORT_STRING_BYTES
+    return content_type if fits else "application/octet-stream"
+
+
 def quarantined(kind: str, reason: str, receipt: Receipt, content_type: str) -> Outbound:
     """An authenticated request we could not accept, kept as received for inspection and replay."""
     return Outbound(
         message_id=str(uuid.uuid4()),
         routing_key=contract.invalid_routing_key(kind),
         body=receipt.raw_body,
-        content_type=content_type or "application/octet-stream",
+        content_type=amqp_content_type(content_type),
         timestamp_s=int(receipt.received_at.timestamp()),
         headers={
             contract.INVALID_KIND_HEADER: kind,
-            contract.INVALID_REASON_HEADER: reason[:1000],
+            contract.INVALID_REASON_HEADER: reason[:MAX_HEADER_CHARS],
             contract.TOKEN_NAME_HEADER: receipt.token_name,
             contract.RECEIVED_AT_HEADER: iso(receipt.received_at),
             contract.FINGERPRINT_HEADER: hashlib.sha256(receipt.raw_body).hexdigest(),
+            contract.REQUEST_CONTENT_TYPE_HEADER: content_type[:MAX_HEADER_CHARS],
         },
     )

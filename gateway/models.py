@@ -6,12 +6,26 @@ and tells receivers to expect it.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Literal
+from datetime import UTC, datetime
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 Role = Literal["customer", "employee", "tester", "untracked", "unknown"]
+
+# What the event and its AMQP headers can carry: a signed 64-bit integer.
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+
+
+def in_utc(moment: datetime) -> datetime:
+    """The time in UTC (a naive one taken as UTC); one that has no UTC equivalent is refused."""
+    try:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("time out of range once converted to UTC") from None
+
+
+UtcTime = Annotated[datetime, AfterValidator(in_utc)]
 
 
 class _Open(BaseModel):
@@ -19,12 +33,12 @@ class _Open(BaseModel):
 
 
 class Store(_Open):
-    oasisApiStoreId: int | None = None
+    oasisApiStoreId: Int64 | None = None
     aifiUniqueStoreId: str | None = None
 
 
 class Customer(_Open):
-    id: str | int | None = None
+    id: str | Int64 | None = None
     externalId: str | None = None
     role: Role | None = None
     metadata: dict[str, object] | None = None
@@ -33,10 +47,10 @@ class Customer(_Open):
 class Session(_Open):
     sessionId: str | None = None
     sessionToken: str | None = None
-    id: int | None = None
-    customerId: int | None = None
-    groupSize: int | None = None
-    visitors: int | None = None
+    id: Int64 | None = None
+    customerId: Int64 | None = None
+    groupSize: Int64 | None = None
+    visitors: Int64 | None = None
     status: str | None = None
     referencedSessionId: str | None = None
     metadata: dict[str, object] | None = None
@@ -57,11 +71,11 @@ class Transition(_Open):
     sessionToken: str | None = None
     session: Session | None
     customer: Customer
-    storeId: int
+    storeId: Int64
     store: Store
     storeExternalId: str | None
-    timeOfOrigin: datetime
-    timeOfIssue: datetime
+    timeOfOrigin: UtcTime
+    timeOfIssue: UtcTime
     payment: Payment
     shopperId: str
     shopper: Shopper
@@ -82,9 +96,10 @@ class Transition(_Open):
 class Tracking(_Open):
     """Body of the tracking webhook; `shopperId` is null when AiFi matched no shopper."""
 
-    storeId: int
+    storeId: Int64
     store: Store
-    timeOfOrigin: datetime
-    timeOfIssue: datetime
+    storeExternalId: str | None = None  # not documented for tracking, common to other webhooks
+    timeOfOrigin: UtcTime
+    timeOfIssue: UtcTime
     shopperId: str | None
     uniqueEventId: str

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import struct
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -34,6 +35,10 @@ BROKER_ERRORS: Final = (
 
 class PublishError(Exception):
     """The broker did not confirm a message: it is not safe."""
+
+
+class Unencodable(PublishError):
+    """AMQP cannot carry this message at all; trying again cannot help."""
 
 
 async def declare_topology(channel: AbstractChannel) -> AbstractExchange:
@@ -157,6 +162,9 @@ class Publisher:
             )
         except BROKER_ERRORS as exc:
             raise PublishError(type(exc).__name__) from exc
+        except (TypeError, ValueError, struct.error) as exc:
+            # pamqp's refusal of a property or header value, before anything was sent.
+            raise Unencodable(str(exc)) from exc
         if isinstance(returned, aiormq.abc.DeliveredMessage):
             # Only when the alternate exchange is gone: the event is in no queue.
             self.returns += 1

@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Final
 
-from gateway.publisher import Publisher, PublishError
+from gateway.publisher import Publisher, PublishError, Unencodable
 from gateway.spool import Record, Spool
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,9 @@ class Relay:
         try:
             await self._publisher.send(record.outbound)
             confirmed = True
+        except Unencodable as exc:
+            self._set_aside(record, str(exc))
+            confirmed = True
         except PublishError as exc:
             log.debug("relay publish failed", extra={"error": str(exc)})
         finally:
@@ -93,6 +96,14 @@ class Relay:
             self._publishing -= 1
             self._slots.release()
             self._settled.set()
+
+    def _set_aside(self, record: Record, reason: str) -> None:
+        """Keep a record AMQP cannot carry on disk for an operator, so it blocks nothing."""
+        path = self._spool.set_aside(record)
+        log.error(
+            "event cannot be published; set aside",
+            extra={"event_id": record.outbound.message_id, "path": str(path), "reason": reason},
+        )
 
     def _failed(self, record: Record) -> None:
         """Put the record back in front and pause, so a refusing broker is not hammered."""

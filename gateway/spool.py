@@ -34,6 +34,7 @@ PREFIX: Final = struct.Struct("<QI")
 SUFFIX: Final = ".seg"
 WATERMARK_FILE: Final = "confirmed"
 LOCK_FILE: Final = "lock"
+UNPUBLISHABLE_DIR: Final = "unpublishable"
 
 
 class SpoolLocked(Exception):
@@ -249,6 +250,19 @@ class Spool:
             with contextlib.suppress(FileNotFoundError):
                 segment.path.unlink()
 
+    def set_aside(self, record: Record) -> Path:
+        """Copy a record that can never be published to `unpublishable/`, durably."""
+        aside = self.directory / UNPUBLISHABLE_DIR
+        aside.mkdir(exist_ok=True)
+        path = aside / f"{record.seq:020d}{SUFFIX}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, encode(record.seq, record.outbound))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return path
+
     def save_watermark(self) -> None:
         """Persist the watermark (without fsync: a stale one only causes duplicates)."""
         if self.watermark == self._saved_watermark:
@@ -299,4 +313,5 @@ def inspect(directory: Path) -> dict[str, Any]:
         "oldest_age_s": None if oldest is None else max(0.0, time.time() - oldest),
         "watermark": watermark,
         "segments": segments,
+        "unpublishable": len(list((directory / UNPUBLISHABLE_DIR).glob(f"*{SUFFIX}"))),
     }

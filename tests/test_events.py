@@ -206,6 +206,7 @@ def test_quarantined_keeps_the_raw_body_and_explains(content_type: str, expected
         contract.TOKEN_NAME_HEADER: TOKEN_NAME,
         contract.RECEIVED_AT_HEADER: "2024-05-06T07:08:09.123456Z",
         contract.FINGERPRINT_HEADER: hashlib.sha256(raw).hexdigest(),
+        contract.REQUEST_CONTENT_TYPE_HEADER: content_type,
     }
     assert all(secret not in str(v) for v in out.headers.values())
     assert events.quarantined("entered", "r", receipt, "").message_id != out.message_id

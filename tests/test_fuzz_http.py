@@ -375,15 +375,6 @@ def fuzzed(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> Outcome:
         return asyncio.run(fuzz_and_collect(served, amqp_url))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: found by this fuzzing, positive mode, all four operations: JSON integers "
-    "beyond 64 bits (storeId 44499768279179206656, customer.id 870724028103788122238497896"
-    "7396352) are accepted since parse uses model_validate_json, and orjson.dumps in "
-    "contract.encode_event raises TypeError 'Integer exceeds 64-bit range': 500 (ST101) "
-    "and undocumented 500 (ST103); pinned below and in test_fuzz_models",
-)
 def test_every_answer_is_documented_and_none_is_a_server_error(fuzzed: Outcome) -> None:
     assert not fuzzed.fuzzing.failures, "\n\n".join(fuzzed.fuzzing.failures)
 
@@ -459,80 +450,42 @@ ENCODE_64_BITS: Final = (
         pytest.param(
             TRACKING,
             example("tracking", storeId="100000000000000000000000"),
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="BUG: pydantic's lax int turns the string into an int beyond 64 "
-                f"bits; {ENCODE_64_BITS}",
-            ),
             id="storeId-string-beyond-64-bits",
         ),
         pytest.param(
             ENTERED,
             example("entered", customer={"id": 8707240281037881222384978967396352, "role": None}),
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="BUG: a JSON integer beyond 64 bits is accepted as customer.id "
-                f"(str | int); {ENCODE_64_BITS}",
-            ),
             id="customer-id-json-number-beyond-64-bits",
         ),
         pytest.param(
             TRACKING,
             example("tracking", storeId=44499768279179206656),
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason=f"BUG: as above, storeId as a JSON number; {ENCODE_64_BITS}",
-            ),
             id="storeId-json-number-beyond-64-bits",
         ),
         pytest.param(
             ENTERED,
             example("entered", timeOfOrigin="0001-01-01T00:00:00+01:00"),
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="BUG: events.iso() calls astimezone(UTC) on a time that has no UTC "
-                "equivalent in datetime's range: OverflowError 'date value out of range': 500",
-            ),
             id="timeOfOrigin-at-datetime-min-with-offset",
         ),
     ],
 )
-async def test_bug_extreme_values_are_not_a_server_error(
+async def test_regression_extreme_values_are_not_a_server_error(
     gateway: Served, path: str, body: bytes
 ) -> None:
     status = await post(gateway, path, body, "application/json")
     assert status < 500, gateway.log_tail()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: storeId 2**63 (JSON integer) is accepted and spooled (200), but the AMQP "
-    "header aifi_store_id cannot be encoded (pamqp TypeError 'Unsupported numeric value'), "
-    "which relay._publish does not catch: the record is retried every 0.5 s forever, the "
-    "spool watermark never passes it and the spool grows until 503",
-)
-async def test_bug_an_accepted_store_id_beyond_int64_is_published(
+async def test_regression_a_store_id_beyond_int64_is_refused_and_quarantined(
     gateway: Served, capture: Capture
 ) -> None:
     body = example("tracking", storeId=2**63)
-    assert await post(gateway, TRACKING, body, "application/json") == 200
+    assert await post(gateway, TRACKING, body, "application/json") == 422
     published = await first_of_ours(capture, gateway.token_name)
-    assert published is not None, gateway.log_tail()
+    assert published == body, gateway.log_tail()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: a Content-Type over 255 bytes becomes the quarantined message's AMQP "
-    "content_type, a shortstr: pamqp raises TypeError in relay._publish, the record is "
-    "retried forever and never published (same stuck watermark as a storeId >= 2**63)",
-)
-async def test_bug_a_request_with_a_long_content_type_is_quarantined(
+async def test_regression_a_request_with_a_long_content_type_is_quarantined(
     gateway: Served, capture: Capture
 ) -> None:
     assert await post(gateway, TRACKING, b"{}", "text/" + "a" * 300) == 415
@@ -540,18 +493,9 @@ async def test_bug_a_request_with_a_long_content_type_is_quarantined(
     assert published is not None, gateway.log_tail()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: events.tracking_data copies an undeclared (extra) tracking field "
-    "storeExternalId into data unvalidated; a non-string breaks the contract "
-    "(CloudEvent data.storeExternalId: str | None)",
-)
-async def test_bug_a_non_string_tracking_store_external_id_gives_a_valid_event(
+async def test_regression_a_non_string_tracking_store_external_id_is_refused_and_quarantined(
     gateway: Served, capture: Capture
 ) -> None:
     body = example("tracking", storeExternalId=42)
-    assert await post(gateway, TRACKING, body, "application/json") == 200
-    published = await first_of_ours(capture, gateway.token_name)
-    assert published is not None
-    assert contract_violation(published) is None
+    assert await post(gateway, TRACKING, body, "application/json") == 422
+    assert await first_of_ours(capture, gateway.token_name) == body

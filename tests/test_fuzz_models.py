@@ -18,7 +18,7 @@ import pamqp.header
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from gateway import contract, events, publisher
 from gateway.contract import Kind, Outbound
@@ -287,10 +287,6 @@ NEAR_WIDTHS: Final = st.builds(
     st.integers(-2, 2),
 )
 LAX_INTEGERS: Final = (st.integers() | NEAR_WIDTHS).flatmap(lambda n: st.sampled_from([n, str(n)]))
-BUGS: Final = (
-    "BUG: an accepted body does not always become a publishable contract event; see the "
-    "test_bug_* cases below for each input"
-)
 
 
 def parsed_then_published(name: str, raw: bytes) -> None:
@@ -301,7 +297,6 @@ def parsed_then_published(name: str, raw: bytes) -> None:
         assert_publishes(name, raw, model.storeId)
 
 
-@pytest.mark.xfail(strict=True, reason=BUGS)
 @BOUNDED
 @given(
     name=NAMES,
@@ -328,23 +323,11 @@ def with_changes(name: str, **changes: Json) -> bytes:
         pytest.param(
             "tracking",
             with_changes("tracking", storeId="100000000000000000000000"),
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=TypeError,
-                reason="BUG: pydantic's lax int accepts the string as an int beyond 64 bits; "
-                "orjson.dumps in contract.encode_event raises 'Integer exceeds 64-bit "
-                "range' (HTTP 500)",
-            ),
             id="storeId-string-beyond-64-bits",
         ),
         pytest.param(
             "entered",
             with_changes("entered", session={"sessionId": "s", "groupSize": str(2**64)}),
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=TypeError,
-                reason="BUG: as above, through session.groupSize into data.groupSize",
-            ),
             id="groupSize-string-beyond-64-bits",
         ),
         pytest.param(
@@ -352,73 +335,35 @@ def with_changes(name: str, **changes: Json) -> bytes:
             with_changes(
                 "entered", customer={"id": 8707240281037881222384978967396352, "role": None}
             ),
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=TypeError,
-                reason="BUG: as above, through customer.id as a JSON number, which "
-                "model_validate_json (parse) keeps an int; found by test_fuzz_http",
-            ),
             id="customer-id-json-number-beyond-64-bits",
         ),
         pytest.param(
             "tracking",
             with_changes("tracking", storeId=2**63),
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=TypeError,
-                reason="BUG: storeId in [2**63, 2**64) passes orjson (u64) but not AMQP: "
-                "header aifi_store_id is a signed 64-bit field, pamqp raises 'Unsupported "
-                "numeric value' inside relay._publish, forever (HTTP 200, never published)",
-            ),
             id="storeId-int-beyond-int64",
         ),
         pytest.param(
             "entered",
             with_changes("entered", timeOfOrigin="0001-01-01T00:00:00+01:00"),
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=OverflowError,
-                reason="BUG: events.iso() astimezone(UTC) leaves datetime's range: "
-                "OverflowError 'date value out of range' (HTTP 500)",
-            ),
             id="timeOfOrigin-at-datetime-min-with-offset",
         ),
         pytest.param(
             "tracking",
             with_changes("tracking", timeOfIssue="9999-12-31T23:59:59-01:00"),
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=OverflowError,
-                reason="BUG: as above, at datetime.max through timeOfIssue",
-            ),
             id="timeOfIssue-at-datetime-max-with-offset",
         ),
         pytest.param(
             "tracking",
             with_changes("tracking", storeExternalId=42),
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=ValidationError,
-                reason="BUG: events.tracking_data copies the undeclared tracking field "
-                "storeExternalId unvalidated; a non-string breaks CloudEvent "
-                "data.storeExternalId: str | None (HTTP 200, event off contract)",
-            ),
             id="tracking-storeExternalId-not-a-string",
         ),
     ],
 )
-def test_bug_accepted_input_that_does_not_publish(name: str, raw: bytes) -> None:
+def test_edge_inputs_are_refused_or_published(name: str, raw: bytes) -> None:
     parsed_then_published(name, raw)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="BUG: events.quarantined() copies the request's Content-Type into the AMQP "
-    "content_type, a shortstr of at most 255 bytes: pamqp raises in relay._publish, "
-    "forever (HTTP 415, never quarantined)",
-)
-def test_bug_a_quarantined_request_with_a_long_content_type_is_publishable() -> None:
+def test_a_quarantined_request_with_a_long_content_type_is_publishable() -> None:
     receipt = events.Receipt(b"{}", TOKEN_NAME, RECEIVED_AT)
     kept = events.quarantined("tracking", "not JSON", receipt, "text/" + "a" * 300)
     assert amqp_frame(kept)
