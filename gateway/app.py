@@ -53,7 +53,7 @@ class Pipeline:
         spool = Spool(s.dir, s.segment_bytes, s.max_bytes)
         durability = fsync.policy(s.fsync, lambda: spool.fd, s.fsync_interval_ms)
         publisher = Publisher(settings.amqp)
-        relay = Relay(spool, publisher, s.max_in_flight)
+        relay = Relay(spool, publisher, s.max_in_flight, s.memory_max_bytes)
         spooled = SpooledDelivery(spool, durability, relay, publisher)
         delivery: Delivery = spooled
         if settings.ack == "confirmed":

@@ -75,7 +75,8 @@ class SpooledDelivery:
             "stopping": self.stopping,
             "spool_problem": self.alarm.reason,
             "spool": self._spool.stats(),
-            "relay_in_flight": self._relay.pending,
+            "relay_pending": self._relay.pending,
+            "relay_spilled": self._relay.spilled,
         }
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from collections.abc import Iterable
 from typing import Final
 
+from gateway.backlog import Backlog
 from gateway.publisher import Publisher, PublishError, Unencodable
 from gateway.spool import Record, Spool
 
@@ -19,12 +19,14 @@ CHECKPOINT_S: Final = 0.2
 
 
 class Relay:
-    """Works from memory: records arrive by `submit`, the spool on disk is only written."""
+    """Records arrive by `submit` and wait in a `Backlog` (memory first, disk beyond)."""
 
-    def __init__(self, spool: Spool, publisher: Publisher, max_in_flight: int) -> None:
+    def __init__(
+        self, spool: Spool, publisher: Publisher, max_in_flight: int, memory_max_bytes: int
+    ) -> None:
         self._spool = spool
         self._publisher = publisher
-        self._backlog: deque[Record] = deque()
+        self._backlog = Backlog(spool, memory_max_bytes)
         self._wakeup = asyncio.Event()
         self._settled = asyncio.Event()
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -36,12 +38,18 @@ class Relay:
         self.failures = 0
 
     def submit(self, record: Record) -> None:
-        self._backlog.append(record)
+        self._backlog.add(record)
         self._wakeup.set()
 
     def submit_all(self, records: Iterable[Record]) -> None:
-        self._backlog.extend(records)
+        for record in records:
+            self._backlog.add(record)
         self._wakeup.set()
+
+    @property
+    def spilled(self) -> int:
+        """Records waiting on disk only, beyond the memory bound."""
+        return self._backlog.spilled
 
     @property
     def pending(self) -> int:
@@ -66,14 +74,14 @@ class Relay:
             task.add_done_callback(self._in_flight.discard)
 
     async def _next(self) -> Record:
-        while not self._backlog:
-            self._wakeup.clear()
-            await self._wakeup.wait()
         await self._publisher.wait_ready()
         pause_s = self._pause_until - asyncio.get_running_loop().time()
         if pause_s > 0:
             await asyncio.sleep(pause_s)
-        return self._backlog.popleft()
+        while (record := self._backlog.take()) is None:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        return record
 
     async def _publish(self, record: Record) -> None:
         confirmed = False
@@ -108,7 +116,7 @@ class Relay:
     def _failed(self, record: Record) -> None:
         """Put the record back in front and pause, so a refusing broker is not hammered."""
         self.failures += 1
-        self._backlog.appendleft(record)
+        self._backlog.put_back(record)
         self._wakeup.set()
         self._pause_until = asyncio.get_running_loop().time() + FAILURE_PAUSE_S
 

@@ -100,6 +100,7 @@ class SpoolSettings(_Section):
     max_bytes: int = Field(256 * 1024 * 1024, gt=0)
     segment_bytes: int = Field(16 * 1024 * 1024, gt=0)
     max_in_flight: int = Field(1024, gt=0)
+    memory_max_bytes: int = Field(32 * 1024 * 1024, gt=0)
 
 
 class ConsumerSettings(_Section):

@@ -250,6 +250,27 @@ class Spool:
             with contextlib.suppress(FileNotFoundError):
                 segment.path.unlink()
 
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last record appended (0 before the first)."""
+        return self._next_seq - 1
+
+    def read_from(self, first_seq: int, max_bytes: int) -> list[Record]:
+        """Records from `first_seq` on, oldest first, until about `max_bytes` of bodies."""
+        found: list[Record] = []
+        size = 0
+        for segment in self._segments:
+            if segment.last_seq < first_seq:
+                continue
+            for record in read_segment(segment.path):
+                if record.seq < first_seq:
+                    continue
+                found.append(record)
+                size += len(record.outbound.body)
+                if size >= max_bytes:
+                    return found
+        return found
+
     def set_aside(self, record: Record) -> Path:
         """Copy a record that can never be published to `unpublishable/`, durably."""
         aside = self.directory / UNPUBLISHABLE_DIR

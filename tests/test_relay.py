@@ -23,12 +23,15 @@ def outbound(n: int, content_type: str = contract.EVENT_CONTENT_TYPE) -> Outboun
     return Outbound(f"relay-{n}", "invalid.entered", b"{}", content_type, 1_700_000_000, headers)
 
 
-@pytest.fixture
-async def running(amqp_url: str, tmp_path: Path) -> AsyncIterator[tuple[Spool, Relay]]:
-    store = Spool(tmp_path, 1 << 20, 1 << 24)
+@pytest.fixture(params=[1 << 24])
+async def running(
+    amqp_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[Spool, Relay]]:
+    """A relay with a memory bound of `request.param` bytes, on a spool in `tmp_path`."""
+    store = Spool(tmp_path, 4096, 1 << 24)
     store.recover()
     publisher = Publisher(AmqpSettings(urls=(amqp_url,)))
-    relay = Relay(store, publisher, max_in_flight=8)
+    relay = Relay(store, publisher, max_in_flight=8, memory_max_bytes=request.param)
     tasks = [asyncio.create_task(publisher.run()), asyncio.create_task(relay.run())]
     yield store, relay
     for task in tasks:
@@ -61,3 +64,17 @@ async def test_a_record_amqp_cannot_carry_is_set_aside_and_blocks_nothing(
     assert spool.inspect(tmp_path)["unpublishable"] == 1
     kept = next(iter(spool.read_segment(next((tmp_path / "unpublishable").iterdir()))))
     assert kept.outbound == unencodable.outbound
+
+
+@pytest.mark.parametrize("running", [3000], indirect=True)
+async def test_beyond_the_memory_bound_records_wait_on_disk_and_all_go_out(
+    running: tuple[Spool, Relay], capture: Capture
+) -> None:
+    store, relay = running
+    records = [store.append(outbound(n)) for n in range(200)]
+    relay.submit_all(records)
+    assert relay.spilled > 150, "the bound should have left most records on disk"
+    assert await relay.drain(20)
+    received = [str((await capture.get()).message_id) for _ in range(200)]
+    assert sorted(received) == sorted(r.outbound.message_id for r in records)
+    assert (relay.spilled, store.depth) == (0, 0)

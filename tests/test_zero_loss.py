@@ -71,6 +71,8 @@ def gateway(request: pytest.FixtureRequest, node: Node, tmp_path: Path) -> Itera
         AIFI_ACK=request.param,
         AIFI_AMQP_PUBLISH_TIMEOUT_S="2",
         AIFI_AMQP_RECONNECT_MAX_S="0.5",
+        # A small bound, so that the backlog of an outage spills to disk and is read back.
+        AIFI_SPOOL_MEMORY_MAX_BYTES="262144",
     )
     process = GatewayProcess(free_port(), env, tmp_path / "gateway.log")
     process.start()
