@@ -99,8 +99,8 @@ class SpoolSettings(_Section):
     fsync_interval_ms: int = Field(50, gt=0)
     max_bytes: int = Field(256 * 1024 * 1024, gt=0)
     segment_bytes: int = Field(16 * 1024 * 1024, gt=0)
-    max_in_flight: int = Field(1024, gt=0)
-    memory_max_bytes: int = Field(32 * 1024 * 1024, gt=0)
+    max_in_flight: int = Field(256, gt=0)
+    memory_max_bytes: int = Field(8 * 1024 * 1024, gt=0)
 
 
 class ConsumerSettings(_Section):

@@ -81,21 +81,29 @@ def decode(payload: bytes) -> Record:
     return Record(seq, Outbound(message_id, key, body, content_type, ts, headers))
 
 
-def read_segment(path: Path) -> Iterator[Record]:
-    """The intact records of a segment, stopping with a warning at a torn one."""
-    data = path.read_bytes()
-    offset = 0
-    while offset < len(data):
-        if offset + FRAME.size > len(data):
-            warn_torn(path, offset)
-            return
-        length, crc = FRAME.unpack_from(data, offset)
-        payload = data[offset + FRAME.size : offset + FRAME.size + length]
-        if len(payload) < length or zlib.crc32(payload) != crc:
-            warn_torn(path, offset)
-            return
-        yield decode(payload)
-        offset += FRAME.size + length
+def payloads(path: Path) -> Iterator[bytes]:
+    """The intact record payloads of a segment, read as a stream, stopping with a warning
+    at a torn one."""
+    with path.open("rb") as segment:
+        offset = 0
+        while frame := segment.read(FRAME.size):
+            length, crc = FRAME.unpack(frame) if len(frame) == FRAME.size else (0, None)
+            payload = segment.read(length)
+            if crc is None or len(payload) < length or zlib.crc32(payload) != crc:
+                warn_torn(path, offset)
+                return
+            yield payload
+            offset += FRAME.size + length
+
+
+def seq_of(payload: bytes) -> int:
+    seq: int = PREFIX.unpack_from(payload)[0]
+    return seq
+
+
+def read_segment(path: Path, first_seq: int = 0) -> Iterator[Record]:
+    """The intact records of a segment from `first_seq` on (only those are decoded)."""
+    return (decode(p) for p in payloads(path) if seq_of(p) >= first_seq)
 
 
 def warn_torn(path: Path, offset: int) -> None:
@@ -262,9 +270,7 @@ class Spool:
         for segment in self._segments:
             if segment.last_seq < first_seq:
                 continue
-            for record in read_segment(segment.path):
-                if record.seq < first_seq:
-                    continue
+            for record in read_segment(segment.path, first_seq):
                 found.append(record)
                 size += len(record.outbound.body)
                 if size >= max_bytes:
@@ -323,7 +329,7 @@ def inspect(directory: Path) -> dict[str, Any]:
     watermark = read_watermark(directory)
     segments, pending, oldest = [], 0, None
     for path in segment_paths(directory):
-        records = [r for r in read_segment(path) if r.seq > watermark]
+        records = list(read_segment(path, watermark + 1))
         pending += len(records)
         if records and oldest is None:
             oldest = records[0].outbound.timestamp_s
