@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import orjson
+
 from consumers.handler import Handler, Reject
 from gateway.contract import Event, Kind
 from gateway.settings import LedgerSettings
@@ -75,7 +77,10 @@ VISIT_FIELDS: Final = (
 )
 TRACKING_TIMES: Final = ("time_of_origin", "time_of_issue", "received_at")
 TRACKING_FIELDS: Final = ("unique_event_id", "store_id", "shopper_id", *TRACKING_TIMES)
-MARK_PROCESSED: Final = "INSERT INTO processed VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+# Plain INSERT: `_unseen` filtered the batch under the write lock, so a conflict is a bug
+# that must fail the transaction, not an event to count twice.
+MARK_PROCESSED: Final = "INSERT INTO processed VALUES (?, ?, ?)"
+SEEN: Final = "SELECT event_id FROM processed WHERE event_id IN (SELECT value FROM json_each(?))"
 
 
 def _merge(table: str, column: str, pick: str) -> str:
@@ -167,11 +172,23 @@ def tracking_row(event: Event) -> Row:
     }
 
 
+class Effect:
+    """What one event does to the ledger: a row and the upsert that applies it."""
+
+    __slots__ = ("event", "row", "upsert")
+
+    def __init__(self, event: Event, build: Callable[[Event], Row], upsert: str) -> None:
+        self.event = event
+        self.row = build(event)
+        self.upsert = upsert
+
+
 EFFECTS: Final[dict[Kind, tuple[Callable[[Event], Row], str]]] = {
     "entered": (visit_row, UPSERT_VISIT),
     "exited": (visit_row, UPSERT_VISIT),
     "tracking": (tracking_row, UPSERT_TRACKING),
 }
+UPSERTS: Final = (UPSERT_VISIT, UPSERT_TRACKING)
 
 
 class LedgerDB:
@@ -198,20 +215,25 @@ class LedgerDB:
     def apply(self, events: Sequence[Event]) -> int:
         """Apply `events` in one transaction; return how many were new (not redeliveries)."""
         # Every row is built before anything is written: a bad event fails the batch early.
-        rows = [(event, *self._effect(event)) for event in events]
+        effects = [Effect(event, *EFFECTS[event.kind]) for event in events]
         now = datetime.now(UTC).isoformat()
-        applied = 0
         with self._transaction():
-            for event, row, upsert in rows:
-                if self._db.execute(MARK_PROCESSED, (event.id, event.kind, now)).rowcount:
-                    self._db.execute(upsert, row)
-                    applied += 1
-        return applied
+            fresh = self._unseen(effects)
+            self._db.executemany(MARK_PROCESSED, [(e.event.id, e.event.kind, now) for e in fresh])
+            for upsert in UPSERTS:
+                self._db.executemany(upsert, [e.row for e in fresh if e.upsert == upsert])
+        return len(fresh)
 
-    @staticmethod
-    def _effect(event: Event) -> tuple[Row, str]:
-        build, upsert = EFFECTS[event.kind]
-        return build(event), upsert
+    def _unseen(self, effects: Sequence[Effect]) -> list[Effect]:
+        """The effects of events neither processed before nor repeated earlier in the batch."""
+        ids = orjson.dumps([effect.event.id for effect in effects]).decode()
+        seen = {row[0] for row in self._db.execute(SEEN, (ids,))}
+        fresh = []
+        for effect in effects:
+            if effect.event.id not in seen:
+                seen.add(effect.event.id)
+                fresh.append(effect)
+        return fresh
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:

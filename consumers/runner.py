@@ -147,7 +147,7 @@ class Worker:
     ) -> None:
         """Consume until stopped (then finish what is in hand) or until the connection is lost."""
         inbox: Inbox = asyncio.Queue()
-        tag = await queue.consume(functools.partial(self._receive, inbox))
+        tag = await queue.consume(functools.partial(self._receive, inbox, settler))
         self.state.consuming = True
         log.info("consuming", extra={"consumer": self.name, "queue": queue.name})
         work = asyncio.create_task(self._work(inbox, settler))
@@ -160,7 +160,8 @@ class Worker:
         finally:
             work.cancel()
 
-    async def _receive(self, inbox: Inbox, message: Delivery) -> None:
+    async def _receive(self, inbox: Inbox, settler: Settler, message: Delivery) -> None:
+        settler.received(message)
         self.state.received += 1
         self.state.redelivered += bool(message.redelivered)
         inbox.put_nowait(message)
@@ -180,12 +181,26 @@ class Worker:
         await asyncio.sleep(ACK_GRACE_S)
 
     async def _work(self, inbox: Inbox, settler: Settler) -> None:
+        """Apply one batch at a time; what arrives while it is applied joins the next one.
+
+        A slow commit thus grows the next batch (a group commit) rather than stalling.
+        """
         size, linger_s = self._settings.prefetch, self._settings.linger_ms / 1000
-        while batch := await take(inbox, size, linger_s):
-            await self._process(batch, settler)
-            self.state.batches += 1
+        applying: asyncio.Task[None] | None = None
+        try:
+            while batch := await take(inbox, size, linger_s):
+                if applying is not None:
+                    await applying
+                    _fill(batch, inbox, size)
+                applying = asyncio.create_task(self._process(batch, settler))
+            if applying is not None:
+                await applying
+        finally:
+            if applying is not None:
+                applying.cancel()
 
     async def _process(self, batch: Sequence[Delivery], settler: Settler) -> None:
+        self.state.batches += 1
         events, invalid = decode(batch)
         await asyncio.gather(*(settler.fail(message, exc) for message, exc in invalid))
         if len(events) > 1 and await self._apply_many(events, settler):
@@ -205,8 +220,7 @@ class Worker:
                 extra={"consumer": self.name, "size": len(events), "error": describe(exc)},
             )
             return False
-        for message, _ in events:
-            await settler.ack(message)
+        await settler.ack_all([message for message, _ in events])
         return True
 
     async def _apply_one(self, message: Delivery, event: Event, settler: Settler) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -52,6 +53,11 @@ PUBLISH_FAILED: Final = (
     aio_pika.exceptions.PublishError,  # the copy was unroutable: a delay queue is missing
     asyncio.TimeoutError,
 )
+
+
+def tag(message: AbstractIncomingMessage) -> int:
+    """The delivery tag (always set on a delivery from a consumer)."""
+    return message.delivery_tag or 0
 
 
 def failures(message: AbstractIncomingMessage) -> int:
@@ -107,10 +113,27 @@ class Settler:
         self._routes = routes
         self._state = state
         self._timeout_s = publish_timeout_s
+        # Delivery tags received and not yet settled: what a multiple ack must not cover.
+        self._in_hand: set[int] = set()
+
+    def received(self, message: AbstractIncomingMessage) -> None:
+        self._in_hand.add(tag(message))
 
     async def ack(self, message: AbstractIncomingMessage) -> None:
+        self._in_hand.discard(tag(message))
         await message.ack()
         self._state.acked += 1
+
+    async def ack_all(self, messages: Sequence[AbstractIncomingMessage]) -> None:
+        """Ack a batch, in one frame when no older delivery is still unsettled."""
+        last = max(messages, key=tag)
+        self._in_hand.difference_update(tag(message) for message in messages)
+        if self._in_hand and min(self._in_hand) < tag(last):
+            for message in messages:
+                await message.ack()
+        else:
+            await last.ack(multiple=True)
+        self._state.acked += len(messages)
 
     async def fail(self, message: AbstractIncomingMessage, exc: Exception) -> None:
         """Retry after a backoff, or dead-letter: at once if rejected, else when out of attempts."""
@@ -153,6 +176,7 @@ class Settler:
         except PUBLISH_FAILED as exc:
             await self._give_back(message, exc)
             return False
+        self._in_hand.discard(tag(message))
         await message.ack()
         return True
 
@@ -166,6 +190,7 @@ class Settler:
         await asyncio.sleep(self._settings.retry_base_ms / 1000)
         # reject, not nack: RabbitMQ 4.3+ counts only reject against the delivery limit, which
         # then dead-letters a message we can never move instead of redelivering it forever.
+        self._in_hand.discard(tag(message))
         await message.reject(requeue=True)
         self._state.requeued += 1
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import itertools
 import uuid
@@ -179,7 +180,7 @@ async def drain(
     expected = await depth(channel, queue)
     taken: list[AbstractIncomingMessage] = []
     source = await channel.get_queue(queue)
-    tag = await source.consume(lambda message: _keep(taken, message))
+    tag = await source.consume(functools.partial(_keep, taken))
     try:
         await eventually(lambda: len(taken) >= expected, timeout_s, f"{expected} from {queue}")
     finally:

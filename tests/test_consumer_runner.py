@@ -8,7 +8,7 @@ import itertools
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -338,9 +338,9 @@ async def test_consuming_resumes_after_the_broker_is_killed_and_restarted(
     private_node: Node, presence: Ledger, store: int
 ) -> None:
     name, port = f"t{uuid.uuid4().hex[:16]}", free_port()
-    settings = BASE.model_copy(update={"bindings": (f"entered.{store}",), "prefetch": 64})
-    consumer = worker(private_node.url, name, settings, presence.handler())
-    before = [testing.transition("entered", store, f"a{i}") for i in range(6000)]
+    settings = BASE.model_copy(update={"bindings": (f"entered.{store}",), "prefetch": 32})
+    consumer = worker(private_node.url, name, settings, slowed(presence.handler()))
+    before = [testing.transition("entered", store, f"a{i}") for i in range(3000)]
     after = [testing.transition("entered", store, f"b{i}") for i in range(1000)]
     async with health.serving(consumer.state, "127.0.0.1", port), testing.running(consumer):
         await publish_to(private_node.url, before)
@@ -361,6 +361,19 @@ async def test_consuming_resumes_after_the_broker_is_killed_and_restarted(
     assert await presence.call(LedgerDB.processed) == len(before) + len(after)
     [stats] = await presence.call(LedgerDB.occupancy, store)
     assert stats["occupancy"] == len(before) + len(after)  # ...and counted once
+
+
+def slowed(handler: Handler) -> Handler:
+    """The ledger behind a downstream that takes 10 ms a batch: a stream long enough to crash
+    the broker in the middle of."""
+    assert handler.many is not None
+    apply_many = handler.many
+
+    async def many(events: Sequence[Event]) -> None:
+        await asyncio.sleep(0.01)
+        await apply_many(events)
+
+    return Handler(one=handler.one, many=many)
 
 
 async def processed_at_least(presence: Ledger, count: int) -> bool:
