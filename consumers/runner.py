@@ -90,11 +90,11 @@ class Worker:
         attempt = 0
         for url in itertools.cycle(self._amqp.urls):
             attempt = 0 if await self._attempt(url, stop) else attempt + 1
+            pause = backoff_s(attempt, self._amqp.reconnect_max_s)
+            await first_of(stop.wait(), asyncio.sleep(pause))
             if stop.is_set():
                 return
             self.state.reconnects += 1
-            pause = backoff_s(attempt, self._amqp.reconnect_max_s)
-            await first_of(stop.wait(), asyncio.sleep(pause))
 
     async def _attempt(self, url: str, stop: asyncio.Event) -> bool:
         """One connection's life; True if it ended by itself rather than failing."""
@@ -133,11 +133,12 @@ class Worker:
             settler = Settler(
                 self.name, self._settings, routes, self.state, self._amqp.publish_timeout_s
             )
-            lost = first_of(connection.closed(), channel.closed())
+            lost = asyncio.ensure_future(first_of(connection.closed(), channel.closed()))
             self.state.connected = True
             try:
                 await self._consume(routes.queue, settler, stop, lost)
             finally:
+                lost.cancel()
                 self.state.connected = self.state.consuming = False
         if not stop.is_set():
             self._note_failure("amqp connection lost", url, ConnectionLost())
