@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Sequence
 from typing import Final
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from consumers.handler import Handler, Reject, RetryLater
 from consumers.health import ConsumerState
@@ -128,20 +128,22 @@ class Worker:
             connection,
             connection.channel(publisher_confirms=True, on_return_raises=True) as channel,
         ):
-            await channel.set_qos(prefetch_count=self._settings.prefetch)
-            routes = await declare(channel, self.name, self._settings)
-            settler = Settler(
-                self.name, self._settings, routes, self.state, self._amqp.publish_timeout_s
-            )
+            queue, settler = await self._prepare(channel)
             lost = asyncio.ensure_future(first_of(connection.closed(), channel.closed()))
             self.state.connected = True
             try:
-                await self._consume(routes.queue, settler, stop, lost)
+                await self._consume(queue, settler, stop, lost)
             finally:
                 lost.cancel()
                 self.state.connected = self.state.consuming = False
         if not stop.is_set():
             self._note_failure("amqp connection lost", url, ConnectionLost())
+
+    async def _prepare(self, channel: AbstractChannel) -> tuple[AbstractQueue, Settler]:
+        await channel.set_qos(prefetch_count=self._settings.prefetch)
+        routes = await declare(channel, self.name, self._settings)
+        timeout_s = self._amqp.publish_timeout_s
+        return routes.queue, Settler(self.name, self._settings, routes, self.state, timeout_s)
 
     async def _consume(
         self, queue: AbstractQueue, settler: Settler, stop: asyncio.Event, lost: Awaitable[None]

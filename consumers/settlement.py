@@ -5,6 +5,10 @@ and the original is acked only once the broker has confirmed the copy, so a cras
 point leaves the event in at least one queue. The broker's own dead-lettering (delivery
 limit exceeded: a message that keeps killing its worker) is the backstop for what a worker
 never gets to settle.
+
+Settlement is explicit (`ack`, `reject`) rather than `message.process()`: a delivery is
+acked only after its batch commits or after its copy is confirmed, and `process()` settles
+one message when its own block ends, which fits neither.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator
+from typing import cast
 
 import aio_pika
 import pytest
@@ -11,18 +12,20 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from consumers import testing, topology
 from consumers.handler import Reject, RetryLater
+from consumers.health import ConsumerState
 from consumers.settlement import (
     ATTEMPTS_HEADER,
     FAILED_AT_HEADER,
     MAX_REASON_CHARS,
     REASON_HEADER,
     REPLAYS_HEADER,
+    Settler,
     copy,
     describe,
     failures,
     replay_copy,
 )
-from consumers.topology import queue_name
+from consumers.topology import Topology, queue_name
 from gateway.settings import ConsumerSettings
 
 
@@ -98,3 +101,28 @@ async def test_a_replayed_copy_starts_afresh_and_counts_its_replays(
     assert fresh.headers == {"aifi_store_id": received.headers["aifi_store_id"], REPLAYS_HEADER: 1}
     received.headers[REPLAYS_HEADER] = 1
     assert replay_copy(received).headers[REPLAYS_HEADER] == 2
+
+
+class FakeDelivery:
+    """Just what `Settler.ack_all` touches: a delivery tag and `ack`."""
+
+    def __init__(self, delivery_tag: int) -> None:
+        self.delivery_tag = delivery_tag
+        self.acks: list[bool] = []
+
+    async def ack(self, multiple: bool = False) -> None:
+        self.acks.append(multiple)
+
+
+async def test_a_batch_is_acked_in_one_frame_only_when_nothing_older_is_unsettled() -> None:
+    state = ConsumerState("t")
+    settler = Settler("t", ConsumerSettings(), cast(Topology, None), state, 1.0)
+    deliveries = [FakeDelivery(n) for n in range(1, 6)]
+    messages = cast(list[AbstractIncomingMessage], deliveries)
+    for message in messages:
+        settler.received(message)
+    await settler.ack_all(messages[2:4])  # 1 and 2 still in hand: one ack each
+    assert [d.acks for d in deliveries] == [[], [], [False], [False], []]
+    await settler.ack_all(messages[:2])  # nothing older left: one multiple ack, on 2
+    assert [d.acks for d in deliveries] == [[], [True], [False], [False], []]
+    assert state.acked == 4
