@@ -35,7 +35,7 @@ lint: $(VENV)/.installed
 test: broker
 	status=0; \
 	{ $(MAKE) --no-print-directory lint && \
-	  AIFI_TEST_AMQP_URL="$(AIFI_AMQP_URL)" $(VENV)/bin/pytest $(PYTEST_ARGS) -m "not cluster"; } || status=$$?; \
+	  $(VENV)/bin/pytest $(PYTEST_ARGS) -m "not cluster"; } || status=$$?; \
 	$(MAKE) --no-print-directory broker-stop; exit $$status
 
 test-cluster: $(VENV)/.installed

@@ -91,7 +91,7 @@ def server_env(
     spec: ServerSpec, port: int, amqp_url: str, token: str, workdir: Path
 ) -> dict[str, str]:
     # The caller's AIFI_* variables are dropped: the gateway refuses unknown ones
-    # (AIFI_TEST_AMQP_URL, say) and the bench must not inherit someone's spool or tokens.
+    # (a developer's own, say) and the bench must not inherit someone's spool or tokens.
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIFI_")}
     if spec.gateway:
         env |= {

@@ -27,11 +27,10 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 20.0) -> None:
-        env = (
-            os.environ
-            | self.env
-            | {"AIFI_HTTP_HOST": "127.0.0.1", "AIFI_HTTP_PORT": str(self.port)}
-        )
+        # The caller's own AIFI_* settings (a shell's tokens, say) must not leak in.
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("AIFI_")}
+        here = {"AIFI_HTTP_HOST": "127.0.0.1", "AIFI_HTTP_PORT": str(self.port)}
+        env = inherited | self.env | here
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [str(BIN / GATEWAY_COMMAND[0]), *GATEWAY_COMMAND[1:]],

@@ -26,7 +26,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 @pytest.fixture(scope="session")
 def amqp_url() -> str:
     """The broker `make test` started; its absence fails the run loudly, never skips it."""
-    url = os.environ.get("AIFI_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    url = os.environ.get("AIFI_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/").split(",")[0]
     if not amqp_reachable(url):
         pytest.fail(f"no RabbitMQ at {url}: run the suite with `make test`", pytrace=False)
     return url
