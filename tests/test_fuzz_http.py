@@ -253,7 +253,7 @@ async def wait_relayed(served: Served, limit_s: float = 10.0) -> dict[str, Any]:
             _, status = await get_json(f"{served.url}/readyz", timeout_s=2.0)
         except (aiohttp.ClientError, TimeoutError) as exc:
             return {"ready": False, "error": repr(exc)}
-        relayed = status["spool"]["depth"] == 0 and status["relay_in_flight"] == 0
+        relayed = status["spool"]["depth"] == 0 and status["relay_pending"] == 0
         if relayed or time.monotonic() > deadline:
             return dict(status)
         await asyncio.sleep(0.1)

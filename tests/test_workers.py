@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -51,11 +52,22 @@ async def queue_name(amqp_url: str) -> AsyncIterator[str]:
         await channel.queue_delete(name)
 
 
+def wait_for_workers(spool_dir: Path, count: int, timeout_s: float = 20.0) -> None:
+    """Until every worker has opened its spool, which it does just before it listens:
+    the kernel spreads connections only over the sockets already listening."""
+    deadline = time.monotonic() + timeout_s
+    while len(list(spool_dir.glob("worker-*/lock"))) < count:
+        assert time.monotonic() < deadline, "the workers did not all start"
+        time.sleep(0.05)
+    time.sleep(0.5)
+
+
 @pytest.fixture
 def two_workers(amqp_url: str, tmp_path: Path) -> Iterator[GatewayProcess]:
     env = gateway_env(amqp_url, tmp_path / "spool", AIFI_HTTP_WORKERS="2")
     process = GatewayProcess(free_port(), env, tmp_path / "gateway.log")
     process.start()
+    wait_for_workers(tmp_path / "spool", 2)
     yield process
     process.stop()
 
