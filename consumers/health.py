@@ -1,16 +1,25 @@
-"""What a worker is doing, and a tiny HTTP endpoint that reports it: `GET /healthz`."""
+"""What a worker is doing, and a tiny HTTP endpoint that reports it: `GET /healthz`
+(JSON) and `GET /metrics` (Prometheus text)."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from prometheus_client.registry import Collector
 
 
 @dataclass
@@ -28,8 +37,20 @@ class ConsumerState:
     retried: int = 0
     dead_lettered: int = 0
     requeued: int = 0
+    handler_calls: int = 0
+    handler_seconds: float = 0.0
     last_error: str | None = None
     started_at: float = field(default_factory=time.time)
+
+    @contextlib.contextmanager
+    def timing(self) -> Iterator[None]:
+        """Count one handler call (of one event or of a batch) and its duration."""
+        started_s = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.handler_calls += 1
+            self.handler_seconds += time.perf_counter() - started_s
 
     def snapshot(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -45,9 +66,63 @@ def create_app(state: ConsumerState) -> web.Application:
             content_type="application/json",
         )
 
+    registry = CollectorRegistry()
+    registry.register(StateCollector(state))
+
+    async def metrics(_: web.Request) -> web.Response:
+        body = generate_latest(registry)
+        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
     app = web.Application()
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     return app
+
+
+OUTCOMES = ("received", "redelivered", "acked", "retried", "dead_lettered", "requeued")
+
+
+class StateCollector(Collector):
+    """The worker's counters as Prometheus metrics, read at scrape time."""
+
+    def __init__(self, state: ConsumerState) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[Metric]:
+        state, labels = self._state, [self._state.consumer]
+        messages = CounterMetricFamily(
+            "aifi_consumer_messages", "messages by outcome", labels=["consumer", "outcome"]
+        )
+        for outcome in OUTCOMES:
+            messages.add_metric([state.consumer, outcome], getattr(state, outcome))
+        yield messages
+        for name, doc, value in (
+            ("batches", "batches taken", state.batches),
+            ("reconnects", "AMQP reconnections", state.reconnects),
+        ):
+            yield counter(f"aifi_consumer_{name}", doc, labels, value)
+        for name, doc, flag in (
+            ("connected", "1 while connected to the broker", state.connected),
+            ("consuming", "1 while consuming its queue", state.consuming),
+        ):
+            yield gauge(f"aifi_consumer_{name}", doc, labels, float(flag))
+        latency = SummaryMetricFamily(
+            "aifi_consumer_handler_seconds", "handler calls and their time", labels=["consumer"]
+        )
+        latency.add_metric(labels, count_value=state.handler_calls, sum_value=state.handler_seconds)
+        yield latency
+
+
+def counter(name: str, doc: str, labels: list[str], value: float) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=["consumer"])
+    family.add_metric(labels, value)
+    return family
+
+
+def gauge(name: str, doc: str, labels: list[str], value: float) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=["consumer"])
+    family.add_metric(labels, value)
+    return family
 
 
 @contextlib.asynccontextmanager

@@ -215,7 +215,8 @@ class Worker:
         if self._handler.many is None:
             return False
         try:
-            await self._handler.many([event for _, event in events])
+            with self.state.timing():
+                await self._handler.many([event for _, event in events])
         # Handler code is foreign: any exception it raises is a failed attempt, by contract.
         except Exception as exc:
             log.warning(
@@ -228,7 +229,8 @@ class Worker:
 
     async def _apply_one(self, message: Delivery, event: Event, settler: Settler) -> None:
         try:
-            await self._handler.one(event)
+            with self.state.timing():
+                await self._handler.one(event)
         # Handler code is foreign: any exception it raises is a failed attempt, by contract.
         except Exception as exc:
             if not isinstance(exc, Reject | RetryLater):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
 
 from consumers import health
 from consumers.health import ConsumerState
@@ -57,3 +58,26 @@ async def test_serving_listens_only_for_the_block() -> None:
 async def test_port_0_serves_nothing() -> None:
     async with health.serving(ConsumerState("x"), "127.0.0.1", 0):
         pass
+
+
+async def test_metrics_report_outcomes_state_and_handler_time() -> None:
+    state = ConsumerState("exited")
+    state.connected = True
+    state.acked, state.retried, state.dead_lettered = 5, 2, 1
+    with state.timing():
+        pass
+    async with TestClient(TestServer(health.create_app(state))) as client:
+        response = await client.get("/metrics")
+        text = await response.text()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    outcome = (("consumer", "exited"), ("outcome", "acked"))
+    assert samples[("aifi_consumer_messages_total", outcome)] == 5
+    retried = (("consumer", "exited"), ("outcome", "retried"))
+    assert samples[("aifi_consumer_messages_total", retried)] == 2
+    assert samples[("aifi_consumer_connected", (("consumer", "exited"),))] == 1
+    assert samples[("aifi_consumer_consuming", (("consumer", "exited"),))] == 0
+    assert samples[("aifi_consumer_handler_seconds_count", (("consumer", "exited"),))] == 1
