@@ -70,6 +70,9 @@ def banner(settings: Settings) -> str:
 
 
 def stop(children: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each child, gateway first, and wait for it; a second Ctrl-C cannot cut this
+    short, since the children already got the terminal's SIGINT and are stopping."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for child in reversed(children):
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)

@@ -162,13 +162,22 @@ def parse_token_pairs(text: str) -> dict[str, str]:
     return pairs
 
 
+def section_names(path: tuple[str, ...], section: type[BaseModel]) -> dict[str, tuple[str, ...]]:
+    prefix = "_".join(("AIFI", *path)).upper()
+    return {f"{prefix}_{leaf}".upper(): (*path, leaf) for leaf in section.model_fields}
+
+
 def env_names(model: type[BaseModel] = Settings) -> dict[str, tuple[str, ...]]:
-    """Every accepted environment name and the settings path it sets."""
+    """Every accepted environment name and the settings path it sets; a built-in consumer's
+    settings are `AIFI_CONSUMERS_<NAME>_<KEY>` (e.g. `AIFI_CONSUMERS_ENTERED_PREFETCH`)."""
     names: dict[str, tuple[str, ...]] = dict(ENV_ALIASES)
     for key, info in model.model_fields.items():
         sub = info.annotation
         if isinstance(sub, type) and issubclass(sub, _Section):
-            names.update({f"AIFI_{key}_{leaf}".upper(): (key, leaf) for leaf in sub.model_fields})
+            names.update(section_names((key,), sub))
+        elif key == "consumers":
+            for name in default_consumers():
+                names.update(section_names((key, name), ConsumerSettings))
         else:
             names[f"AIFI_{key}".upper()] = (key,)
     return names
