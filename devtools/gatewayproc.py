@@ -12,7 +12,9 @@ import urllib.request
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+# The commands the tests run as processes; docker-compose.yml must use these (a test checks).
 GATEWAY_COMMAND = ("aifi-gateway",)
+CONSUMER_COMMAND = ("aifi-consumer",)
 
 
 class GatewayProcess:

@@ -9,7 +9,6 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from aio_pika.abc import AbstractChannel
 from consumers import testing, topology
 from consumers.ledger import LedgerDB
 from consumers.topology import dead_queue_name, queue_name
+from devtools.gatewayproc import BIN, CONSUMER_COMMAND
 from devtools.rabbitnode import free_port
 from gateway.settings import ConsumerSettings, LedgerSettings
 
@@ -33,7 +33,7 @@ Launcher = Callable[[dict[str, ConsumerSettings]], "WorkerProcess"]
 
 
 class WorkerProcess:
-    """One `python -m consumers NAME`, its settings in a YAML file, its log in a file."""
+    """One `aifi-consumer NAME`, its settings in a YAML file, its log in a file."""
 
     def __init__(self, tmp_path: Path, amqp_url: str, consumers: dict[str, ConsumerSettings]):
         tmp_path.mkdir(parents=True)
@@ -58,7 +58,7 @@ class WorkerProcess:
     def start(self, *args: str) -> subprocess.Popen[bytes]:
         with (self.logs / f"{len(self.runs)}.log").open("wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "consumers", *args],
+                [str(BIN / CONSUMER_COMMAND[0]), *CONSUMER_COMMAND[1:], *args],
                 cwd=ROOT,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
