@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from consumers import testing
 from devtools.loadcheck import Verdict
 from devtools.rabbitnode import amqp_reachable
 from gateway.publisher import declare_topology
@@ -50,6 +52,20 @@ async def capture(channel: AbstractChannel) -> AsyncIterator[Capture]:
     """A unique queue bound to `#`, deleted after the test."""
     async with Capture.bound(channel, f"test.{uuid.uuid4().hex}", "#") as cap:
         yield cap
+
+
+@pytest.fixture
+def store() -> int:
+    """A store id no other test uses, so that routing keys are this test's own."""
+    return random.randrange(10**6, 10**9)
+
+
+@pytest.fixture
+async def scratch(amqp_url: str, request: pytest.FixtureRequest) -> AsyncIterator[testing.Scratch]:
+    """Queues of a consumer of this test's own, with its module's `BASE` settings."""
+    made = testing.Scratch(amqp_url, request.module.BASE)
+    yield made
+    await made.delete()
 
 
 @pytest.fixture

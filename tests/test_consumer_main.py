@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import signal
 import sqlite3
 import subprocess
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,18 +94,6 @@ class WorkerProcess:
             process.wait(10)
             if process.stdout is not None:
                 process.stdout.close()
-
-
-@pytest.fixture
-def store() -> int:
-    return random.randrange(10**6, 10**9)
-
-
-@pytest.fixture
-async def scratch(amqp_url: str) -> AsyncIterator[testing.Scratch]:
-    made = testing.Scratch(amqp_url, BASE)
-    yield made
-    await made.delete()
 
 
 @pytest.fixture

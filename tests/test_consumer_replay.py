@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
-import pytest
 import yaml
 from aio_pika.abc import AbstractChannel
 
@@ -38,18 +35,6 @@ class Flaky:
         if not self.fixed:
             raise Reject("the cause, not yet fixed")
         self.handled.append(event)
-
-
-@pytest.fixture
-def store() -> int:
-    return random.randrange(10**6, 10**9)
-
-
-@pytest.fixture
-async def scratch(amqp_url: str) -> AsyncIterator[testing.Scratch]:
-    made = testing.Scratch(amqp_url, BASE)
-    yield made
-    await made.delete()
 
 
 async def bury(channel: AbstractChannel, name: str, count: int) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -48,19 +47,6 @@ class Recorder:
         await asyncio.sleep(self.delay_s)
         if self.plan:
             raise self.plan.pop(0)
-
-
-@pytest.fixture
-def store() -> int:
-    """A store id no other test uses, so that routing keys are this test's own."""
-    return random.randrange(10**6, 10**9)
-
-
-@pytest.fixture
-async def scratch(amqp_url: str) -> AsyncIterator[testing.Scratch]:
-    made = testing.Scratch(amqp_url, BASE)
-    yield made
-    await made.delete()
 
 
 @pytest.fixture

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import random
-from collections.abc import AsyncIterator
-
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel
@@ -21,18 +18,6 @@ from consumers.topology import (
 from gateway.settings import ConsumerSettings
 
 BASE = ConsumerSettings(max_attempts=3, retry_base_ms=50, retry_max_ms=100, delivery_limit=2)
-
-
-@pytest.fixture
-def store() -> int:
-    return random.randrange(10**6, 10**9)
-
-
-@pytest.fixture
-async def scratch(amqp_url: str) -> AsyncIterator[testing.Scratch]:
-    made = testing.Scratch(amqp_url, BASE)
-    yield made
-    await made.delete()
 
 
 def test_one_delay_queue_per_distinct_backoff_step() -> None:
