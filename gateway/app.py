@@ -54,7 +54,8 @@ class Pipeline:
         durability = fsync.policy(s.fsync, lambda: spool.fd, s.fsync_interval_ms)
         publisher = Publisher(settings.amqp)
         relay = Relay(spool, publisher, s.max_in_flight, s.memory_max_bytes)
-        spooled = SpooledDelivery(spool, durability, relay, publisher)
+        stall_after_s = settings.amqp.publish_timeout_s
+        spooled = SpooledDelivery(spool, durability, relay, publisher, stall_after_s)
         delivery: Delivery = spooled
         if settings.ack == "confirmed":
             delivery = ConfirmedDelivery(publisher, spooled, settings.confirm_timeout_ms / 1000)

@@ -47,10 +47,16 @@ class SpooledDelivery:
     """Safe means durable in the local spool (`ack: spooled`); the relay publishes it later."""
 
     def __init__(
-        self, spool: Spool, durability: Durability, relay: Relay, publisher: Publisher
+        self,
+        spool: Spool,
+        durability: Durability,
+        relay: Relay,
+        publisher: Publisher,
+        stall_after_s: float,
     ) -> None:
         self._spool, self._durability = spool, durability
         self._relay, self._publisher = relay, publisher
+        self._stall_after_s = stall_after_s
         self.alarm = Alarm()
         self.stopping = False
 
@@ -69,9 +75,12 @@ class SpooledDelivery:
 
     def status(self) -> dict[str, Any]:
         broker = self._publisher.ready
+        # Connected but confirming nothing: blocked by a resource alarm, or stuck.
+        stalled = self._relay.stalled_s > self._stall_after_s
         return {
-            "ready": broker and self.alarm.reason is None and not self.stopping,
+            "ready": broker and not stalled and self.alarm.reason is None and not self.stopping,
             "broker_connected": broker,
+            "relay_stalled": stalled,
             "stopping": self.stopping,
             "spool_problem": self.alarm.reason,
             "spool": self._spool.stats(),

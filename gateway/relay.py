@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterable
 from typing import Final
 
@@ -33,15 +34,18 @@ class Relay:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._pause_until = 0.0
         self._publishing = 0
+        self._progress_at = time.monotonic()
         self.attempts = 0
         self.published = 0
         self.failures = 0
 
     def submit(self, record: Record) -> None:
+        self._progressed_if_idle()
         self._backlog.add(record)
         self._wakeup.set()
 
     def submit_all(self, records: Iterable[Record]) -> None:
+        self._progressed_if_idle()
         for record in records:
             self._backlog.add(record)
         self._wakeup.set()
@@ -54,6 +58,18 @@ class Relay:
     @property
     def pending(self) -> int:
         return len(self._backlog) + self._publishing
+
+    @property
+    def stalled_s(self) -> float:
+        """How long work has waited without a single confirm: a blocked or stuck broker."""
+        if not self.pending:
+            return 0.0
+        return time.monotonic() - self._progress_at
+
+    def _progressed_if_idle(self) -> None:
+        # An idle relay has made all the progress it can: the clock starts with new work.
+        if not self.pending:
+            self._progress_at = time.monotonic()
 
     async def run(self) -> None:
         """Dispatch forever; the confirm of each record is awaited by a task of its own."""
@@ -97,6 +113,7 @@ class Relay:
         finally:
             # Whatever ended the attempt, an unconfirmed record goes back in line.
             if confirmed:
+                self._progress_at = time.monotonic()
                 self.published += 1
                 self._spool.confirm(record.seq)
             else:

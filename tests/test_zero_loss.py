@@ -12,8 +12,10 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aio_pika
+import aiohttp
 import pytest
 
 from devtools.gatewayproc import GatewayProcess
@@ -177,3 +179,48 @@ async def test_sigterm_under_load_exits_0_and_loses_nothing(
     )
     assert exit_codes == [0]
     assert_nothing_lost(verdict)
+
+
+async def readiness(gateway: GatewayProcess) -> tuple[int, dict[str, Any]]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{gateway.url}/readyz") as response,
+    ):
+        return response.status, await response.json()
+
+
+async def until_not_ready(gateway: GatewayProcess, timeout_s: float = 15.0) -> dict[str, Any]:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            status, body = await readiness(gateway)
+            if status == 503:
+                return body
+            await asyncio.sleep(0.2)
+
+
+async def test_a_blocked_broker_is_not_ready_yet_loses_nothing(
+    gateway: GatewayProcess,
+    node: Node,
+    queue_name: str,
+    checker_report: Callable[[str, Verdict], None],
+) -> None:
+    run = f"blocked-{uuid.uuid4().hex[:8]}"
+    sent_markers = markers(run, 500)
+    url = f"{gateway.url}/webhooks/aifi/entered"
+    # A memory alarm: the broker blocks every publishing connection, it does not close them.
+    await asyncio.to_thread(node.ctl, "set_vm_memory_high_watermark", "0.0000001")
+    try:
+        sent = await send_load(url, TOKEN, sent_markers, CONCURRENCY)
+        status = await until_not_ready(gateway)
+    finally:
+        await asyncio.to_thread(node.ctl, "set_vm_memory_high_watermark", "0.4")
+    assert len(sent.acknowledged) == len(sent_markers), "spooling goes on while blocked"
+    assert status["broker_connected"] is True
+    assert status["relay_stalled"] is True
+    assert status["spool"]["depth"] > 0
+    arrived = await collect(node.url, queue_name, run, sent.acknowledged, timeout_s=60)
+    verdict = classify(sent_markers, sent, arrived)
+    checker_report("blocked", verdict)
+    assert not verdict.lost
+    assert not verdict.unexpected
+    assert (await readiness(gateway))[0] == 200
