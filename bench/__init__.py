@@ -10,11 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final
 
+from gateway.settings import AmqpSettings
+
 ROOT: Final = Path(__file__).resolve().parent.parent
 EXAMPLES: Final = ROOT / "examples"
 RESULTS: Final = Path(__file__).resolve().parent / "results"
 LOOPBACK: Final = "127.0.0.1"
-DEFAULT_AMQP_URL: Final = "amqp://guest:guest@127.0.0.1:5672/"
+DEFAULT_AMQP_URL: Final = AmqpSettings().urls[0]
 
 # What the load posts, round robin: AiFi's example bodies to the paths AiFi calls.
 ROUTES: Final[tuple[tuple[str, Path], ...]] = (

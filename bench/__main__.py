@@ -15,7 +15,7 @@ import os
 import secrets
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -28,6 +28,7 @@ from bench.report import Run, machine_info, now_iso, print_report, ratios, write
 from bench.runner import Options, run_servers
 from bench.servers import NAMES, SPECS
 from gateway.publisher import redact
+from gateway.settings import AmqpSettings
 
 CONSUMERS: Final = "consumers"
 
@@ -94,10 +95,17 @@ def warn_if_busy(loadavg_1m: float) -> None:
         )
 
 
+def broker_url(environ: Mapping[str, str]) -> str:
+    """The first of `AIFI_AMQP_URL`'s URLs, read as the gateway reads it."""
+    if "AIFI_AMQP_URL" not in environ:
+        return DEFAULT_AMQP_URL
+    return AmqpSettings.model_validate({"urls": environ["AIFI_AMQP_URL"]}).urls[0]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     names = args.only or [*NAMES, CONSUMERS]
-    amqp_url = os.environ.get("AIFI_AMQP_URL", DEFAULT_AMQP_URL).split(",")[0].strip()
+    amqp_url = broker_url(os.environ)
     options = options_from(args, amqp_url)
     command = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
     print(

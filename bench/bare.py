@@ -35,18 +35,17 @@ def create_app() -> web.Application:
     return app
 
 
+def serve(app: web.Application, port: int) -> None:
+    """How every bench server runs: loopback, uvloop, no access log, like the gateway."""
+    web.run_app(
+        app, host=LOOPBACK, port=port, access_log=None, print=None, loop=uvloop.new_event_loop()
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.bare", description=__doc__)
     parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args(argv)
-    web.run_app(
-        create_app(),
-        host=LOOPBACK,
-        port=args.port,
-        access_log=None,
-        print=None,
-        loop=uvloop.new_event_loop(),
-    )
+    serve(create_app(), parser.parse_args(argv).port)
 
 
 if __name__ == "__main__":

@@ -26,14 +26,15 @@ from typing import Final
 
 import aio_pika
 import orjson
+import uvloop
 from aio_pika.abc import AbstractIncomingMessage
 
+from bench import DEFAULT_AMQP_URL
 from consumers import ledger, testing, topology
 from consumers.ledger import LedgerDB
 from consumers.runner import Worker
 from gateway.settings import AmqpSettings, ConsumerSettings, LedgerSettings
 
-DEFAULT_URL: Final = "amqp://guest:guest@127.0.0.1:5672/"
 TIMEOUT_S: Final = 300.0
 
 
@@ -140,10 +141,7 @@ def figures(count: int, rounds: int, bare_s: float, ledger_s: float) -> dict[str
 
 def run(amqp_url: str, count: int, rounds: int = 3) -> dict[str, float]:
     """Figures for `make bench`: msgs/s of both consumers, and ledger / bare."""
-    import uvloop
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(measure(amqp_url, count, rounds))
+    return uvloop.run(measure(amqp_url, count, rounds))
 
 
 def main() -> None:
@@ -152,7 +150,7 @@ def main() -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--url", default=DEFAULT_URL)
+    parser.add_argument("--url", default=DEFAULT_AMQP_URL)
     parser.add_argument("--count", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()

@@ -13,6 +13,7 @@ from typing import Final
 
 from aio_pika.abc import AbstractChannel
 
+from consumers import testing
 from gateway.publisher import declare_topology
 
 POLL_S: Final = 0.05
@@ -92,9 +93,7 @@ class EventQueue:
 
     async def count(self) -> int:
         """Messages in the queue now (no consumer, so every one routed and not purged)."""
-        queue = await self._channel.declare_queue(self.name, passive=True)
-        result = queue.declaration_result
-        return int(result.message_count or 0)
+        return await testing.depth(self._channel, self.name)
 
     async def wait_for(self, target: int, timeout_s: float, quiet_s: float) -> Arrival:
         """Poll until `target` events arrived, none came for `quiet_s`, or `timeout_s` passed."""

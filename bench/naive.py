@@ -17,12 +17,13 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Final
 
 import aio_pika
-import uvloop
 from aio_pika.abc import AbstractExchange
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from bench import DEFAULT_AMQP_URL, LOOPBACK
+from bench import DEFAULT_AMQP_URL
+from bench.bare import healthz, serve
+from gateway import contract
 from gateway.models import Tracking, Transition
 from gateway.publisher import declare_topology
 
@@ -40,14 +41,11 @@ def receiver(kind: str, model: type[BaseModel]) -> ReceiveHandler:
         body = json.dumps({"kind": kind, "data": event.model_dump(mode="json")}).encode()
         message = aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
         # The request waits for the broker's confirm: a broker round trip per webhook.
-        await request.app[EXCHANGE].publish(message, routing_key=f"{kind}.{document['storeId']}")
+        routing_key = contract.routing_key(kind, document["storeId"])
+        await request.app[EXCHANGE].publish(message, routing_key=routing_key)
         return web.json_response("ok")
 
     return receive
-
-
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "alive"})
 
 
 def broker(url: str) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -77,14 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--amqp-url", default=DEFAULT_AMQP_URL)
     args = parser.parse_args(argv)
-    web.run_app(
-        create_app(args.amqp_url),
-        host=LOOPBACK,
-        port=args.port,
-        access_log=None,
-        print=None,
-        loop=uvloop.new_event_loop(),
-    )
+    serve(create_app(args.amqp_url), args.port)
 
 
 if __name__ == "__main__":

@@ -86,7 +86,11 @@ RATIOS: Final = (
 )
 # Its operands come from the consumer figures (see `consumer_figures.consumer_pair`).
 CONSUMER_RATIO: Final = RatioSpec(
-    "consumer ledger / bare consumer", ("consumers", "ledger"), ("consumers", "bare"), ">=", 0.6
+    "consumer ledger / bare consumer",
+    ("consumers", "ledger_msgs_per_s"),
+    ("consumers", "bare_msgs_per_s"),
+    ">=",
+    0.6,
 )
 
 

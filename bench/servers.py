@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,8 +14,9 @@ from typing import Final
 import aiohttp
 
 from bench import LOOPBACK, ROOT
+from devtools.gatewayproc import BIN, GATEWAY_COMMAND, child_environ
+from devtools.rabbitnode import free_port
 
-BIN: Final = Path(sys.executable).parent
 START_TIMEOUT_S: Final = 30.0
 # Above the gateway's default http.shutdown_timeout_s, so a SIGTERM drain is never cut short.
 STOP_TIMEOUT_S: Final = 15.0
@@ -41,7 +40,7 @@ class ServerSpec:
 
 
 PYTHON: Final = (sys.executable, "-m")
-GATEWAY_ARGV: Final = (str(BIN / "aifi-gateway"),)
+GATEWAY_ARGV: Final = (str(BIN / GATEWAY_COMMAND[0]), *GATEWAY_COMMAND[1:])
 SPECS: Final[tuple[ServerSpec, ...]] = (
     ServerSpec(
         "bare",
@@ -79,20 +78,11 @@ SPECS: Final[tuple[ServerSpec, ...]] = (
 NAMES: Final = tuple(spec.name for spec in SPECS)
 
 
-def free_port() -> int:
-    """A loopback port nobody listens on right now (the server binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((LOOPBACK, 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def server_env(
     spec: ServerSpec, port: int, amqp_url: str, token: str, workdir: Path
 ) -> dict[str, str]:
-    # The caller's AIFI_* variables are dropped: the gateway refuses unknown ones
-    # (a developer's own, say) and the bench must not inherit someone's spool or tokens.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIFI_")}
+    # The bench must not inherit someone's spool or tokens.
+    env = child_environ()
     if spec.gateway:
         env |= {
             "AIFI_AMQP_URL": amqp_url,

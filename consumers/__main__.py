@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any, Final
 
 import orjson
+import uvloop
 
 from consumers import health, ledger
 from consumers.handler import Handler, HandlerError, load
@@ -25,12 +26,12 @@ from consumers.runner import Worker
 from consumers.topology import TopologyError, check_name
 from gateway import logs
 from gateway.publisher import BROKER_ERRORS
-from gateway.settings import ConsumerSettings, Settings, SettingsError
+from gateway.settings import ConsumerSettings, Settings, SettingsError, default_consumers
 from gateway.settings import load as load_settings
 
 log = logging.getLogger("consumers")
 
-BUILT_IN: Final = ("entered", "exited", "tracking")
+BUILT_IN: Final = tuple(default_consumers())
 USAGE: Final = "aifi-consumer NAME\n       aifi-consumer replay NAME [--limit N]"
 
 
@@ -96,10 +97,7 @@ async def replay_and_report(
 
 
 def run(coroutine: Coroutine[Any, Any, None]) -> None:
-    import uvloop
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(coroutine)
+    uvloop.run(coroutine)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,6 +26,7 @@ from consumers import topology
 from consumers.handler import Reject
 from consumers.health import ConsumerState
 from consumers.topology import Topology
+from gateway.events import iso
 from gateway.settings import ConsumerSettings
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ BROKER_HEADERS: Final = frozenset(
         "x-last-death-reason",
     }
 )
+# A replayed copy starts afresh: our failure headers and the broker's go.
+REPLAY_DROPS: Final = BROKER_HEADERS | {ATTEMPTS_HEADER, REASON_HEADER, FAILED_AT_HEADER}
 # RabbitMQ applies acks to a quorum queue asynchronously and may drop those still in flight
 # when the channel closes (rabbitmq-server#10327): they come back as redeliveries. Before a
 # planned close, this pause lets them land.
@@ -94,8 +97,7 @@ def copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.
 
 def replay_copy(message: AbstractIncomingMessage) -> aio_pika.Message:
     """A dead letter made new: a full set of attempts, its replay counted."""
-    ours = {ATTEMPTS_HEADER, REASON_HEADER, FAILED_AT_HEADER}
-    headers = {k: v for k, v in message.headers.items() if k not in ours | BROKER_HEADERS}
+    headers = {k: v for k, v in message.headers.items() if k not in REPLAY_DROPS}
     replays = message.headers.get(REPLAYS_HEADER)
     headers[REPLAYS_HEADER] = (replays if isinstance(replays, int) else 0) + 1
     return copy(message, headers)
@@ -173,7 +175,7 @@ class Settler:
         headers = dict(message.headers) | {
             ATTEMPTS_HEADER: attempts,
             REASON_HEADER: reason,
-            FAILED_AT_HEADER: datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            FAILED_AT_HEADER: iso(datetime.now(UTC)),
         }
         try:
             await exchange.publish(copy(message, headers), routing_key, timeout=self._timeout_s)

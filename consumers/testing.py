@@ -145,13 +145,6 @@ async def running(worker: Worker, timeout_s: float = 10.0) -> AsyncIterator[asyn
         await asyncio.wait_for(task, timeout_s)
 
 
-async def delete_queues(url: str, name: str, settings: ConsumerSettings) -> None:
-    """Remove a scratch consumer's queues, on a connection of its own."""
-    connection = await aio_pika.connect(url)
-    async with connection, connection.channel() as channel:
-        await topology.delete(channel, name, settings)
-
-
 class Scratch:
     """Consumers with names no one else uses, made for one test; `delete` removes their queues."""
 
@@ -169,8 +162,10 @@ class Scratch:
         return name, settings
 
     async def delete(self) -> None:
-        for name, settings in self._made:
-            await delete_queues(self.url, name, settings)
+        connection = await aio_pika.connect(self.url)
+        async with connection, connection.channel() as channel:
+            for name, settings in self._made:
+                await topology.delete(channel, name, settings)
 
 
 async def drain(

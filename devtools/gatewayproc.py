@@ -17,6 +17,12 @@ GATEWAY_COMMAND = ("aifi-gateway",)
 CONSUMER_COMMAND = ("aifi-consumer",)
 
 
+def child_environ() -> dict[str, str]:
+    """This process's environment for a child, less the caller's own AIFI_* settings
+    (a shell's tokens, say): a child gets exactly the settings it is given."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("AIFI_")}
+
+
 class GatewayProcess:
     """One `aifi-gateway` process on a loopback port, with its settings in `env`."""
 
@@ -29,10 +35,8 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 20.0) -> None:
-        # The caller's own AIFI_* settings (a shell's tokens, say) must not leak in.
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith("AIFI_")}
         here = {"AIFI_HTTP_HOST": "127.0.0.1", "AIFI_HTTP_PORT": str(self.port)}
-        env = inherited | self.env | here
+        env = child_environ() | self.env | here
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [str(BIN / GATEWAY_COMMAND[0]), *GATEWAY_COMMAND[1:]],

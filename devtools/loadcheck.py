@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +19,10 @@ from typing import Any
 import aio_pika
 import aiohttp
 import orjson
+from aiormq.abc import FieldTable
 
 from gateway import contract
+from gateway.publisher import declare_topology
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "entered.json"
 
@@ -130,6 +133,24 @@ def marker_of(body: bytes, run: str) -> tuple[str, str] | None:
         return None
     marker = str(event["data"].get("sessionId"))
     return (marker, str(event["id"])) if marker.startswith(f"{run}-") else None
+
+
+async def checker_queue(amqp_url: str, prefix: str, arguments: FieldTable | None = None) -> str:
+    """A fresh durable queue bound to `#`, the checker's view of all that is published;
+    durable, so that confirmed events survive a broker crash in it. `collect` reads it."""
+    name = f"{prefix}.{uuid.uuid4().hex}"
+    connection = await aio_pika.connect(amqp_url)
+    async with connection, connection.channel() as channel:
+        await declare_topology(channel)
+        queue = await channel.declare_queue(name, durable=True, arguments=arguments)
+        await queue.bind(contract.EXCHANGE, "#")
+    return name
+
+
+async def delete_queue(amqp_url: str, name: str) -> None:
+    connection = await aio_pika.connect(amqp_url)
+    async with connection, connection.channel() as channel:
+        await channel.queue_delete(name)
 
 
 async def collect(

@@ -16,11 +16,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from consumers.__main__ import BUILT_IN
+from devtools.gatewayproc import CONSUMER_COMMAND, GATEWAY_COMMAND
 from gateway.settings import Settings, load
 
 BIN = Path(sys.executable).parent
 TOKEN_FILE = Path("data/dev-token")
-CONSUMERS = ("entered", "exited", "tracking")
 READY_TIMEOUT_S = 30.0
 
 
@@ -40,8 +41,8 @@ def child_env() -> dict[str, str]:
 
 def commands() -> list[list[str]]:
     """Consumers first, gateway last, so stopping in reverse stops the gateway first."""
-    workers = [[str(BIN / "aifi-consumer"), name] for name in CONSUMERS]
-    return [*workers, [str(BIN / "aifi-gateway")]]
+    workers = [[str(BIN / CONSUMER_COMMAND[0]), *CONSUMER_COMMAND[1:], name] for name in BUILT_IN]
+    return [*workers, [str(BIN / GATEWAY_COMMAND[0]), *GATEWAY_COMMAND[1:]]]
 
 
 def wait_ready(settings: Settings) -> bool:

@@ -22,8 +22,6 @@ log = logging.getLogger(__name__)
 
 # ChannelInvalidStateError is a RuntimeError, not an AMQPError: it is what a
 # publish on a channel closed under it raises.
-# ChannelInvalidStateError is a RuntimeError, not an AMQPError: it is what a
-# publish on a channel closed under it raises.
 BROKER_ERRORS: Final = (
     aiormq.exceptions.AMQPError,
     aiormq.exceptions.ChannelInvalidStateError,

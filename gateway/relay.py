@@ -33,7 +33,6 @@ class Relay:
         self._slots = asyncio.Semaphore(max_in_flight)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._pause_until = 0.0
-        self._publishing = 0
         self._progress_at = time.monotonic()
         self.attempts = 0
         self.published = 0
@@ -57,7 +56,7 @@ class Relay:
 
     @property
     def pending(self) -> int:
-        return len(self._backlog) + self._publishing
+        return len(self._backlog) + len(self._in_flight)
 
     @property
     def stalled_s(self) -> float:
@@ -84,10 +83,8 @@ class Relay:
         while True:
             await self._slots.acquire()
             record = await self._next()
-            self._publishing += 1
-            task = asyncio.create_task(self._publish(record))
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+            # Added before the task first runs; it takes itself out when it settles.
+            self._in_flight.add(asyncio.create_task(self._publish(record)))
 
     async def _next(self) -> Record:
         await self._publisher.wait_ready()
@@ -118,7 +115,7 @@ class Relay:
                 self._spool.confirm(record.seq)
             else:
                 self._failed(record)
-            self._publishing -= 1
+            self._in_flight.discard(asyncio.current_task())
             self._slots.release()
             self._settled.set()
 

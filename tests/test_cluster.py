@@ -21,10 +21,16 @@ import aio_pika
 import pytest
 
 from devtools.gatewayproc import GatewayProcess
-from devtools.loadcheck import Verdict, classify, collect, markers, send_load
+from devtools.loadcheck import (
+    Verdict,
+    checker_queue,
+    classify,
+    collect,
+    markers,
+    send_load,
+)
 from devtools.rabbitnode import Node, NodeSpec, free_port
 from gateway import contract
-from gateway.publisher import declare_topology
 from tests.support import TOKEN, gateway_env
 
 pytestmark = pytest.mark.cluster
@@ -80,15 +86,7 @@ def queue_members(node: Node, name: str) -> set[str]:
 @pytest.fixture
 async def queue_name(cluster: list[Node]) -> str:
     """A durable quorum queue bound to `#`: the checker's view of everything published."""
-    name = f"cluster.{uuid.uuid4().hex}"
-    connection = await aio_pika.connect(vhost_url(cluster[0]))
-    async with connection, connection.channel() as channel:
-        await declare_topology(channel)
-        queue = await channel.declare_queue(
-            name, durable=True, arguments={"x-queue-type": "quorum"}
-        )
-        await queue.bind(contract.EXCHANGE, "#")
-    return name
+    return await checker_queue(vhost_url(cluster[0]), "cluster", {"x-queue-type": "quorum"})
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ and a downstream team's handler named in the config."""
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import sqlite3
 import subprocess
@@ -21,7 +20,7 @@ from aio_pika.abc import AbstractChannel
 from consumers import testing, topology
 from consumers.ledger import LedgerDB
 from consumers.topology import dead_queue_name, queue_name
-from devtools.gatewayproc import BIN, CONSUMER_COMMAND
+from devtools.gatewayproc import BIN, CONSUMER_COMMAND, child_environ
 from devtools.rabbitnode import free_port
 from gateway.settings import ConsumerSettings, LedgerSettings
 
@@ -45,7 +44,7 @@ class WorkerProcess:
                 }
             )
         )
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("AIFI_")} | {
+        self.env = child_environ() | {
             "AIFI_AMQP_URL": amqp_url,
             "AIFI_CONFIG": str(self.config),
             "AIFI_LEDGER_DB": str(self.db),

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from pathlib import Path
 
 import orjson
@@ -17,6 +15,7 @@ from consumers.replay import replay
 from consumers.runner import Worker
 from consumers.settlement import ATTEMPTS_HEADER, REPLAYS_HEADER
 from consumers.topology import dead_queue_name, queue_name
+from devtools.gatewayproc import BIN, CONSUMER_COMMAND, child_environ
 from gateway.contract import Event
 from gateway.settings import AmqpSettings, ConsumerSettings
 
@@ -114,11 +113,10 @@ async def test_the_replay_command_prints_what_it_moved(
     await bury(channel, name, 2)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"consumers": {name: settings.model_dump(mode="json")}}))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIFI_")}
+    env = child_environ()
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "consumers",
+        str(BIN / CONSUMER_COMMAND[0]),
+        *CONSUMER_COMMAND[1:],
         "replay",
         name,
         "--limit",

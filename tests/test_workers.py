@@ -11,22 +11,21 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
-import aio_pika
 import pytest
 
 from devtools.gatewayproc import GatewayProcess
 from devtools.loadcheck import (
     Sent,
     Verdict,
+    checker_queue,
     classify,
     collect,
+    delete_queue,
     markers,
     send_load,
     until_answered,
 )
 from devtools.rabbitnode import free_port
-from gateway import contract
-from gateway.publisher import declare_topology
 from gateway.settings import Settings
 from gateway.workers import worker_settings
 from tests.support import TOKEN, gateway_env, gateway_settings
@@ -42,14 +41,9 @@ def worker_pids(parent: int) -> list[int]:
 
 @pytest.fixture
 async def queue_name(amqp_url: str) -> AsyncIterator[str]:
-    name = f"workers.{uuid.uuid4().hex}"
-    connection = await aio_pika.connect(amqp_url)
-    async with connection, connection.channel() as channel:
-        await declare_topology(channel)
-        queue = await channel.declare_queue(name, durable=True)
-        await queue.bind(contract.EXCHANGE, "#")
-        yield name
-        await channel.queue_delete(name)
+    name = await checker_queue(amqp_url, "workers")
+    yield name
+    await delete_queue(amqp_url, name)
 
 
 def wait_for_workers(spool_dir: Path, count: int, timeout_s: float = 20.0) -> None:

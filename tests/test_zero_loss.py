@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import aiohttp
 import pytest
 
@@ -22,15 +21,15 @@ from devtools.gatewayproc import GatewayProcess
 from devtools.loadcheck import (
     Sent,
     Verdict,
+    checker_queue,
     classify,
     collect,
+    delete_queue,
     markers,
     send_load,
     until_answered,
 )
 from devtools.rabbitnode import Node, NodeSpec, free_port
-from gateway import contract
-from gateway.publisher import declare_topology
 from tests.support import TOKEN, gateway_env
 
 LOAD = 3000
@@ -50,19 +49,11 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
 
 @pytest.fixture
 async def queue_name(node: Node) -> AsyncIterator[str]:
-    """A durable queue bound to `#`: confirmed events must survive a broker crash in it."""
-    name = f"zero-loss.{uuid.uuid4().hex}"
-    connection = await aio_pika.connect(node.url)
-    async with connection, connection.channel() as channel:
-        await declare_topology(channel)
-        queue = await channel.declare_queue(name, durable=True)
-        await queue.bind(contract.EXCHANGE, "#")
+    name = await checker_queue(node.url, "zero-loss")
     yield name
     if not node.is_running():
         node.start()
-    connection = await aio_pika.connect(node.url)
-    async with connection, connection.channel() as channel:
-        await channel.queue_delete(name)
+    await delete_queue(node.url, name)
 
 
 @pytest.fixture(params=["spooled"])
