@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Iterable
 from typing import Final
 
 from gateway.backlog import Backlog
-from gateway.publisher import Publisher, PublishError, Unencodable
+from gateway.publisher import Confirmation, Publisher, PublishError, Unencodable
 from gateway.spool import Record, Spool
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,9 @@ class Relay:
         self._backlog = Backlog(spool, memory_max_bytes)
         self._wakeup = asyncio.Event()
         self._settled = asyncio.Event()
-        self._slots = asyncio.Semaphore(max_in_flight)
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
+        self._stopped = False
         self._pause_until = 0.0
         self._progress_at = time.monotonic()
         self.attempts = 0
@@ -56,7 +58,7 @@ class Relay:
 
     @property
     def pending(self) -> int:
-        return len(self._backlog) + len(self._in_flight)
+        return len(self._backlog) + self._in_flight
 
     @property
     def stalled_s(self) -> float:
@@ -71,53 +73,69 @@ class Relay:
             self._progress_at = time.monotonic()
 
     async def run(self) -> None:
-        """Dispatch forever; the confirm of each record is awaited by a task of its own."""
+        """Dispatch forever; each record is settled by a callback on its own confirm."""
         try:
             await asyncio.gather(self._dispatch(), self._checkpoint())
         finally:
             # Unconfirmed records stay in the spool and go out again at the next start.
-            for task in self._in_flight:
-                task.cancel()
+            self._stopped = True
 
     async def _dispatch(self) -> None:
         while True:
-            await self._slots.acquire()
-            record = await self._next()
-            # Added before the task first runs; it takes itself out when it settles.
-            self._in_flight.add(asyncio.create_task(self._publish(record)))
+            batch = await self._next_batch()
+            self.attempts += len(batch)
+            try:
+                confirmations = await self._publisher.write([r.outbound for r in batch])
+            except PublishError as exc:
+                log.debug("relay publish failed", extra={"error": str(exc)})
+                for record in reversed(batch):
+                    self._in_flight -= 1
+                    self._failed(record)
+                continue
+            for record, confirmation in zip(batch, confirmations, strict=True):
+                confirmation.add_done_callback(functools.partial(self._settle, record))
 
-    async def _next(self) -> Record:
+    async def _next_batch(self) -> list[Record]:
+        """As many records as there is room in flight for: one write carries them all."""
         await self._publisher.wait_ready()
         pause_s = self._pause_until - asyncio.get_running_loop().time()
         if pause_s > 0:
             await asyncio.sleep(pause_s)
-        while (record := self._backlog.take()) is None:
+        while not (batch := self._take(self._max_in_flight - self._in_flight)):
             self._wakeup.clear()
             await self._wakeup.wait()
-        return record
+        return batch
 
-    async def _publish(self, record: Record) -> None:
-        confirmed = False
-        self.attempts += 1
+    def _take(self, room: int) -> list[Record]:
+        batch: list[Record] = []
+        while len(batch) < room and (record := self._backlog.take()) is not None:
+            batch.append(record)
+        # Counted in flight at once, so `pending` never misses a record being written.
+        self._in_flight += len(batch)
+        return batch
+
+    def _settle(self, record: Record, confirmation: Confirmation) -> None:
+        self._in_flight -= 1
+        if self._stopped:
+            return
         try:
-            await self._publisher.send(record.outbound)
-            confirmed = True
+            self._publisher.check(confirmation)
         except Unencodable as exc:
             self._set_aside(record, str(exc))
-            confirmed = True
+            self._confirmed(record)
         except PublishError as exc:
             log.debug("relay publish failed", extra={"error": str(exc)})
-        finally:
-            # Whatever ended the attempt, an unconfirmed record goes back in line.
-            if confirmed:
-                self._progress_at = time.monotonic()
-                self.published += 1
-                self._spool.confirm(record.seq)
-            else:
-                self._failed(record)
-            self._in_flight.discard(asyncio.current_task())
-            self._slots.release()
-            self._settled.set()
+            self._failed(record)
+        else:
+            self._confirmed(record)
+        # A settled record frees room in flight: the dispatcher may go on.
+        self._wakeup.set()
+        self._settled.set()
+
+    def _confirmed(self, record: Record) -> None:
+        self._progress_at = time.monotonic()
+        self.published += 1
+        self._spool.confirm(record.seq)
 
     def _set_aside(self, record: Record, reason: str) -> None:
         """Keep a record AMQP cannot carry on disk for an operator, so it blocks nothing."""

@@ -13,15 +13,14 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Final, TypeAlias
 
-import pamqp.frame
-import pamqp.header
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from gateway import contract, events, publisher
+from gateway import contract, events
 from gateway.contract import Kind, Outbound
+from gateway.frames import PublishEncoder
 from gateway.handlers import Rejection, parse
 from gateway.models import Customer, Payment, Session, Shopper, Store, Tracking, Transition
 from tests.support import TOKEN_NAME
@@ -192,15 +191,11 @@ def normalized(name: str, raw: bytes) -> Outbound:
 
 
 def amqp_frame(outbound: Outbound) -> bytes:
-    """The content header frame the relay sends for `outbound`, encoded by pamqp (under
-    aiormq), which raises for what AMQP cannot carry: a shortstr over 255 bytes, a header
-    integer beyond signed 64 bits.
-
-    The relay encodes only inside its publish, where such a TypeError escapes its
-    PublishError handling; so it is checked here.
+    """The frames the relay sends for `outbound`; the encoder raises ValueError for what
+    AMQP cannot carry (a shortstr over 255 bytes, a header integer beyond signed 64 bits),
+    which the relay sets aside: a valid body must never come to that.
     """
-    header = pamqp.header.ContentHeader(0, len(outbound.body), publisher.properties(outbound))
-    return pamqp.frame.marshal(header, 1)
+    return PublishEncoder(1, contract.EXCHANGE, 131_064).encode(outbound)
 
 
 def assert_publishes(name: str, raw: bytes, store_id: int) -> None:

@@ -1,0 +1,129 @@
+"""The hand-written publish frames are byte for byte what pamqp writes, and refuse what it does."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Final
+
+import pamqp.body
+import pamqp.commands
+import pamqp.frame
+import pamqp.header
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway import contract, frames
+from gateway.contract import Headers, Outbound
+from gateway.frames import PublishEncoder
+
+CHANNEL: Final = 7
+MAX_BODY_BYTES: Final = 64  # small, so bodies span several frames
+
+header_values = st.one_of(st.none(), st.text(), st.booleans(), st.integers(-(2**63), 2**63 - 1))
+headers = st.dictionaries(st.text(min_size=1, max_size=40), header_values, max_size=8)
+short_text = st.text(max_size=60)
+outbounds = st.builds(
+    Outbound,
+    message_id=short_text,
+    routing_key=short_text,
+    body=st.binary(max_size=300),
+    content_type=short_text,
+    timestamp_s=st.integers(0, 2**35),  # within datetime's years
+    headers=headers,
+)
+
+
+def pamqp_frames(outbound: Outbound) -> bytes:
+    """What aiormq's `basic_publish` writes for `outbound` (see `aiormq.Channel._split_body`)."""
+    properties = pamqp.commands.Basic.Properties(
+        content_type=outbound.content_type,
+        delivery_mode=2,
+        message_id=outbound.message_id,
+        timestamp=datetime.fromtimestamp(outbound.timestamp_s, UTC),
+        headers=dict(outbound.headers),
+    )
+    method = pamqp.commands.Basic.Publish(
+        exchange=contract.EXCHANGE, routing_key=outbound.routing_key, mandatory=True
+    )
+    parts: list[pamqp.frame.FrameTypes] = [
+        method,
+        pamqp.header.ContentHeader(0, len(outbound.body), properties),
+    ]
+    body = outbound.body
+    parts += [
+        pamqp.body.ContentBody(body[i : i + MAX_BODY_BYTES])
+        for i in range(0, len(body), MAX_BODY_BYTES)
+    ]
+    return b"".join(pamqp.frame.marshal(part, CHANNEL) for part in parts)
+
+
+@given(outbounds)
+def test_publish_frames_are_the_bytes_pamqp_writes(outbound: Outbound) -> None:
+    encoder = PublishEncoder(CHANNEL, contract.EXCHANGE, MAX_BODY_BYTES)
+    assert encoder.encode(outbound) == pamqp_frames(outbound)
+
+
+@given(outbounds)
+def test_the_frames_parse_back_to_the_message(outbound: Outbound) -> None:
+    data = PublishEncoder(CHANNEL, contract.EXCHANGE, MAX_BODY_BYTES).encode(outbound)
+    parsed = []
+    while data:
+        consumed, channel, parsed_frame = pamqp.frame.unmarshal(data)
+        assert channel == CHANNEL
+        parsed.append(parsed_frame)
+        data = data[consumed:]
+    method, header, *bodies = parsed
+    assert isinstance(method, pamqp.commands.Basic.Publish)
+    assert (method.routing_key, method.mandatory) == (outbound.routing_key, True)
+    assert isinstance(header, pamqp.header.ContentHeader)
+    assert header.properties.headers == outbound.headers
+    assert (header.properties.message_id or "") == outbound.message_id
+    assert b"".join(b.value for b in bodies if isinstance(b, pamqp.body.ContentBody)) == (
+        outbound.body
+    )
+
+
+def outbound_with(**changes: object) -> Outbound:
+    fields: dict[str, object] = {
+        "message_id": "m",
+        "routing_key": "entered.1",
+        "body": b"{}",
+        "content_type": contract.EVENT_CONTENT_TYPE,
+        "timestamp_s": 1_700_000_000,
+        "headers": {},
+    }
+    return Outbound(**{**fields, **changes})  # type: ignore[arg-type]
+
+
+UNENCODABLE: Final[dict[str, Outbound]] = {
+    "content type over 255 bytes": outbound_with(content_type="a" * 256),
+    "routing key over 255 bytes": outbound_with(routing_key="é" * 128),
+    "message id over 255 bytes": outbound_with(message_id="m" * 256),
+    "header integer beyond 64 bits": outbound_with(headers={"n": 2**63}),
+    "header name over 128 bytes": outbound_with(headers={"n" * 129: 1}),
+    "lone surrogate": outbound_with(headers={"s": "\ud800"}),
+    "negative timestamp": outbound_with(timestamp_s=-1),
+    "float header": outbound_with(headers={"f": 1.5}),
+}
+
+
+@pytest.mark.parametrize("outbound", UNENCODABLE.values(), ids=UNENCODABLE.keys())
+def test_what_amqp_cannot_carry_raises_value_error(outbound: Outbound) -> None:
+    with pytest.raises(ValueError, match=r"."):
+        PublishEncoder(CHANNEL, contract.EXCHANGE, MAX_BODY_BYTES).encode(outbound)
+
+
+def test_an_empty_body_has_no_body_frame() -> None:
+    encoded = PublishEncoder(CHANNEL, contract.EXCHANGE, MAX_BODY_BYTES).encode(
+        outbound_with(body=b"")
+    )
+    assert encoded.count(frames.FRAME_END) == 2
+    assert encoded == pamqp_frames(outbound_with(body=b""))
+
+
+def test_headers_keep_their_types() -> None:
+    headers: Headers = {"small": 1, "wide": 70_000, "huge": 2**40, "none": None, "s": "x"}
+    outbound = outbound_with(headers=headers)
+    data = PublishEncoder(CHANNEL, contract.EXCHANGE, MAX_BODY_BYTES).encode(outbound)
+    assert data == pamqp_frames(outbound)
