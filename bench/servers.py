@@ -74,6 +74,13 @@ SPECS: Final[tuple[ServerSpec, ...]] = (
         (("AIFI_SPOOL_FSYNC", "always"), ("AIFI_ACK", "confirmed")),
         gateway=True,
     ),
+    ServerSpec(
+        "gateway-workers-2",
+        "gateway (http.workers 2)",
+        GATEWAY_ARGV,
+        (("AIFI_SPOOL_FSYNC", "always"), ("AIFI_HTTP_WORKERS", "2")),
+        gateway=True,
+    ),
 )
 NAMES: Final = tuple(spec.name for spec in SPECS)
 
