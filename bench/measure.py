@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -61,6 +62,24 @@ def peak_rss_bytes(pid: int) -> int | None:
     """
     peaks = [vm_hwm_bytes(p) for p in process_tree(pid)]
     return sum(p for p in peaks if p is not None) if peaks[0] is not None else None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU so far of `pid` and its descendants; None if it is gone.
+
+    Less noisy than a rate on a shared machine: what a request costs, not how
+    much CPU others left over.
+    """
+    ticks = 0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            if p == pid:
+                return None
+            continue  # a child that exited: its time is gone with it
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,12 @@ class ServerFigures:
     events: int | None  # counted in RabbitMQ; None for a server that publishes nothing
     e2e_events_per_s: float | None  # events / (last event confirmed - first request)
     drain_s: float | None  # from the end of the load to the last event in RabbitMQ
+    cpu_s: float | None  # the server's CPU from the first request to the last event counted
 
     def metrics(self) -> dict[str, float | None]:
         rss = self.peak_rss_bytes
+        cpu_s = self.cpu_s
+        cpu_us = divide(cpu_s * 1e6 if cpu_s is not None else None, self.load.acknowledged)
         return {
             "rps": self.load.rps,
             "p50_ms": self.load.p50_ms,
@@ -38,6 +41,7 @@ class ServerFigures:
             "non_2xx": float(self.load.non_2xx),
             "peak_rss_mib": rss / MIB if rss is not None else None,
             "e2e_events_per_s": self.e2e_events_per_s,
+            "cpu_us_per_request": cpu_us,
         }
 
     def as_json(self) -> dict[str, Any]:
@@ -137,7 +141,8 @@ def fmt(value: float | None, digits: int = 0) -> str:
 def server_table(figures: Sequence[ServerFigures]) -> str:
     header = (
         f"{'server':<24} {'2xx req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} "
-        f"{'sock err':>8} {'peak RSS MiB':>12} {'e2e ev/s':>10} {'events':>8} {'drain s':>8}"
+        f"{'sock err':>8} {'peak RSS MiB':>12} {'e2e ev/s':>10} {'events':>8} {'drain s':>8} "
+        f"{'CPU us/req':>10}"
     )
     lines = [header, "-" * len(header)]
     for f in figures:
@@ -145,7 +150,8 @@ def server_table(figures: Sequence[ServerFigures]) -> str:
         lines.append(
             f"{f.label:<24} {fmt(m['rps']):>10} {fmt(m['p50_ms'], 2):>8} {fmt(m['p99_ms'], 2):>8} "
             f"{f.load.non_2xx:>8} {f.load.socket_errors:>8} {fmt(m['peak_rss_mib'], 1):>12} "
-            f"{fmt(m['e2e_events_per_s']):>10} {fmt(f.events):>8} {fmt(f.drain_s, 2):>8}"
+            f"{fmt(m['e2e_events_per_s']):>10} {fmt(f.events):>8} {fmt(f.drain_s, 2):>8} "
+            f"{fmt(m['cpu_us_per_request']):>10}"
         )
     return "\n".join(lines)
 

@@ -17,7 +17,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from bench import profile
 from bench.load import LoadFailed, LoadPlan, LoadResult, Tool, marked_routes, run_load
-from bench.measure import Arrival, EventQueue, peak_rss_bytes
+from bench.measure import Arrival, EventQueue, cpu_seconds, peak_rss_bytes
 from bench.report import ServerFigures
 from bench.servers import Running, ServerFailed, ServerSpec, started
 
@@ -49,10 +49,15 @@ def store_id() -> int:
 
 
 def server_figures(
-    spec: ServerSpec, load: LoadResult, rss: int | None, arrival: Arrival | None, timing: Timing
+    spec: ServerSpec,
+    load: LoadResult,
+    rss: int | None,
+    arrival: Arrival | None,
+    timing: Timing,
+    cpu_s: float | None,
 ) -> ServerFigures:
     if arrival is None:
-        return ServerFigures(spec.name, spec.label, load, rss, None, None, None)
+        return ServerFigures(spec.name, spec.label, load, rss, None, None, None, cpu_s)
     elapsed = arrival.at - timing.load_started
     return ServerFigures(
         name=spec.name,
@@ -62,12 +67,14 @@ def server_figures(
         events=arrival.count,
         e2e_events_per_s=arrival.count / elapsed if elapsed > 0 else 0.0,
         drain_s=max(0.0, arrival.at - timing.load_ended),
+        cpu_s=cpu_s,
     )
 
 
 async def load_and_count(
     server: Running, queue: EventQueue, plan: LoadPlan, options: Options, token: str
 ) -> ServerFigures:
+    cpu_before = cpu_seconds(server.pid)
     load_started = time.monotonic()
     load = await run_load(plan, token)
     timing = Timing(load_started, time.monotonic())
@@ -76,7 +83,9 @@ async def load_and_count(
     if server.spec.publishes:
         arrival = await queue.wait_for(load.acknowledged, options.drain_timeout_s, options.quiet_s)
     rss = peak_rss_bytes(server.pid)  # before the stop: VmHWM goes with the process
-    return server_figures(server.spec, load, rss, arrival, timing)
+    cpu_after = cpu_seconds(server.pid)
+    cpu_s = cpu_after - cpu_before if cpu_before is not None and cpu_after is not None else None
+    return server_figures(server.spec, load, rss, arrival, timing, cpu_s)
 
 
 @contextlib.asynccontextmanager
