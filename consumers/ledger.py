@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import orjson
@@ -24,12 +25,15 @@ from gateway.settings import LedgerSettings
 
 Row = dict[str, Any]
 
+log = logging.getLogger(__name__)
+
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS processed (
     event_id TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
     processed_at TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS processed_by_time ON processed (processed_at);
 CREATE TABLE IF NOT EXISTS visits (
     session_id TEXT PRIMARY KEY,
     store_id INTEGER,
@@ -80,6 +84,7 @@ TRACKING_FIELDS: Final = ("unique_event_id", "store_id", "shopper_id", *TRACKING
 # Plain INSERT: `_unseen` filtered the batch under the write lock, so a conflict is a bug
 # that must fail the transaction, not an event to count twice.
 MARK_PROCESSED: Final = "INSERT INTO processed VALUES (?, ?, ?)"
+PRUNE: Final = "DELETE FROM processed WHERE processed_at < ?"
 SEEN: Final = "SELECT event_id FROM processed WHERE event_id IN (SELECT value FROM json_each(?))"
 
 
@@ -280,6 +285,16 @@ class LedgerDB:
         )
         return rows[0] | {"matched": rows[0]["shopperId"] is not None} if rows else None
 
+    def prune(self, before: datetime) -> int:
+        """Forget the ids of events applied before `before`; return how many were forgotten.
+
+        A redelivery of such an event would count again: the retention must outlast
+        any redelivery (retries, a replay of dead letters) by far.
+        """
+        with self._transaction():
+            cursor = self._db.execute(PRUNE, (before.astimezone(UTC).isoformat(),))
+        return cursor.rowcount
+
     def processed(self) -> int:
         """How many distinct events the ledger has applied."""
         return int(self._db.execute("SELECT count(*) FROM processed").fetchone()[0])
@@ -310,6 +325,23 @@ class Ledger:
     async def apply_many(self, events: Sequence[Event]) -> None:
         await self.apply(events)
 
+    async def prune(self, retention_s: float) -> int:
+        before = datetime.now(UTC) - timedelta(seconds=retention_s)
+        return int(await self.call(LedgerDB.prune, before))
+
+    async def keep_pruned(self, retention_s: float, interval_s: float) -> None:
+        """Prune every `interval_s` for as long as the task lives."""
+        while True:
+            try:
+                removed = await self.prune(retention_s)
+            except sqlite3.Error as exc:
+                # Busy or failing: nothing is lost by trying again next time.
+                log.warning("pruning processed event ids failed", extra={"error": str(exc)})
+            else:
+                if removed:
+                    log.info("forgot processed event ids", extra={"count": removed})
+            await asyncio.sleep(interval_s)
+
     def handler(self) -> Handler:
         """The built-in workers' handler: batches in one transaction, acked after the commit."""
         return Handler(one=self.apply_one, many=self.apply_many)
@@ -325,8 +357,25 @@ async def opened(settings: LedgerSettings) -> AsyncIterator[Ledger]:
     try:
         db = await loop.run_in_executor(executor, LedgerDB.open, settings)
         try:
-            yield Ledger(db, executor)
+            async with pruning(Ledger(db, executor), settings) as opened_ledger:
+                yield opened_ledger
         finally:
             await loop.run_in_executor(executor, db.close)
     finally:
         executor.shutdown(wait=False)
+
+
+@contextlib.asynccontextmanager
+async def pruning(presence: Ledger, settings: LedgerSettings) -> AsyncIterator[Ledger]:
+    """`presence`, pruned in the background while the block runs, unless retention is 0."""
+    if not settings.processed_retention_days:
+        yield presence
+        return
+    retention_s = settings.processed_retention_days * 86_400
+    task = asyncio.create_task(presence.keep_pruned(retention_s, settings.prune_interval_s))
+    try:
+        yield presence
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

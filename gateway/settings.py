@@ -123,6 +123,9 @@ class LedgerSettings(_Section):
     # FULL: a commit survives power loss, which acking after the commit relies on.
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
     busy_timeout_ms: int = Field(10_000, ge=0)  # the three workers share one database file
+    # How long an applied event's id is kept to recognise a redelivery; 0 keeps them forever.
+    processed_retention_days: float = Field(7, ge=0)
+    prune_interval_s: float = Field(600, gt=0)
 
 
 def default_consumers() -> dict[str, ConsumerSettings]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -147,3 +149,38 @@ async def test_the_async_ledger_runs_off_the_event_loop(tmp_path: Path) -> None:
     reopened = LedgerDB.open(settings)
     assert reopened.occupancy()[0]["occupancy"] == 1
     reopened.close()
+
+
+def test_pruning_forgets_only_ids_applied_before_the_cutoff(db: LedgerDB) -> None:
+    old, recent = event("entered", "old"), event("entered", "recent")
+    db.apply([old])
+    cutoff = datetime.now(UTC)
+    db.apply([recent])
+    assert db.prune(cutoff) == 1
+    assert db.processed() == 1
+    assert db.apply([recent]) == 0, "a recent redelivery is still recognised"
+    assert db.apply([old]) == 1, "past the retention an id is forgotten"
+    assert db.prune(cutoff - timedelta(days=1)) == 0
+
+
+async def test_the_opened_ledger_prunes_in_the_background(tmp_path: Path) -> None:
+    settings = LedgerSettings(
+        db=tmp_path / "ledger.sqlite3", processed_retention_days=1e-9, prune_interval_s=0.01
+    )
+    async with ledger.opened(settings) as presence:
+        assert await presence.apply([event("entered")]) == 1
+        for _ in range(500):  # up to 5 s
+            if not await presence.call(LedgerDB.processed):
+                break
+            await asyncio.sleep(0.01)
+        assert await presence.call(LedgerDB.processed) == 0
+
+
+async def test_a_retention_of_zero_keeps_every_id(tmp_path: Path) -> None:
+    settings = LedgerSettings(
+        db=tmp_path / "ledger.sqlite3", processed_retention_days=0, prune_interval_s=0.01
+    )
+    async with ledger.opened(settings) as presence:
+        await presence.apply([event("entered")])
+        await asyncio.sleep(0.1)
+        assert await presence.call(LedgerDB.processed) == 1
