@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import aio_pika
 from aio_pika.abc import AbstractExchange, AbstractQueue
 
 from consumers.settlement import ACK_GRACE_S, replay_copy
 from consumers.topology import declare
+from gateway.publisher import connect_first
 from gateway.settings import AmqpSettings, ConsumerSettings
 
 log = logging.getLogger(__name__)
@@ -19,7 +19,7 @@ async def replay(
     name: str, settings: ConsumerSettings, amqp: AmqpSettings, limit: int | None = None
 ) -> int:
     """Move up to `limit` messages from `aifi.<name>.dead` to `aifi.<name>`; return how many."""
-    connection = await aio_pika.connect(amqp.urls[0], timeout=amqp.publish_timeout_s)
+    connection = await connect_first(amqp.urls, amqp.publish_timeout_s)
     async with (
         connection,
         connection.channel(publisher_confirms=True, on_return_raises=True) as channel,

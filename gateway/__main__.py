@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "openapi":
         print(orjson.dumps(openapi.document(settings), option=orjson.OPT_INDENT_2).decode())
     elif args.command == "tail":
-        tail.run(settings.amqp.urls[0], args.binding)
+        tail.run(settings.amqp, args.binding)
     else:
         log.info(
             "starting",

@@ -10,7 +10,7 @@ from typing import Any, Final
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractExchange
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from aiormq.abc import ChannelFrame
 
 from gateway import contract
@@ -66,6 +66,18 @@ def redact(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     creds, at, host = rest.rpartition("@")
     return f"{scheme}{sep}{creds.partition(':')[0]}:***@{host}" if at else url
+
+
+async def connect_first(urls: Sequence[str], timeout_s: float) -> AbstractConnection:
+    """A connection to the first of `urls` that answers, for a one-off command."""
+    failure: BaseException | None = None
+    for url in urls:
+        try:
+            return await aio_pika.connect(url, timeout=timeout_s)
+        except BROKER_ERRORS as exc:
+            log.warning("amqp connection failed", extra={"url": redact(url), "error": repr(exc)})
+            failure = exc
+    raise ConnectionError(f"no broker answered at {len(urls)} URL(s)") from failure
 
 
 def backoff_s(attempt: int, cap_s: float) -> float:

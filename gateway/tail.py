@@ -6,11 +6,11 @@ import asyncio
 import contextlib
 import sys
 
-import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
 from gateway import contract
-from gateway.publisher import declare_topology
+from gateway.publisher import connect_first, declare_topology
+from gateway.settings import AmqpSettings
 
 
 def line(message: AbstractIncomingMessage) -> str:
@@ -18,9 +18,9 @@ def line(message: AbstractIncomingMessage) -> str:
     return f"{message.routing_key} {message.message_id} {body}"
 
 
-async def tail(url: str, binding: str) -> None:
+async def tail(amqp: AmqpSettings, binding: str) -> None:
     """Bind a private, self-deleting queue to `binding` and print what comes."""
-    connection = await aio_pika.connect(url)
+    connection = await connect_first(amqp.urls, amqp.publish_timeout_s)
     async with connection, connection.channel() as channel:
         await declare_topology(channel)
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
@@ -31,6 +31,6 @@ async def tail(url: str, binding: str) -> None:
                 print(line(message), flush=True)
 
 
-def run(url: str, binding: str) -> None:
+def run(amqp: AmqpSettings, binding: str) -> None:
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(tail(url, binding))
+        asyncio.run(tail(amqp, binding))

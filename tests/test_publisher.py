@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 import pytest
 from aio_pika.abc import AbstractChannel
 
+from devtools.rabbitnode import free_port
 from gateway import contract
 from gateway.contract import Outbound
-from gateway.publisher import Publisher, PublishError, Unencodable
+from gateway.publisher import Publisher, PublishError, Unencodable, connect_first
 from gateway.settings import AmqpSettings
 from tests.support import TOKEN_NAME, Capture
 
@@ -87,3 +88,9 @@ async def test_a_lost_connection_settles_every_pending_confirm_then_reconnects(
     assert all(c.done() for c in confirmations), "a lost connection leaves no confirm pending"
     await asyncio.wait_for(publisher.send(outbound(999)), 10)
     assert publisher.reconnects == 1
+
+
+async def test_connect_first_tries_each_url_and_fails_clearly_when_none_answers() -> None:
+    dead = [f"amqp://guest:guest@127.0.0.1:{free_port()}/" for _ in range(2)]
+    with pytest.raises(ConnectionError, match="no broker answered at 2 URL"):
+        await connect_first(dead, timeout_s=2)
