@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -76,7 +76,7 @@ def refusal(rejection: Rejection, rid: str) -> web.Response:
 
 def request_id(request: web.Request) -> str:
     given = request.headers.get("X-Request-Id", "")
-    return given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
+    return given if 0 < len(given) <= 128 and given.isprintable() else secrets.token_hex(16)
 
 
 def is_json(content_type: str) -> bool:

@@ -256,3 +256,18 @@ async def test_probes(client: Client) -> None:
     ready = await client.get("/readyz")
     assert ready.status == 200
     assert (await ready.json())["ready"] is True
+
+
+async def test_a_request_id_is_echoed_or_made_up(
+    client: Client, examples: dict[str, bytes]
+) -> None:
+    given = await client.post(
+        PATHS["tracking"], data=examples["tracking"], headers=AUTH | {"X-Request-Id": "r-1"}
+    )
+    assert given.headers["X-Request-Id"] == "r-1"
+    made = [
+        (await client.post(PATHS["tracking"], data=b"{", headers=AUTH)).headers["X-Request-Id"]
+        for _ in range(2)
+    ]
+    assert made[0] != made[1]
+    assert all(len(rid) == 32 and int(rid, 16) >= 0 for rid in made)
