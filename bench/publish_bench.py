@@ -1,0 +1,161 @@
+"""The relay's publish path against aiormq's `basic_publish`: CPU per confirmed message.
+
+    python -m bench.publish_bench [--url AMQP_URL] [--count 20000] [--rounds 3]
+
+Both publish the same events (AiFi's examples, normalized as the gateway does) to a
+scratch durable queue with confirms, at most `IN_FLIGHT` unconfirmed at once. The
+baseline is what the relay did before: one task and one `basic_publish` per event. The
+gateway's way is `Publisher.write`: what is waiting leaves in one write, framed by
+`gateway/frames.py`. Reported: this process's CPU per message and messages per second,
+best of `rounds` (the broker's CPU is not counted; it is the same for both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import aio_pika
+import aiormq
+import uvloop
+from aio_pika.abc import AbstractChannel
+
+from bench import DEFAULT_AMQP_URL, EXAMPLES
+from consumers import testing
+from gateway import contract, events, handlers
+from gateway.contract import Kind, Outbound
+from gateway.models import Tracking, Transition
+from gateway.publisher import Publisher, declare_topology
+from gateway.settings import AmqpSettings
+
+IN_FLIGHT: Final = 256
+BATCH: Final = 64
+Run = Callable[[Sequence[Outbound]], Awaitable[None]]
+
+
+def outbounds(count: int, routing_key: str) -> list[Outbound]:
+    """`count` events cycling through the three examples, all routed to `routing_key`."""
+    models: list[tuple[Kind, type[Transition] | type[Tracking], str]] = [
+        ("entered", Transition, "entered"),
+        ("exited", Transition, "left"),
+        ("tracking", Tracking, "tracking"),
+    ]
+    made = []
+    for n in range(count):
+        kind, model, example = models[n % 3]
+        raw = (EXAMPLES / f"{example}.json").read_bytes()
+        event = handlers.normalize(kind, model.model_validate_json(raw), testing.receipt(raw))
+        event["id"] = str(uuid.uuid4())  # tracking ids are deterministic: keep them apart
+        outbound = events.to_outbound(event, datetime.now(UTC))
+        made.append(dataclasses.replace(outbound, routing_key=routing_key))
+    return made
+
+
+def properties(outbound: Outbound) -> aiormq.spec.Basic.Properties:
+    return aiormq.spec.Basic.Properties(
+        content_type=outbound.content_type,
+        delivery_mode=2,
+        message_id=outbound.message_id,
+        timestamp=datetime.fromtimestamp(outbound.timestamp_s, UTC),
+        headers=dict(outbound.headers),
+    )
+
+
+async def per_message(channel: aiormq.abc.AbstractChannel, batch: Sequence[Outbound]) -> None:
+    """The baseline: a task and an awaited `basic_publish` for each event."""
+    slots = asyncio.Semaphore(IN_FLIGHT)
+
+    async def one(outbound: Outbound) -> None:
+        async with slots:
+            await channel.basic_publish(
+                outbound.body,
+                exchange=contract.EXCHANGE,
+                routing_key=outbound.routing_key,
+                properties=properties(outbound),
+                mandatory=True,
+            )
+
+    await asyncio.gather(*(one(o) for o in batch))
+
+
+async def batched(publisher: Publisher, batch: Sequence[Outbound]) -> None:
+    """The relay's way: a batch per write, each confirm settled by a callback."""
+    room = asyncio.Semaphore(IN_FLIGHT // BATCH)
+    pending: list[asyncio.Future[list[Any]]] = []
+    for start in range(0, len(batch), BATCH):
+        await room.acquire()
+        confirmations = await publisher.write(batch[start : start + BATCH])
+        gathered = asyncio.gather(*confirmations)
+        gathered.add_done_callback(lambda _: room.release())
+        pending.append(gathered)
+    await asyncio.gather(*pending)
+
+
+async def timed(run: Run, batch: Sequence[Outbound]) -> tuple[float, float]:
+    """(CPU µs per message, messages per second) of this process for one run."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    await run(batch)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    return cpu * 1e6 / len(batch), len(batch) / wall
+
+
+@contextlib.asynccontextmanager
+async def scratch_queue(channel: AbstractChannel, routing_key: str) -> AsyncIterator[str]:
+    exchange = await declare_topology(channel)
+    queue = await channel.declare_queue(f"bench.publish.{uuid.uuid4().hex[:12]}", durable=True)
+    await queue.bind(exchange, routing_key)
+    try:
+        yield queue.name
+    finally:
+        await queue.delete(if_unused=False, if_empty=False)
+
+
+async def measure(url: str, count: int, rounds: int) -> dict[str, tuple[float, float]]:
+    routing_key = f"bench.publish.{uuid.uuid4().hex[:12]}"
+    batch = outbounds(count, routing_key)
+    publisher = Publisher(AmqpSettings(urls=(url,)))
+    serving = asyncio.create_task(publisher.run())
+    connection = await aio_pika.connect(url)
+    async with connection, connection.channel(publisher_confirms=True) as channel:
+        underlay = await channel.get_underlay_channel()
+        await publisher.wait_ready()
+        runs: dict[str, Run] = {
+            "per-message basic_publish": lambda b: per_message(underlay, b),
+            "batched Publisher.write": lambda b: batched(publisher, b),
+        }
+        best: dict[str, tuple[float, float]] = {}
+        async with scratch_queue(channel, routing_key):
+            for _ in range(rounds):
+                for name, run in runs.items():
+                    figures = await timed(run, batch)
+                    best[name] = min(best.get(name, figures), figures)
+    serving.cancel()
+    await asyncio.gather(serving, return_exceptions=True)
+    return best
+
+
+def report(best: dict[str, tuple[float, float]]) -> None:
+    for name, (cpu_us, rate) in best.items():
+        print(f"{name:<28} {cpu_us:8.1f} µs CPU/msg {rate:10,.0f} msg/s")
+    (base_cpu, base_rate), (cpu, rate) = best.values()
+    print(f"ratio (batched ÷ per-message): CPU {cpu / base_cpu:.2f}, rate {rate / base_rate:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.publish_bench", description=__doc__)
+    parser.add_argument("--url", default=DEFAULT_AMQP_URL)
+    parser.add_argument("--count", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    report(uvloop.run(measure(args.url, args.count, args.rounds)))
+
+
+if __name__ == "__main__":
+    main()
