@@ -119,17 +119,25 @@ def content_header(outbound: Outbound) -> bytes:
 class PublishEncoder:
     """Frames of a mandatory, persistent `basic.publish` to one exchange on one channel."""
 
-    def __init__(self, channel: int, exchange: str, max_body_bytes: int) -> None:
+    def __init__(self, channel: int, exchange: str, max_payload_bytes: int) -> None:
         self._channel = channel
         self._exchange = short_string(exchange)
-        self._max_body_bytes = max_body_bytes  # the broker's frame_max less FRAME_OVERHEAD
+        # The broker's frame_max less FRAME_OVERHEAD; 0 or less means no limit.
+        self._max_payload_bytes = max_payload_bytes if max_payload_bytes > 0 else None
 
     def encode(self, outbound: Outbound) -> bytes:
-        """Method, content header and body frames; ValueError if AMQP cannot carry it."""
+        """Method, content header and body frames; ValueError if AMQP cannot carry it.
+
+        The content header cannot be split: one larger than a frame (very long
+        header values) would make the broker close the connection.
+        """
         method = _PUBLISH + self._exchange + short_string(outbound.routing_key) + _MANDATORY
-        frames = [frame(METHOD, self._channel, method)]
-        frames.append(frame(HEADER, self._channel, content_header(outbound)))
-        body, step = outbound.body, self._max_body_bytes
+        header = content_header(outbound)
+        limit = self._max_payload_bytes
+        if limit is not None and len(header) > limit:
+            raise ValueError(f"content header of {len(header)} bytes exceeds a frame ({limit})")
+        frames = [frame(METHOD, self._channel, method), frame(HEADER, self._channel, header)]
+        body, step = outbound.body, limit or len(outbound.body) or 1
         chunks = (body[i : i + step] for i in range(0, len(body), step))
         frames.extend(frame(BODY, self._channel, chunk) for chunk in chunks)
         return b"".join(frames)

@@ -27,6 +27,11 @@ def in_utc(moment: datetime) -> datetime:
 
 UtcTime = Annotated[datetime, AfterValidator(in_utc)]
 
+# An id that also rides in the event's AMQP headers, whose content header must fit
+# in one frame (128 KiB by default): AiFi's ids are far shorter.
+MAX_ID_CHARS = 1024
+Identifier = Annotated[str, Field(max_length=MAX_ID_CHARS)]
+
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
@@ -45,8 +50,8 @@ class Customer(_Open):
 
 
 class Session(_Open):
-    sessionId: str | None = None
-    sessionToken: str | None = None
+    sessionId: Identifier | None = None
+    sessionToken: Identifier | None = None
     id: Int64 | None = None
     customerId: Int64 | None = None
     groupSize: Int64 | None = None
@@ -67,8 +72,8 @@ class Shopper(_Open):
 class Transition(_Open):
     """Body of `entered` and `left`; `session` and `storeExternalId` may be null."""
 
-    sessionId: str | None = None
-    sessionToken: str | None = None
+    sessionId: Identifier | None = None
+    sessionToken: Identifier | None = None
     session: Session | None
     customer: Customer
     storeId: Int64
@@ -102,4 +107,4 @@ class Tracking(_Open):
     timeOfOrigin: UtcTime
     timeOfIssue: UtcTime
     shopperId: str | None
-    uniqueEventId: str
+    uniqueEventId: Identifier

@@ -173,9 +173,12 @@ class Publisher:
             channel, encoder = self._channel, self._encoder
             if channel is None or encoder is None:
                 raise PublishError("channel closed")
-            async with channel.lock:
+            # Bounded: aiormq's write queue is never read again once its writer
+            # stopped with the connection, and a full one would block for good.
+            async with asyncio.timeout(self._settings.publish_timeout_s), channel.lock:
                 return await _write(channel, encoder, outbounds)
-        except BROKER_ERRORS as exc:
+        except (*BROKER_ERRORS, asyncio.InvalidStateError) as exc:
+            # InvalidStateError: the channel's futures were all rejected, it is closed.
             raise PublishError(type(exc).__name__) from exc
 
     def check(self, confirmation: Confirmation) -> None:
@@ -196,28 +199,37 @@ class Publisher:
 async def _write(
     channel: aiormq.Channel, encoder: PublishEncoder, outbounds: Sequence[Outbound]
 ) -> list[Confirmation]:
+    encoded = _encode_all(encoder, outbounds)
+    payload = b"".join(frames for frames in encoded if isinstance(frames, bytes))
+    if payload:
+        await channel.write_queue.put(ChannelFrame(payload=payload, should_close=False))
+    # Delivery tags are taken only once the frames are queued, with no await in
+    # between: a cancelled put takes none, and no confirm can arrive sooner. The
+    # futures come first: if the channel closed meanwhile, none is registered.
+    futures = [channel.create_future() for frames in encoded if isinstance(frames, bytes)]
+    pending = iter(futures)
+    return [
+        _failed(Unencodable(str(frames)))
+        if isinstance(frames, ValueError)
+        else _expect_confirm(channel, outbound.message_id, next(pending))
+        for outbound, frames in zip(outbounds, encoded, strict=True)
+    ]
+
+
+def _encode_all(encoder: PublishEncoder, outbounds: Sequence[Outbound]) -> list[bytes | ValueError]:
     encoded: list[bytes | ValueError] = []
     for outbound in outbounds:
         try:
             encoded.append(encoder.encode(outbound))
         except ValueError as exc:
             encoded.append(exc)
-    payload = b"".join(frames for frames in encoded if isinstance(frames, bytes))
-    if payload:
-        await channel.write_queue.put(ChannelFrame(payload=payload, should_close=False))
-    # Delivery tags are taken only once the frames are queued, with no await in
-    # between: a cancelled put takes none, and no confirm can arrive sooner.
-    return [
-        _failed(Unencodable(str(frames)))
-        if isinstance(frames, ValueError)
-        else _expect_confirm(channel, outbound.message_id)
-        for outbound, frames in zip(outbounds, encoded, strict=True)
-    ]
+    return encoded
 
 
-def _expect_confirm(channel: aiormq.Channel, message_id: str) -> Confirmation:
+def _expect_confirm(
+    channel: aiormq.Channel, message_id: str, confirmation: Confirmation
+) -> Confirmation:
     """Take the next delivery tag, as aiormq's `basic_publish` would, so its reader settles it."""
-    confirmation = channel.create_future()
     channel.delivery_tag += 1
     tag = channel.delivery_tag
     channel.confirmations[tag] = confirmation

@@ -97,14 +97,17 @@ class Relay:
 
     async def _next_batch(self) -> list[Record]:
         """As many records as there is room in flight for: one write carries them all."""
-        await self._publisher.wait_ready()
-        pause_s = self._pause_until - asyncio.get_running_loop().time()
-        if pause_s > 0:
-            await asyncio.sleep(pause_s)
-        while not (batch := self._take(self._max_in_flight - self._in_flight)):
+        while True:
+            await self._publisher.wait_ready()
+            # Checked after every wakeup: a record put back after a failure waits too.
+            pause_s = self._pause_until - asyncio.get_running_loop().time()
+            if pause_s > 0:
+                await asyncio.sleep(pause_s)
+                continue
+            if batch := self._take(self._max_in_flight - self._in_flight):
+                return batch
             self._wakeup.clear()
             await self._wakeup.wait()
-        return batch
 
     def _take(self, room: int) -> list[Record]:
         batch: list[Record] = []
@@ -121,8 +124,7 @@ class Relay:
         try:
             self._publisher.check(confirmation)
         except Unencodable as exc:
-            self._set_aside(record, str(exc))
-            self._confirmed(record)
+            self._unencodable(record, str(exc))
         except PublishError as exc:
             log.debug("relay publish failed", extra={"error": str(exc)})
             self._failed(record)
@@ -131,6 +133,16 @@ class Relay:
         # A settled record frees room in flight: the dispatcher may go on.
         self._wakeup.set()
         self._settled.set()
+
+    def _unencodable(self, record: Record, reason: str) -> None:
+        try:
+            self._set_aside(record, reason)
+        except OSError as exc:
+            # Not kept aside, so not confirmed either: it stays in line and in the spool.
+            log.error("setting an event aside failed", extra={"error": str(exc)})
+            self._failed(record)
+        else:
+            self._confirmed(record)
 
     def _confirmed(self, record: Record) -> None:
         self._progress_at = time.monotonic()

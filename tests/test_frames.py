@@ -18,16 +18,17 @@ from gateway.contract import Headers, Outbound
 from gateway.frames import PublishEncoder
 
 CHANNEL: Final = 7
-MAX_BODY_BYTES: Final = 64  # small, so bodies span several frames
+MAX_BODY_BYTES: Final = 1024  # small, so bodies span several frames
 
 header_values = st.one_of(st.none(), st.text(), st.booleans(), st.integers(-(2**63), 2**63 - 1))
-headers = st.dictionaries(st.text(min_size=1, max_size=40), header_values, max_size=8)
-short_text = st.text(max_size=60)
+# Small enough that, 4 bytes a character, the content header fits in MAX_BODY_BYTES.
+headers = st.dictionaries(st.text(min_size=1, max_size=20), header_values, max_size=4)
+short_text = st.text(max_size=30)
 outbounds = st.builds(
     Outbound,
     message_id=short_text,
     routing_key=short_text,
-    body=st.binary(max_size=300),
+    body=st.binary(max_size=3000),
     content_type=short_text,
     timestamp_s=st.integers(0, 2**35),  # within datetime's years
     headers=headers,
@@ -64,16 +65,22 @@ def test_publish_frames_are_the_bytes_pamqp_writes(outbound: Outbound) -> None:
     assert encoder.encode(outbound) == pamqp_frames(outbound)
 
 
-@given(outbounds)
-def test_the_frames_parse_back_to_the_message(outbound: Outbound) -> None:
-    data = PublishEncoder(CHANNEL, contract.EXCHANGE, MAX_BODY_BYTES).encode(outbound)
+def frames_of(data: bytes) -> list[tuple[int, int, pamqp.frame.FrameTypes]]:
+    """(bytes, channel, frame) of each frame in `data`."""
     parsed = []
     while data:
         consumed, channel, parsed_frame = pamqp.frame.unmarshal(data)
-        assert channel == CHANNEL
-        parsed.append(parsed_frame)
+        parsed.append((consumed, channel, parsed_frame))
         data = data[consumed:]
-    method, header, *bodies = parsed
+    return parsed
+
+
+@given(outbounds)
+def test_the_frames_parse_back_to_the_message(outbound: Outbound) -> None:
+    data = PublishEncoder(CHANNEL, contract.EXCHANGE, MAX_BODY_BYTES).encode(outbound)
+    parsed = frames_of(data)
+    assert {channel for _, channel, _ in parsed} == {CHANNEL}
+    method, header, *bodies = [f for _, _, f in parsed]
     assert isinstance(method, pamqp.commands.Basic.Publish)
     assert (method.routing_key, method.mandatory) == (outbound.routing_key, True)
     assert isinstance(header, pamqp.header.ContentHeader)
@@ -105,6 +112,7 @@ UNENCODABLE: Final[dict[str, Outbound]] = {
     "lone surrogate": outbound_with(headers={"s": "\ud800"}),
     "negative timestamp": outbound_with(timestamp_s=-1),
     "float header": outbound_with(headers={"f": 1.5}),
+    "content header over a frame": outbound_with(headers={"s": "x" * MAX_BODY_BYTES}),
 }
 
 
@@ -127,3 +135,11 @@ def test_headers_keep_their_types() -> None:
     outbound = outbound_with(headers=headers)
     data = PublishEncoder(CHANNEL, contract.EXCHANGE, MAX_BODY_BYTES).encode(outbound)
     assert data == pamqp_frames(outbound)
+
+
+def test_without_a_frame_limit_the_body_is_one_frame() -> None:
+    outbound = outbound_with(body=b"b" * 1000, headers={"s": "x" * 500})
+    data = PublishEncoder(CHANNEL, contract.EXCHANGE, 0).encode(outbound)
+    *_, (_, _, body) = frames_of(data)
+    assert isinstance(body, pamqp.body.ContentBody)
+    assert body.value == outbound.body

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from gateway.models import Tracking, Transition
+from gateway.models import MAX_ID_CHARS, Tracking, Transition
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -158,3 +158,28 @@ def test_several_missing_fields_are_all_named() -> None:
     with pytest.raises(ValidationError) as exc:
         Tracking.model_validate(doc)
     assert sorted(error_locs(exc)) == [("storeId",), ("uniqueEventId",)]
+
+
+@pytest.mark.parametrize(
+    ("name", "model", "path"),
+    [
+        ("entered", Transition, ("session", "sessionId")),
+        ("entered", Transition, ("sessionId",)),
+        ("entered", Transition, ("sessionToken",)),
+        ("tracking", Tracking, ("uniqueEventId",)),
+    ],
+)
+def test_ids_that_ride_in_amqp_headers_are_bounded(
+    name: str, model: type[Transition] | type[Tracking], path: tuple[str, ...]
+) -> None:
+    doc = example(name)
+    *parents, last = path
+    target = doc
+    for key in parents:
+        target = target[key]
+    target[last] = "x" * MAX_ID_CHARS
+    model.model_validate(doc)
+    target[last] = "x" * (MAX_ID_CHARS + 1)
+    with pytest.raises(ValidationError) as exc:
+        model.model_validate(doc)
+    assert path in error_locs(exc)

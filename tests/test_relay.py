@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import dataclasses
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -52,11 +53,27 @@ async def test_confirmed_records_advance_the_watermark(
     assert store.watermark == 20
 
 
+def oversized_header(n: int) -> Outbound:
+    """Longer header values than a frame holds: the broker would close the connection."""
+    plain = outbound(n)
+    return dataclasses.replace(plain, headers=plain.headers | {"long": "x" * 200_000})
+
+
+UNENCODABLE = {
+    "content type over 255 bytes": lambda: outbound(0, content_type="text/" + "a" * 300),
+    "content header over a frame": lambda: oversized_header(0),
+}
+
+
+@pytest.mark.parametrize("make", UNENCODABLE.values(), ids=UNENCODABLE.keys())
 async def test_a_record_amqp_cannot_carry_is_set_aside_and_blocks_nothing(
-    running: tuple[Spool, Relay], capture: Capture, tmp_path: Path
+    running: tuple[Spool, Relay],
+    capture: Capture,
+    tmp_path: Path,
+    make: Callable[[], Outbound],
 ) -> None:
     store, relay = running
-    unencodable = store.append(outbound(0, content_type="text/" + "a" * 300))
+    unencodable = store.append(make())
     relay.submit_all([unencodable, store.append(outbound(1))])
     assert await relay.drain(10)
     assert (await capture.get()).message_id == "relay-1"
@@ -64,6 +81,20 @@ async def test_a_record_amqp_cannot_carry_is_set_aside_and_blocks_nothing(
     assert spool.inspect(tmp_path)["unpublishable"] == 1
     kept = next(iter(spool.read_segment(next((tmp_path / "unpublishable").iterdir()))))
     assert kept.outbound == unencodable.outbound
+
+
+async def test_a_record_that_cannot_be_set_aside_stays_in_the_spool(
+    running: tuple[Spool, Relay], capture: Capture, tmp_path: Path
+) -> None:
+    store, relay = running
+    (tmp_path / "unpublishable").write_text("a file where the directory must go")
+    relay.submit_all([store.append(oversized_header(0)), store.append(outbound(1))])
+    assert (await capture.get()).message_id == "relay-1"
+    assert not await relay.drain(1), "the unencodable record must stay pending"
+    assert store.watermark == 0, "and unconfirmed in the spool"
+    (tmp_path / "unpublishable").unlink()
+    assert await relay.drain(10)
+    assert (store.depth, spool.inspect(tmp_path)["unpublishable"]) == (0, 1)
 
 
 @pytest.mark.parametrize("running", [3000], indirect=True)
