@@ -151,10 +151,9 @@ class Publisher:
             raise PublishError("no confirm in time") from exc
 
     async def send(self, outbound: Outbound) -> None:
-        """Publish one message and return once the broker confirmed it.
+        """Publish one message and return once the broker confirmed it; `publish` bounds it.
 
-        Unbounded, for the relay: a slow confirm is not a failure, and a lost
-        connection fails every pending confirm at once.
+        A lost connection fails every pending confirm at once.
         """
         [confirmation] = await self.write([outbound])
         await asyncio.wait([confirmation])
