@@ -33,15 +33,23 @@ def vm_hwm_bytes(pid: int) -> int | None:
     return None
 
 
+def stat_fields(pid: int) -> list[str] | None:
+    """Fields 3 on of /proc/<pid>/stat (field n at index n - 3); None if `pid` is gone."""
+    try:
+        # After the last `)`: the command name before it may hold spaces and parentheses.
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
 def parent_pids() -> dict[int, int]:
-    """pid -> parent pid of every process now; field 4 of /proc/<pid>/stat, after `(comm)`."""
+    """pid -> parent pid (field 4) of every process now."""
     parents = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue  # exited while we looked
-        parents[int(stat.parent.name)] = int(fields[1])
+        pid = int(stat.parent.name)
+        fields = stat_fields(pid)
+        if fields is not None:  # else it exited while we looked
+            parents[pid] = int(fields[1])
     return parents
 
 
@@ -72,13 +80,11 @@ def cpu_seconds(pid: int) -> float | None:
     """
     ticks = 0
     for p in process_tree(pid):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            if p == pid:
-                return None
-            continue  # a child that exited: its time is gone with it
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15
+        fields = stat_fields(p)
+        if fields is None and p == pid:
+            return None
+        if fields is not None:  # else a child that exited: its time is gone with it
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15
     return ticks / os.sysconf("SC_CLK_TCK")
 
 

@@ -14,25 +14,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import aio_pika
 import aiormq
 import uvloop
-from aio_pika.abc import AbstractChannel
 
 from bench import DEFAULT_AMQP_URL, EXAMPLES
+from bench.measure import EventQueue
 from consumers import testing
 from gateway import contract, events, handlers
 from gateway.contract import Kind, Outbound
 from gateway.models import Tracking, Transition
-from gateway.publisher import Publisher, declare_topology
+from gateway.publisher import Publisher
 from gateway.settings import AmqpSettings
 
 IN_FLIGHT: Final = 256
@@ -40,22 +39,28 @@ BATCH: Final = 64
 Run = Callable[[Sequence[Outbound]], Awaitable[None]]
 
 
+EXAMPLE_KINDS: Final[tuple[tuple[Kind, type[Transition] | type[Tracking], str], ...]] = (
+    ("entered", Transition, "entered"),
+    ("exited", Transition, "left"),
+    ("tracking", Tracking, "tracking"),
+)
+
+
+def example_outbound(kind: Kind, model: type[Transition] | type[Tracking], name: str) -> Outbound:
+    """What the gateway publishes for AiFi's example `name`."""
+    raw = (EXAMPLES / f"{name}.json").read_bytes()
+    event = handlers.normalize(kind, model.model_validate_json(raw), testing.receipt(raw))
+    return events.to_outbound(event, datetime.now(UTC))
+
+
 def outbounds(count: int, routing_key: str) -> list[Outbound]:
     """`count` events cycling through the three examples, all routed to `routing_key`."""
-    models: list[tuple[Kind, type[Transition] | type[Tracking], str]] = [
-        ("entered", Transition, "entered"),
-        ("exited", Transition, "left"),
-        ("tracking", Tracking, "tracking"),
+    examples = [example_outbound(*spec) for spec in EXAMPLE_KINDS]
+    return [
+        # Each its own message id: tracking ids are deterministic.
+        dataclasses.replace(examples[n % 3], routing_key=routing_key, message_id=str(uuid.uuid4()))
+        for n in range(count)
     ]
-    made = []
-    for n in range(count):
-        kind, model, example = models[n % 3]
-        raw = (EXAMPLES / f"{example}.json").read_bytes()
-        event = handlers.normalize(kind, model.model_validate_json(raw), testing.receipt(raw))
-        event["id"] = str(uuid.uuid4())  # tracking ids are deterministic: keep them apart
-        outbound = events.to_outbound(event, datetime.now(UTC))
-        made.append(dataclasses.replace(outbound, routing_key=routing_key))
-    return made
 
 
 def properties(outbound: Outbound) -> aiormq.spec.Basic.Properties:
@@ -106,17 +111,6 @@ async def timed(run: Run, batch: Sequence[Outbound]) -> tuple[float, float]:
     return cpu * 1e6 / len(batch), len(batch) / wall
 
 
-@contextlib.asynccontextmanager
-async def scratch_queue(channel: AbstractChannel, routing_key: str) -> AsyncIterator[str]:
-    exchange = await declare_topology(channel)
-    queue = await channel.declare_queue(f"bench.publish.{uuid.uuid4().hex[:12]}", durable=True)
-    await queue.bind(exchange, routing_key)
-    try:
-        yield queue.name
-    finally:
-        await queue.delete(if_unused=False, if_empty=False)
-
-
 async def measure(url: str, count: int, rounds: int) -> dict[str, tuple[float, float]]:
     routing_key = f"bench.publish.{uuid.uuid4().hex[:12]}"
     batch = outbounds(count, routing_key)
@@ -131,7 +125,7 @@ async def measure(url: str, count: int, rounds: int) -> dict[str, tuple[float, f
             "batched Publisher.write": lambda b: batched(publisher, b),
         }
         best: dict[str, tuple[float, float]] = {}
-        async with scratch_queue(channel, routing_key):
+        async with EventQueue.bound(channel, routing_key):
             for _ in range(rounds):
                 for name, run in runs.items():
                     figures = await timed(run, batch)

@@ -16,7 +16,6 @@ from gateway.contract import HeaderValue, Outbound
 
 METHOD, HEADER, BODY = 1, 2, 3
 FRAME_END: Final = b"\xce"
-FRAME_OVERHEAD: Final = 8  # type, channel, size, and the end octet
 
 _FRAME_HEAD: Final = struct.Struct(">BHI")
 _PUBLISH: Final = struct.Struct(">HHH").pack(60, 40, 0)  # basic.publish, reserved ticket
@@ -122,7 +121,8 @@ class PublishEncoder:
     def __init__(self, channel: int, exchange: str, max_payload_bytes: int) -> None:
         self._channel = channel
         self._exchange = short_string(exchange)
-        # The broker's frame_max less FRAME_OVERHEAD; 0 or less means no limit.
+        # The broker's frame_max less a frame's 8 bytes of overhead (aiormq's
+        # `max_content_size`); 0 or less means the broker set no limit.
         self._max_payload_bytes = max_payload_bytes if max_payload_bytes > 0 else None
 
     def encode(self, outbound: Outbound) -> bytes:

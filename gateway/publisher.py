@@ -203,14 +203,11 @@ async def _write(
     if payload:
         await channel.write_queue.put(ChannelFrame(payload=payload, should_close=False))
     # Delivery tags are taken only once the frames are queued, with no await in
-    # between: a cancelled put takes none, and no confirm can arrive sooner. The
-    # futures come first: if the channel closed meanwhile, none is registered.
-    futures = [channel.create_future() for frames in encoded if isinstance(frames, bytes)]
-    pending = iter(futures)
+    # between: a cancelled put takes none, and no confirm can arrive sooner.
     return [
         _failed(Unencodable(str(frames)))
         if isinstance(frames, ValueError)
-        else _expect_confirm(channel, outbound.message_id, next(pending))
+        else _expect_confirm(channel, outbound.message_id)
         for outbound, frames in zip(outbounds, encoded, strict=True)
     ]
 
@@ -225,10 +222,13 @@ def _encode_all(encoder: PublishEncoder, outbounds: Sequence[Outbound]) -> list[
     return encoded
 
 
-def _expect_confirm(
-    channel: aiormq.Channel, message_id: str, confirmation: Confirmation
-) -> Confirmation:
-    """Take the next delivery tag, as aiormq's `basic_publish` would, so its reader settles it."""
+def _expect_confirm(channel: aiormq.Channel, message_id: str) -> Confirmation:
+    """Take the next delivery tag, as aiormq's `basic_publish` would, so its reader settles it.
+
+    The future comes first: on a closed channel `create_future` raises before any
+    tag is taken, and as nothing runs between two calls, it raises on the first.
+    """
+    confirmation = channel.create_future()
     channel.delivery_tag += 1
     tag = channel.delivery_tag
     channel.confirmations[tag] = confirmation

@@ -88,8 +88,8 @@ class Relay:
                 confirmations = await self._publisher.write([r.outbound for r in batch])
             except PublishError as exc:
                 log.debug("relay publish failed", extra={"error": str(exc)})
+                self._in_flight -= len(batch)
                 for record in reversed(batch):
-                    self._in_flight -= 1
                     self._failed(record)
                 continue
             for record, confirmation in zip(batch, confirmations, strict=True):
@@ -124,7 +124,7 @@ class Relay:
         try:
             self._publisher.check(confirmation)
         except Unencodable as exc:
-            self._unencodable(record, str(exc))
+            self._set_aside(record, str(exc))
         except PublishError as exc:
             log.debug("relay publish failed", extra={"error": str(exc)})
             self._failed(record)
@@ -134,16 +134,6 @@ class Relay:
         self._wakeup.set()
         self._settled.set()
 
-    def _unencodable(self, record: Record, reason: str) -> None:
-        try:
-            self._set_aside(record, reason)
-        except OSError as exc:
-            # Not kept aside, so not confirmed either: it stays in line and in the spool.
-            log.error("setting an event aside failed", extra={"error": str(exc)})
-            self._failed(record)
-        else:
-            self._confirmed(record)
-
     def _confirmed(self, record: Record) -> None:
         self._progress_at = time.monotonic()
         self.published += 1
@@ -151,11 +141,18 @@ class Relay:
 
     def _set_aside(self, record: Record, reason: str) -> None:
         """Keep a record AMQP cannot carry on disk for an operator, so it blocks nothing."""
-        path = self._spool.set_aside(record)
+        try:
+            path = self._spool.set_aside(record)
+        except OSError as exc:
+            # Not kept aside, so not confirmed either: it stays in line and in the spool.
+            log.error("setting an event aside failed", extra={"error": str(exc)})
+            self._failed(record)
+            return
         log.error(
             "event cannot be published; set aside",
             extra={"event_id": record.outbound.message_id, "path": str(path), "reason": reason},
         )
+        self._confirmed(record)
 
     def _failed(self, record: Record) -> None:
         """Put the record back in front and pause, so a refusing broker is not hammered."""

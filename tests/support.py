@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway import contract
 from gateway.app import PIPELINE, create_app
+from gateway.contract import Outbound
 from gateway.settings import Settings
 
 CONFIG: Final = Path(__file__).resolve().parent.parent / "config.yaml"
@@ -46,6 +47,16 @@ def gateway_settings(amqp_url: str, tmp_path: Path, **overrides: Any) -> Setting
     for key, value in overrides.items():
         base[key] = base.get(key, {}) | value if isinstance(value, dict) else value
     return Settings.model_validate(base)
+
+
+def capturable(
+    message_id: str,
+    routing_key: str = "invalid.entered",
+    content_type: str = contract.EVENT_CONTENT_TYPE,
+) -> Outbound:
+    """A message shaped like a quarantined request of this run, so that `Capture` keeps it."""
+    headers: contract.Headers = {contract.TOKEN_NAME_HEADER: TOKEN_NAME}
+    return Outbound(message_id, routing_key, b"{}", content_type, 1_700_000_000, headers)
 
 
 def token_name_of(message: AbstractIncomingMessage) -> str:

@@ -14,13 +14,11 @@ from gateway import contract
 from gateway.contract import Outbound
 from gateway.publisher import Publisher, PublishError, Unencodable, connect_first
 from gateway.settings import AmqpSettings
-from tests.support import TOKEN_NAME, Capture
+from tests.support import Capture, capturable
 
 
 def outbound(n: int, routing_key: str = "invalid.entered", content_type: str = "x") -> Outbound:
-    # Shaped like a quarantined request of this run, so that `capture` keeps it.
-    headers: contract.Headers = {contract.TOKEN_NAME_HEADER: TOKEN_NAME, "n": n}
-    return Outbound(f"pub-{n}", routing_key, b"{}", content_type, 1_700_000_000, headers)
+    return capturable(f"pub-{n}", routing_key, content_type)
 
 
 @pytest.fixture

@@ -15,13 +15,11 @@ from gateway.publisher import Publisher
 from gateway.relay import Relay
 from gateway.settings import AmqpSettings
 from gateway.spool import Spool
-from tests.support import TOKEN_NAME, Capture
+from tests.support import Capture, capturable
 
 
 def outbound(n: int, content_type: str = contract.EVENT_CONTENT_TYPE) -> Outbound:
-    # Shaped like a quarantined request of this run, so that `capture` keeps it.
-    headers: contract.Headers = {contract.TOKEN_NAME_HEADER: TOKEN_NAME, "n": n}
-    return Outbound(f"relay-{n}", "invalid.entered", b"{}", content_type, 1_700_000_000, headers)
+    return capturable(f"relay-{n}", content_type=content_type)
 
 
 @pytest.fixture(params=[1 << 24])
