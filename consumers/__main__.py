@@ -1,6 +1,7 @@
 """`python -m consumers NAME` (`aifi-consumer NAME`): run the worker NAME until SIGTERM.
 
 `aifi-consumer replay NAME [--limit N]` moves NAME's dead letters back to its queue.
+`aifi-consumer migrate [NAME ...]` gives existing queues the arguments this release declares.
 Settings are loaded once, here, and handed down.
 """
 
@@ -21,6 +22,7 @@ import uvloop
 from consumers import health, ledger
 from consumers.handler import Handler, HandlerError, load
 from consumers.health import ConsumerState
+from consumers.migrate import MigrationError, migrate
 from consumers.replay import replay
 from consumers.runner import Worker
 from consumers.topology import TopologyError, check_name
@@ -32,7 +34,10 @@ from gateway.settings import load as load_settings
 log = logging.getLogger("consumers")
 
 BUILT_IN: Final = tuple(default_consumers())
-USAGE: Final = "aifi-consumer NAME\n       aifi-consumer replay NAME [--limit N]"
+USAGE: Final = (
+    "aifi-consumer NAME\n       aifi-consumer replay NAME [--limit N]"
+    "\n       aifi-consumer migrate [NAME ...]"
+)
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -42,12 +47,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    replaying = argv[:1] == ["replay"]
-    parser.add_argument("name", help=f"consumer name: {', '.join(BUILT_IN)} or one in config")
-    if replaying:
+    command = argv[0] if argv[:1] in (["replay"], ["migrate"]) else "run"
+    if command == "migrate":
+        parser.add_argument("names", nargs="*", help="default: the built-in and configured ones")
+    else:
+        parser.add_argument("name", help=f"consumer name: {', '.join(BUILT_IN)} or one in config")
+    if command == "replay":
         parser.add_argument("--limit", type=int, default=None, help="move at most N messages")
-    args = parser.parse_args(argv[1:] if replaying else argv)
-    args.command = "replay" if replaying else "run"
+    args = parser.parse_args(argv if command == "run" else argv[1:])
+    args.command = command
     return args
 
 
@@ -96,6 +104,11 @@ async def replay_and_report(
     sys.stdout.write(orjson.dumps({"consumer": name, "moved": moved}).decode() + "\n")
 
 
+async def migrate_and_report(settings: Settings, consumers: dict[str, ConsumerSettings]) -> None:
+    moved = await migrate(settings.amqp, consumers)
+    sys.stdout.write(orjson.dumps({"migrated": moved}).decode() + "\n")
+
+
 def run(coroutine: Coroutine[Any, Any, None]) -> None:
     uvloop.run(coroutine)
 
@@ -105,12 +118,16 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = load_settings()
         logs.configure(settings.log.level)
+        if args.command == "migrate":
+            names = args.names or sorted({*BUILT_IN, *settings.consumers})
+            run(migrate_and_report(settings, {n: consumer_settings(settings, n) for n in names}))
+            return
         consumer = consumer_settings(settings, args.name)
         if args.command == "replay":
             run(replay_and_report(settings, args.name, consumer, args.limit))
         else:
             run(serve(settings, args.name, consumer))
-    except (SettingsError, HandlerError, TopologyError) as exc:
+    except (SettingsError, HandlerError, TopologyError, MigrationError) as exc:
         print(f"aifi-consumer: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     except BROKER_ERRORS as exc:

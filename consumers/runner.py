@@ -33,6 +33,27 @@ class ConnectionLost(ConnectionError):
     """The broker closed the connection or the channel under us."""
 
 
+class ConsumerCancelled(ConnectionError):
+    """The broker cancelled our consumer: its queue was deleted, or a delivery outlived the
+    broker's consumer timeout. The channel stays open and nothing more would arrive."""
+
+
+class HandlerTimeout(RetryLater):
+    """The handler did not finish within `handler_timeout_s`: a failed attempt."""
+
+
+async def broker_cancel(channel: AbstractChannel) -> asyncio.Future[None]:
+    """A future that resolves when the broker cancels a consumer of `channel`."""
+    cancelled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def note(_: object) -> None:
+        if not cancelled.done():
+            cancelled.set_result(None)
+
+    (await channel.get_underlay_channel()).on_consumer_cancel_callbacks.add(note)
+    return cancelled
+
+
 async def take(inbox: Inbox, size: int, linger_s: float) -> list[Delivery]:
     """Up to `size` deliveries: wait for one, linger briefly for more; [] at the end mark."""
     first = await inbox.get()
@@ -120,23 +141,35 @@ class Worker:
         )
 
     async def _session(self, url: str, stop: asyncio.Event) -> None:
+        timeout_s = self._amqp.publish_timeout_s
         connection = await aio_pika.connect(
-            url, timeout=self._amqp.publish_timeout_s, heartbeat=self._amqp.heartbeat_s
+            url, timeout=timeout_s, heartbeat=self._amqp.heartbeat_s
         )
         # Confirms and returns: a retry or dead-letter copy counts once the broker holds it.
         async with (
             connection,
             connection.channel(publisher_confirms=True, on_return_raises=True) as channel,
         ):
-            queue, settler = await self._prepare(channel)
-            lost = asyncio.ensure_future(first_of(connection.closed(), channel.closed()))
+            # A declaration on a minority node of a Khepri cluster (4.2+) waits ~30 s before
+            # it fails: give up sooner and try the next URL.
+            async with asyncio.timeout(timeout_s):
+                queue, settler = await self._prepare(channel)
+            cancelled = await broker_cancel(channel)
+            lost = asyncio.ensure_future(first_of(connection.closed(), channel.closed(), cancelled))
             self.state.connected = True
             try:
                 await self._consume(queue, settler, stop, lost)
             finally:
                 lost.cancel()
                 self.state.connected = self.state.consuming = False
-        if not stop.is_set():
+        if stop.is_set():
+            return
+        if cancelled.done():
+            # Handled as a lost channel: the next session declares the queue again (it may
+            # have been deleted) and consumes it again.
+            reason = ConsumerCancelled(f"the broker cancelled the consumer of {queue.name}")
+            self._note_failure("consumer cancelled by the broker; reconnecting", url, reason)
+        else:
             self._note_failure("amqp connection lost", url, ConnectionLost())
 
     async def _prepare(self, channel: AbstractChannel) -> tuple[AbstractQueue, Settler]:
@@ -215,8 +248,7 @@ class Worker:
         if self._handler.many is None:
             return False
         try:
-            with self.state.timing():
-                await self._handler.many([event for _, event in events])
+            await self._call(self._handler.many([event for _, event in events]))
         # Handler code is foreign: any exception it raises is a failed attempt, by contract.
         except Exception as exc:
             log.warning(
@@ -229,8 +261,7 @@ class Worker:
 
     async def _apply_one(self, message: Delivery, event: Event, settler: Settler) -> None:
         try:
-            with self.state.timing():
-                await self._handler.one(event)
+            await self._call(self._handler.one(event))
         # Handler code is foreign: any exception it raises is a failed attempt, by contract.
         except Exception as exc:
             if not isinstance(exc, Reject | RetryLater):
@@ -238,3 +269,16 @@ class Worker:
             await settler.fail(message, exc)
         else:
             await settler.ack(message)
+
+    async def _call(self, application: Awaitable[None]) -> None:
+        """Await the handler, timed, for at most `handler_timeout_s`."""
+        timeout_s = self._settings.handler_timeout_s
+        deadline = asyncio.timeout(timeout_s)
+        try:
+            async with deadline:
+                with self.state.timing():
+                    await application
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise  # the handler's own
+            raise HandlerTimeout(f"no result within handler_timeout_s={timeout_s:g}") from exc

@@ -36,21 +36,12 @@ REASON_HEADER: Final = "aifi_reason"  # why the last one failed
 FAILED_AT_HEADER: Final = "aifi_failed_at"  # when, RFC 3339 UTC
 REPLAYS_HEADER: Final = "aifi_replays"  # times moved back from the dead-letter queue
 MAX_REASON_CHARS: Final = 1000
-# Written by the broker about an earlier life of the message; a replayed copy starts afresh.
-BROKER_HEADERS: Final = frozenset(
-    {
-        "x-death",
-        "x-delivery-count",
-        "x-first-death-exchange",
-        "x-first-death-queue",
-        "x-first-death-reason",
-        "x-last-death-exchange",
-        "x-last-death-queue",
-        "x-last-death-reason",
-    }
-)
-# A replayed copy starts afresh: our failure headers and the broker's go.
-REPLAY_DROPS: Final = BROKER_HEADERS | {ATTEMPTS_HEADER, REASON_HEADER, FAILED_AT_HEADER}
+# Headers of ours that a replayed copy starts without.
+FAILURE_HEADERS: Final = frozenset({ATTEMPTS_HEADER, REASON_HEADER, FAILED_AT_HEADER})
+# The broker's headers (x-death, x-delivery-count, x-acquired-count since 4.3, ...) speak of
+# an earlier life of the message in another queue, and each release may add one: a copy
+# goes without every one of them.
+BROKER_PREFIX: Final = "x-"
 # RabbitMQ applies acks to a quorum queue asynchronously and may drop those still in flight
 # when the channel closes (rabbitmq-server#10327): they come back as redeliveries. Before a
 # planned close, this pause lets them land.
@@ -95,9 +86,24 @@ def copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.
     )
 
 
+def without_broker_headers(headers: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in headers.items() if not k.startswith(BROKER_PREFIX)}
+
+
+def failed_copy(message: AbstractIncomingMessage, attempts: int, reason: str) -> aio_pika.Message:
+    """The copy that carries a failed attempt to a delay queue or to the dead letters."""
+    headers = without_broker_headers(message.headers) | {
+        ATTEMPTS_HEADER: attempts,
+        REASON_HEADER: reason,
+        FAILED_AT_HEADER: iso(datetime.now(UTC)),
+    }
+    return copy(message, headers)
+
+
 def replay_copy(message: AbstractIncomingMessage) -> aio_pika.Message:
     """A dead letter made new: a full set of attempts, its replay counted."""
-    headers = {k: v for k, v in message.headers.items() if k not in REPLAY_DROPS}
+    headers = without_broker_headers(message.headers)
+    headers = {k: v for k, v in headers.items() if k not in FAILURE_HEADERS}
     replays = message.headers.get(REPLAYS_HEADER)
     headers[REPLAYS_HEADER] = (replays if isinstance(replays, int) else 0) + 1
     return copy(message, headers)
@@ -172,13 +178,9 @@ class Settler:
         reason: str,
     ) -> bool:
         """Publish a copy with our headers, and ack the original only once the copy is confirmed."""
-        headers = dict(message.headers) | {
-            ATTEMPTS_HEADER: attempts,
-            REASON_HEADER: reason,
-            FAILED_AT_HEADER: iso(datetime.now(UTC)),
-        }
+        failed = failed_copy(message, attempts, reason)
         try:
-            await exchange.publish(copy(message, headers), routing_key, timeout=self._timeout_s)
+            await exchange.publish(failed, routing_key, timeout=self._timeout_s)
         except PUBLISH_FAILED as exc:
             await self._give_back(message, exc)
             return False

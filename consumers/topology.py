@@ -3,7 +3,7 @@
     aifi.events --<bindings>--> aifi.<name>  (quorum, delivery limit)
                                   | dead-lettered by the broker (delivery limit), at least once
                                   v
-    aifi.dead ------<name>----> aifi.<name>.dead  (quorum)
+    aifi.dead ------<name>----> aifi.<name>.dead  (quorum, never drops)
     aifi.delay --<name>.<ms>--> aifi.<name>.retry.<ms>  (quorum, TTL <ms>)
                                   | expired, dead-lettered at least once
                                   v
@@ -23,7 +23,8 @@ import aiormq
 from aio_pika import ExchangeType
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 
-from gateway.publisher import declare_topology
+from gateway import contract
+from gateway.publisher import KEEP_DELIVERY_LIMIT, UNROUTED_ARGUMENTS, declare_topology
 from gateway.settings import ConsumerSettings
 
 DELAY_EXCHANGE: Final = "aifi.delay"
@@ -33,6 +34,12 @@ DEAD_EXCHANGE: Final = "aifi.dead"
 NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,100}")
 # A quorum queue dead-letters at least once only when it refuses publishes when full.
 AT_LEAST_ONCE: Final = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+# Dead letters are returned when a replay fails or an operator peeks with requeue; with no
+# explicit limit, RabbitMQ 4.x deletes one at its 21st return.
+DEAD_ARGUMENTS: Final[dict[str, Any]] = {
+    "x-queue-type": "quorum",
+    "x-delivery-limit": KEEP_DELIVERY_LIMIT,
+}
 
 
 class TopologyError(Exception):
@@ -104,39 +111,72 @@ def check_name(name: str) -> str:
     return name
 
 
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    """A queue as this release declares it: its arguments and its bindings."""
+
+    name: str
+    arguments: dict[str, Any]
+    bindings: tuple[tuple[str, str], ...]  # (exchange, routing key)
+
+
+def queue_specs(name: str, settings: ConsumerSettings) -> list[QueueSpec]:
+    """The queues of consumer `name`: its own first, then its dead letters, then delays."""
+    keys = bindings(name, settings)
+    main = [(contract.EXCHANGE, key) for key in keys] + [(REDELIVER_EXCHANGE, name)]
+    specs = [
+        QueueSpec(queue_name(name), main_arguments(name, settings), tuple(main)),
+        QueueSpec(dead_queue_name(name), dict(DEAD_ARGUMENTS), ((DEAD_EXCHANGE, name),)),
+    ]
+    for ms in delays_ms(settings):
+        binding = ((DELAY_EXCHANGE, delay_key(name, ms)),)
+        specs.append(QueueSpec(delay_queue_name(name, ms), delay_arguments(name, ms), binding))
+    return specs
+
+
+def unrouted_spec() -> QueueSpec:
+    """The gateway's `aifi.unrouted`, as `gateway.publisher.declare_topology` declares it."""
+    binding = ((contract.UNROUTED_EXCHANGE, contract.UNROUTED_QUEUE),)
+    return QueueSpec(contract.UNROUTED_QUEUE, dict(UNROUTED_ARGUMENTS), binding)
+
+
+async def declare_exchanges(channel: AbstractChannel) -> dict[str, AbstractExchange]:
+    """Every exchange the consumers use, by name."""
+    exchanges = {contract.EXCHANGE: await declare_topology(channel)}
+    for exchange in (DELAY_EXCHANGE, REDELIVER_EXCHANGE, DEAD_EXCHANGE):
+        exchanges[exchange] = await channel.declare_exchange(
+            exchange, ExchangeType.DIRECT, durable=True
+        )
+    return exchanges
+
+
 async def declare(channel: AbstractChannel, name: str, settings: ConsumerSettings) -> Topology:
     """Declare everything `name` needs; a no-op when it all exists with the same arguments."""
-    events = await declare_topology(channel)
-    delay, redeliver, dead = [
-        await channel.declare_exchange(exchange, ExchangeType.DIRECT, durable=True)
-        for exchange in (DELAY_EXCHANGE, REDELIVER_EXCHANGE, DEAD_EXCHANGE)
+    exchanges = await declare_exchanges(channel)
+    queue, dead_queue, *_ = [
+        await declare_queue(channel, spec) for spec in queue_specs(name, settings)
     ]
-    queue = await _quorum(channel, queue_name(name), main_arguments(name, settings))
-    for exchange, key in [(events, k) for k in bindings(name, settings)] + [(redeliver, name)]:
-        await queue.bind(exchange, key)
-    dead_queue = await _quorum(channel, dead_queue_name(name), {"x-queue-type": "quorum"})
-    await dead_queue.bind(dead, name)
-    for delay_ms in delays_ms(settings):
-        await _delay_queue(channel, name, delay_ms, delay)
-    return Topology(queue, dead_queue, delay, redeliver, dead)
+    return Topology(
+        queue,
+        dead_queue,
+        exchanges[DELAY_EXCHANGE],
+        exchanges[REDELIVER_EXCHANGE],
+        exchanges[DEAD_EXCHANGE],
+    )
 
 
-async def _delay_queue(
-    channel: AbstractChannel, name: str, delay_ms: int, exchange: AbstractExchange
-) -> None:
-    arguments = delay_arguments(name, delay_ms)
-    queue = await _quorum(channel, delay_queue_name(name, delay_ms), arguments)
-    await queue.bind(exchange, delay_key(name, delay_ms))
-
-
-async def _quorum(channel: AbstractChannel, name: str, arguments: dict[str, Any]) -> AbstractQueue:
+async def declare_queue(channel: AbstractChannel, spec: QueueSpec) -> AbstractQueue:
+    """Declare `spec` and apply its bindings (its exchanges must exist)."""
     try:
-        return await channel.declare_queue(name, durable=True, arguments=arguments)
+        queue = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments)
     except aiormq.exceptions.ChannelPreconditionFailed as exc:
         raise TopologyError(
-            f"queue {name} exists with other arguments ({exc}); a queue's arguments cannot "
-            "change: drain and delete it, or keep its old settings"
+            f"queue {spec.name} exists with other arguments ({exc}); a queue's arguments "
+            "cannot change in place: stop its workers and run `aifi-consumer migrate`"
         ) from exc
+    for exchange, key in spec.bindings:
+        await queue.bind(exchange, key)
+    return queue
 
 
 async def delete(channel: AbstractChannel, name: str, settings: ConsumerSettings) -> None:

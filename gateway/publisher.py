@@ -32,6 +32,15 @@ BROKER_ERRORS: Final = (
 
 
 Confirmation = asyncio.Future[Any]
+# RabbitMQ 4.x gives a quorum queue a delivery limit of 20 and deletes a message returned
+# more often when the queue has no dead-letter exchange. A queue that must never drop
+# (unrouted events, dead letters) states a limit no return loop reaches; not -1, which
+# RabbitMQ 3.x applies as "dead-letter on the first return".
+KEEP_DELIVERY_LIMIT: Final = 1_000_000_000
+UNROUTED_ARGUMENTS: Final[dict[str, Any]] = {
+    "x-queue-type": "quorum",
+    "x-delivery-limit": KEEP_DELIVERY_LIMIT,
+}
 
 
 class PublishError(Exception):
@@ -50,7 +59,7 @@ async def declare_topology(channel: AbstractChannel) -> AbstractExchange:
     # Quorum, not classic: a classic queue lives on one node, and when that node
     # dies no survivor of a cluster may declare it, which would stop the gateway.
     queue = await channel.declare_queue(
-        contract.UNROUTED_QUEUE, durable=True, arguments={"x-queue-type": "quorum"}
+        contract.UNROUTED_QUEUE, durable=True, arguments=UNROUTED_ARGUMENTS
     )
     await queue.bind(unrouted)
     return await channel.declare_exchange(

@@ -114,6 +114,9 @@ class ConsumerSettings(_Section):
     retry_base_ms: int = Field(1000, gt=0)
     retry_max_ms: int = Field(60_000, gt=0)
     delivery_limit: int = Field(20, gt=0)
+    # A longer call is a failed attempt. Keep it well below the broker's consumer timeout
+    # (30 min by default), which would otherwise cancel the consumer mid-batch.
+    handler_timeout_s: float = Field(300.0, gt=0)
     health_host: str = "127.0.0.1"
     health_port: int = Field(0, ge=0, le=65535)  # 0: no health endpoint
 
