@@ -20,7 +20,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from consumers import health, ledger, testing, topology
 from consumers.handler import Handler, Reject, RetryLater
 from consumers.ledger import Ledger, LedgerDB
-from consumers.runner import Worker
+from consumers.runner import HandlerTimeout, Worker
 from consumers.settlement import ATTEMPTS_HEADER, REASON_HEADER
 from consumers.topology import dead_queue_name, delay_queue_name, queue_name
 from devtools.rabbitnode import Node, NodeSpec, free_port
@@ -364,3 +364,76 @@ def slowed(handler: Handler) -> Handler:
 
 async def processed_at_least(presence: Ledger, count: int) -> bool:
     return bool(await presence.call(LedgerDB.processed) >= count)
+
+
+async def test_a_handler_that_runs_too_long_is_retried_then_dead_lettered(
+    amqp_url: str, channel: AbstractChannel, scratch: testing.Scratch, store: int
+) -> None:
+    name, settings = scratch.consumer(f"entered.{store}", handler_timeout_s=0.2)
+    handler = Recorder(delay_s=30)  # far beyond its timeout, every time
+    consumer = worker(amqp_url, name, settings, Handler(one=handler))
+    async with testing.running(consumer):
+        await testing.publish(channel, [testing.transition("entered", store, "s1")])
+        await testing.eventually(lambda: consumer.state.dead_lettered == 1, what="dead letter")
+    [dead] = await dead_letters(channel, name)
+    assert dead.headers[ATTEMPTS_HEADER] == settings.max_attempts == 3
+    assert str(dead.headers[REASON_HEADER]).startswith(HandlerTimeout.__name__)
+    assert len(handler.calls) == 3
+    assert (consumer.state.retried, consumer.state.acked) == (2, 0)
+
+
+class Stall:
+    """A TCP port that accepts connections and says nothing until released: a broker URL
+    that keeps a worker trying to connect for as long as a test needs."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.released = asyncio.Event()
+
+    async def _hold(self, _: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        await self.released.wait()
+        writer.close()
+        await writer.wait_closed()
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[str]:
+        server = await asyncio.start_server(self._hold, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            yield f"amqp://guest:guest@127.0.0.1:{port}/"
+        finally:
+            self.released.set()
+            server.close()
+            await server.wait_closed()
+
+
+async def test_a_queue_deleted_under_a_worker_is_declared_again_and_consumed(
+    amqp_url: str, channel: AbstractChannel, scratch: testing.Scratch, store: int
+) -> None:
+    """The broker cancels the consumer of a deleted queue and keeps the channel open: the
+    worker must notice, report it, and consume again rather than wait forever."""
+    name, settings = scratch.consumer(f"entered.{store}")
+    handler, stall, port = Recorder(), Stall(), free_port()
+    first, second = (testing.transition("entered", store, s) for s in ("s1", "s2"))
+    async with stall.serving() as stalled_url:
+        # After the cancel the worker moves on to the next URL, which holds it while the
+        # test looks at /healthz.
+        amqp = AmqpSettings(urls=(amqp_url, stalled_url), reconnect_max_s=0.5)
+        consumer = Worker(name, settings, amqp, Handler(one=handler))
+        async with health.serving(consumer.state, "127.0.0.1", port), testing.running(consumer):
+            await testing.publish(channel, [first])
+            await testing.eventually(lambda: consumer.state.acked == 1, what="the first ack")
+            await channel.queue_delete(queue_name(name), if_unused=False, if_empty=False)
+            await testing.eventually(lambda: stall.connections > 0, what="the worker to move on")
+            status, body = await healthz(port)
+            assert (status, body["consuming"]) == (503, False)
+            assert str(body["last_error"]).startswith("ConsumerCancelled")
+            stall.released.set()
+            await testing.eventually(lambda: consumer.state.consuming, what="consuming again")
+            await testing.publish(channel, [second])  # routed: the queue is back, bound
+            await testing.eventually(lambda: consumer.state.acked == 2, what="the second ack")
+            status, body = await healthz(port)
+    assert (status, body["consuming"]) == (200, True)
+    assert [call[0] for call in handler.calls] == [first.message_id, second.message_id]
+    assert consumer.state.reconnects >= 1

@@ -22,6 +22,7 @@ from consumers.settlement import (
     Settler,
     copy,
     describe,
+    failed_copy,
     failures,
     replay_copy,
 )
@@ -51,6 +52,8 @@ async def received(
                 FAILED_AT_HEADER: "t",
                 "aifi_store_id": store,
                 "x-first-death-reason": "expired",
+                "x-acquired-count": 3,  # RabbitMQ 4.3's; any x- header is the broker's
+                "x-death": [{"reason": "expired"}],
             },
         ),
         name,
@@ -101,6 +104,21 @@ async def test_a_replayed_copy_starts_afresh_and_counts_its_replays(
     assert fresh.headers == {"aifi_store_id": received.headers["aifi_store_id"], REPLAYS_HEADER: 1}
     received.headers[REPLAYS_HEADER] = 1
     assert replay_copy(received).headers[REPLAYS_HEADER] == 2
+
+
+async def test_a_failed_copy_carries_our_headers_and_none_of_the_brokers(
+    received: AbstractIncomingMessage,
+) -> None:
+    assert {"x-delivery-count", "x-acquired-count", "x-death"} <= set(received.headers)
+    failed = failed_copy(received, 5, "RetryLater: still down")
+    assert failed.headers is not None
+    assert [k for k in failed.headers if k.startswith("x-")] == []
+    assert failed.headers["aifi_store_id"] == received.headers["aifi_store_id"]
+    assert (failed.headers[ATTEMPTS_HEADER], failed.headers[REASON_HEADER]) == (
+        5,
+        "RetryLater: still down",
+    )
+    assert (failed.body, failed.message_id) == (received.body, "m-1")
 
 
 class FakeDelivery:

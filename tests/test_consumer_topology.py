@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel
@@ -15,6 +17,8 @@ from consumers.topology import (
     delay_key,
     queue_name,
 )
+from gateway import contract
+from gateway.publisher import UNROUTED_ARGUMENTS
 from gateway.settings import ConsumerSettings
 
 BASE = ConsumerSettings(max_attempts=3, retry_base_ms=50, retry_max_ms=100, delivery_limit=2)
@@ -124,3 +128,53 @@ async def test_changed_queue_arguments_are_a_clear_error(
 
 async def depth_is(channel: AbstractChannel, queue: str, count: int) -> bool:
     return await testing.depth(channel, queue) == count
+
+
+RETURNS = 25  # past RabbitMQ 4.x's default delivery limit of 20
+
+
+async def return_repeatedly(channel: AbstractChannel, queue: str, times: int) -> None:
+    """Take the head message and give it back (reject with requeue), `times` times."""
+    source = await channel.get_queue(queue)
+    for _ in range(times):
+        message = await source.get(timeout=5)
+        await message.reject(requeue=True)
+
+
+async def test_a_dead_letter_returned_many_times_is_kept(
+    channel: AbstractChannel, scratch: testing.Scratch, store: int
+) -> None:
+    """A failed replay or an operator peeking with requeue returns a dead letter; RabbitMQ
+    4.x deletes it past 20 returns unless the queue states its own limit."""
+    name, settings = scratch.consumer(f"entered.{store}")
+    await topology.declare(channel, name, settings)
+    dead = await channel.get_exchange(DEAD_EXCHANGE)
+    await dead.publish(aio_pika.Message(b"x", message_id="d1"), name)
+    await return_repeatedly(channel, dead_queue_name(name), RETURNS)
+    kept = await (await channel.get_queue(dead_queue_name(name))).get(timeout=5)
+    assert (kept.message_id, kept.headers["x-delivery-count"]) == ("d1", RETURNS)
+    await kept.ack()
+    # The queue holds the limit: a declare with the arguments the code states is equivalent.
+    await channel.declare_queue(
+        dead_queue_name(name), durable=True, arguments=topology.DEAD_ARGUMENTS
+    )
+    assert topology.DEAD_ARGUMENTS["x-delivery-limit"] > RETURNS
+
+
+async def test_unrouted_events_are_kept_however_often_they_are_returned(
+    channel: AbstractChannel,
+) -> None:
+    # `aifi.unrouted` is shared, so the returns go to a queue of this test's own with its
+    # arguments; the shared one is shown to hold the same arguments.
+    await channel.declare_queue(contract.UNROUTED_QUEUE, durable=True, arguments=UNROUTED_ARGUMENTS)
+    name = f"test.unrouted.{uuid.uuid4().hex}"
+    arguments = UNROUTED_ARGUMENTS | {"x-expires": 60_000}
+    queue = await channel.declare_queue(name, durable=True, arguments=arguments)
+    try:
+        await channel.default_exchange.publish(aio_pika.Message(b"u", message_id="u1"), name)
+        await return_repeatedly(channel, name, RETURNS)
+        kept = await queue.get(timeout=5)
+        assert kept.message_id == "u1"
+        await kept.ack()
+    finally:
+        await queue.delete(if_unused=False, if_empty=False)
