@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import aiormq
@@ -25,7 +26,7 @@ from gateway.settings import AmqpSettings, ConsumerSettings
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ConsumerSettings(max_attempts=2, retry_base_ms=50, retry_max_ms=50)
 # How the previous release declared `aifi.<name>.dead`: no delivery limit.
-OLD_DEAD_ARGUMENTS = {"x-queue-type": "quorum"}
+OLD_DEAD_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum"}
 STAMP = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
