@@ -56,6 +56,7 @@ class NodeSpec:
     amqp_port: int
     dist_port: int
     base_dir: Path
+    extra_conf: str = ""  # rabbitmq.conf lines after the defaults, e.g. "max_message_size = 65536"
 
     def __post_init__(self) -> None:
         # The name becomes both an Erlang node name and a directory name.
@@ -175,7 +176,7 @@ class Node:
         for sub in ("mnesia", "log"):
             (self._dir / sub).mkdir(parents=True, exist_ok=True)
         (self._dir / "enabled_plugins").write_text("[].\n")
-        (self._dir / "rabbitmq.conf").write_text(RABBITMQ_CONF)
+        (self._dir / "rabbitmq.conf").write_text(f"{RABBITMQ_CONF}{self.spec.extra_conf}\n")
         # Empty on purpose: shadows /etc/rabbitmq/rabbitmq-env.conf, which could rename the node.
         (self._dir / "rabbitmq-env.conf").write_text("")
         _ensure_cookie()

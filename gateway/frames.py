@@ -118,19 +118,29 @@ def content_header(outbound: Outbound) -> bytes:
 class PublishEncoder:
     """Frames of a mandatory, persistent `basic.publish` to one exchange on one channel."""
 
-    def __init__(self, channel: int, exchange: str, max_payload_bytes: int) -> None:
+    def __init__(
+        self, channel: int, exchange: str, max_payload_bytes: int, max_message_bytes: int
+    ) -> None:
         self._channel = channel
         self._exchange = short_string(exchange)
         # The broker's frame_max less a frame's 8 bytes of overhead (aiormq's
         # `max_content_size`); 0 or less means the broker set no limit.
         self._max_payload_bytes = max_payload_bytes if max_payload_bytes > 0 else None
+        # The broker's max_message_size, which it does not announce: from the settings.
+        self._max_message_bytes = max_message_bytes
 
     def encode(self, outbound: Outbound) -> bytes:
         """Method, content header and body frames; ValueError if AMQP cannot carry it.
 
         The content header cannot be split: one larger than a frame (very long
-        header values) would make the broker close the connection.
+        header values) would make the broker close the connection. A body over the
+        broker's max_message_size would make it close the channel.
         """
+        if len(outbound.body) > self._max_message_bytes:
+            raise ValueError(
+                f"body of {len(outbound.body)} bytes exceeds the broker's max message size "
+                f"(amqp.max_message_bytes: {self._max_message_bytes})"
+            )
         method = _PUBLISH + self._exchange + short_string(outbound.routing_key) + _MANDATORY
         header = content_header(outbound)
         limit = self._max_payload_bytes

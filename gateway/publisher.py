@@ -133,14 +133,19 @@ class Publisher:
         connection = await aio_pika.connect(
             url, timeout=self._settings.publish_timeout_s, heartbeat=self._settings.heartbeat_s
         )
-        async with connection, connection.channel(publisher_confirms=True) as channel:
-            await declare_topology(channel)
+        # Closing the connection closes its channel: a channel of its own to close
+        # would wait on the very node that stopped answering.
+        async with connection:
+            channel = await self._declared_channel(connection)
             underlay = await channel.get_underlay_channel()
             if not isinstance(underlay, aiormq.Channel):
                 raise TypeError(f"aio-pika gave a {type(underlay).__name__}, not aiormq's Channel")
             self._channel = underlay
             self._encoder = PublishEncoder(
-                underlay.number, contract.EXCHANGE, underlay.max_content_size
+                underlay.number,
+                contract.EXCHANGE,
+                underlay.max_content_size,
+                self._settings.max_message_bytes,
             )
             self._ready.set()
             log.info("amqp connected", extra={"url": redact(url)})
@@ -150,6 +155,18 @@ class Publisher:
                 self._ready.clear()
                 self._channel = self._encoder = None
         log.warning("amqp connection lost", extra={"url": redact(url)})
+
+    async def _declared_channel(self, connection: AbstractConnection) -> AbstractChannel:
+        """A confirming channel once the topology is declared, or TimeoutError.
+
+        A node cut off from the majority of its cluster accepts the connection but
+        holds every declaration (about 30 s on Khepri before it fails): bounded,
+        so that the gateway moves on to the next URL.
+        """
+        async with asyncio.timeout(self._settings.declare_timeout_s):
+            channel = await connection.channel(publisher_confirms=True)
+            await declare_topology(channel)
+        return channel
 
     async def publish(self, outbound: Outbound, timeout_s: float | None = None) -> None:
         """`send`, bounded: for a request whose answer waits on the confirm."""

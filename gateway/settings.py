@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import yaml
 from pydantic import (
@@ -21,7 +21,9 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 
 def split_list(value: object) -> object:
@@ -35,6 +37,9 @@ def split_list(value: object) -> object:
 
 # Lists from the environment arrive as one comma-separated string.
 CommaList = Annotated[tuple[str, ...], BeforeValidator(split_list)]
+# Room for what the event envelope adds to a request body (ids, times, fingerprint)
+# within one AMQP message; an envelope larger still is set aside when published.
+ENVELOPE_ALLOWANCE_BYTES: Final = 64 * 1024
 
 
 class SettingsError(Exception):
@@ -89,6 +94,12 @@ class AuthSettings(_Section):
 class AmqpSettings(_Section):
     urls: CommaList = ("amqp://guest:guest@127.0.0.1:5672/",)
     publish_timeout_s: float = Field(5.0, gt=0)
+    # Bounds the declarations at connect: a node that cannot reach its cluster's
+    # majority holds them (about 30 s on Khepri) while the next URL might answer.
+    declare_timeout_s: float = Field(5.0, gt=0)
+    # The broker's `max_message_size` (16 MiB by default since RabbitMQ 4.0, at most
+    # 512 MiB): a larger message would close the channel and fail its whole batch.
+    max_message_bytes: int = Field(16 * 1024 * 1024, gt=0, le=512 * 1024 * 1024)
     reconnect_max_s: float = Field(5.0, gt=0)
     heartbeat_s: int = Field(30, ge=0)
 
@@ -149,6 +160,24 @@ class Settings(_Section):
     confirm_timeout_ms: int = Field(200, gt=0)
     consumers: dict[str, ConsumerSettings] = Field(default_factory=default_consumers)
     ledger: LedgerSettings = LedgerSettings()
+
+    @model_validator(mode="after")
+    def _body_fits_a_message(self) -> Settings:
+        """A body the gateway accepts must fit, in its envelope, in one AMQP message."""
+        largest = self.http.max_body_bytes + ENVELOPE_ALLOWANCE_BYTES
+        if largest > self.amqp.max_message_bytes:
+            raise PydanticCustomError(
+                "body_over_message",
+                "http.max_body_bytes ({body}) plus {allowance} bytes for the event envelope "
+                "exceeds amqp.max_message_bytes ({message}): lower http.max_body_bytes, or "
+                "raise the broker's max_message_size and amqp.max_message_bytes with it",
+                {
+                    "body": self.http.max_body_bytes,
+                    "allowance": ENVELOPE_ALLOWANCE_BYTES,
+                    "message": self.amqp.max_message_bytes,
+                },
+            )
+        return self
 
 
 ENV_ALIASES = {"AIFI_TOKENS": ("auth", "tokens"), "AIFI_AMQP_URL": ("amqp", "urls")}
@@ -231,7 +260,8 @@ def describe(error: ValidationError) -> str:
     for item in error.errors():
         key = ".".join(str(p) for p in item["loc"])
         message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
-        problems.append(f"{key}: {message}")
+        # A check across sections has no single key; its message names the keys.
+        problems.append(f"{key}: {message}" if key else message)
     return "invalid settings: " + "; ".join(problems)
 
 

@@ -81,7 +81,8 @@ class Capture:
     async def bound(
         cls, channel: AbstractChannel, name: str, binding: str
     ) -> AsyncIterator[Capture]:
-        queue = await channel.declare_queue(name, durable=False, auto_delete=False)
+        # Exclusive: RabbitMQ 4.3 refuses a transient queue other connections could use.
+        queue = await channel.declare_queue(name, exclusive=True)
         await queue.bind(contract.EXCHANGE, binding)
         capture = cls(queue)
         tag = await queue.consume(capture._on_message, no_ack=True)

@@ -19,6 +19,7 @@ from gateway.frames import PublishEncoder
 
 CHANNEL: Final = 7
 MAX_BODY_BYTES: Final = 1024  # small, so bodies span several frames
+MAX_MESSAGE_BYTES: Final = 4096
 
 header_values = st.one_of(st.none(), st.text(), st.booleans(), st.integers(-(2**63), 2**63 - 1))
 # Small enough that, 4 bytes a character, the content header fits in MAX_BODY_BYTES.
@@ -28,7 +29,7 @@ outbounds = st.builds(
     Outbound,
     message_id=short_text,
     routing_key=short_text,
-    body=st.binary(max_size=3000),
+    body=st.binary(max_size=3000),  # within MAX_MESSAGE_BYTES
     content_type=short_text,
     timestamp_s=st.integers(0, 2**35),  # within datetime's years
     headers=headers,
@@ -59,10 +60,13 @@ def pamqp_frames(outbound: Outbound) -> bytes:
     return b"".join(pamqp.frame.marshal(part, CHANNEL) for part in parts)
 
 
+def encoder(max_payload_bytes: int = MAX_BODY_BYTES) -> PublishEncoder:
+    return PublishEncoder(CHANNEL, contract.EXCHANGE, max_payload_bytes, MAX_MESSAGE_BYTES)
+
+
 @given(outbounds)
 def test_publish_frames_are_the_bytes_pamqp_writes(outbound: Outbound) -> None:
-    encoder = PublishEncoder(CHANNEL, contract.EXCHANGE, MAX_BODY_BYTES)
-    assert encoder.encode(outbound) == pamqp_frames(outbound)
+    assert encoder().encode(outbound) == pamqp_frames(outbound)
 
 
 def frames_of(data: bytes) -> list[tuple[int, int, pamqp.frame.FrameTypes]]:
@@ -77,7 +81,7 @@ def frames_of(data: bytes) -> list[tuple[int, int, pamqp.frame.FrameTypes]]:
 
 @given(outbounds)
 def test_the_frames_parse_back_to_the_message(outbound: Outbound) -> None:
-    data = PublishEncoder(CHANNEL, contract.EXCHANGE, MAX_BODY_BYTES).encode(outbound)
+    data = encoder().encode(outbound)
     parsed = frames_of(data)
     assert {channel for _, channel, _ in parsed} == {CHANNEL}
     method, header, *bodies = [f for _, _, f in parsed]
@@ -113,19 +117,18 @@ UNENCODABLE: Final[dict[str, Outbound]] = {
     "negative timestamp": outbound_with(timestamp_s=-1),
     "float header": outbound_with(headers={"f": 1.5}),
     "content header over a frame": outbound_with(headers={"s": "x" * MAX_BODY_BYTES}),
+    "body over the broker's max message size": outbound_with(body=b"b" * (MAX_MESSAGE_BYTES + 1)),
 }
 
 
 @pytest.mark.parametrize("outbound", UNENCODABLE.values(), ids=UNENCODABLE.keys())
 def test_what_amqp_cannot_carry_raises_value_error(outbound: Outbound) -> None:
     with pytest.raises(ValueError, match=r"."):
-        PublishEncoder(CHANNEL, contract.EXCHANGE, MAX_BODY_BYTES).encode(outbound)
+        encoder().encode(outbound)
 
 
 def test_an_empty_body_has_no_body_frame() -> None:
-    encoded = PublishEncoder(CHANNEL, contract.EXCHANGE, MAX_BODY_BYTES).encode(
-        outbound_with(body=b"")
-    )
+    encoded = encoder().encode(outbound_with(body=b""))
     assert encoded.count(frames.FRAME_END) == 2
     assert encoded == pamqp_frames(outbound_with(body=b""))
 
@@ -133,13 +136,24 @@ def test_an_empty_body_has_no_body_frame() -> None:
 def test_headers_keep_their_types() -> None:
     headers: Headers = {"small": 1, "wide": 70_000, "huge": 2**40, "none": None, "s": "x"}
     outbound = outbound_with(headers=headers)
-    data = PublishEncoder(CHANNEL, contract.EXCHANGE, MAX_BODY_BYTES).encode(outbound)
+    data = encoder().encode(outbound)
     assert data == pamqp_frames(outbound)
 
 
 def test_without_a_frame_limit_the_body_is_one_frame() -> None:
     outbound = outbound_with(body=b"b" * 1000, headers={"s": "x" * 500})
-    data = PublishEncoder(CHANNEL, contract.EXCHANGE, 0).encode(outbound)
+    data = encoder(0).encode(outbound)
     *_, (_, _, body) = frames_of(data)
     assert isinstance(body, pamqp.body.ContentBody)
     assert body.value == outbound.body
+
+
+def test_a_body_of_exactly_the_max_message_size_is_encoded() -> None:
+    # The broker refuses a body larger than max_message_size, not one of that size.
+    outbound = outbound_with(body=b"b" * MAX_MESSAGE_BYTES)
+    assert encoder().encode(outbound) == pamqp_frames(outbound)
+
+
+def test_the_max_message_size_error_names_the_setting() -> None:
+    with pytest.raises(ValueError, match=r"body of 4097 bytes .*amqp\.max_message_bytes: 4096"):
+        encoder().encode(outbound_with(body=b"b" * (MAX_MESSAGE_BYTES + 1)))

@@ -23,6 +23,7 @@ from gateway.contract import Kind, Outbound
 from gateway.frames import PublishEncoder
 from gateway.handlers import Rejection, parse
 from gateway.models import Customer, Payment, Session, Shopper, Store, Tracking, Transition
+from gateway.settings import AmqpSettings
 from tests.support import TOKEN_NAME
 
 Json: TypeAlias = "bool | int | float | str | list[Json] | dict[str, Json] | None"
@@ -195,7 +196,8 @@ def amqp_frame(outbound: Outbound) -> bytes:
     AMQP cannot carry (a shortstr over 255 bytes, a header integer beyond signed 64 bits),
     which the relay sets aside: a valid body must never come to that.
     """
-    return PublishEncoder(1, contract.EXCHANGE, 131_064).encode(outbound)
+    limit = AmqpSettings().max_message_bytes
+    return PublishEncoder(1, contract.EXCHANGE, 131_064, limit).encode(outbound)
 
 
 def assert_publishes(name: str, raw: bytes, store_id: int) -> None:

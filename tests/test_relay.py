@@ -3,23 +3,49 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Final
 
+import aio_pika
 import pytest
 
+from devtools.rabbitnode import Node, NodeSpec, free_port
 from gateway import contract, spool
 from gateway.contract import Outbound
-from gateway.publisher import Publisher
+from gateway.publisher import Publisher, PublishError, Unencodable, declare_topology
 from gateway.relay import Relay
 from gateway.settings import AmqpSettings
 from gateway.spool import Spool
 from tests.support import Capture, capturable
 
+NODE_MAX_MESSAGE_BYTES: Final = 64 * 1024
+
 
 def outbound(n: int, content_type: str = contract.EVENT_CONTENT_TYPE) -> Outbound:
     return capturable(f"relay-{n}", content_type=content_type)
+
+
+@contextlib.asynccontextmanager
+async def relay_on(
+    settings: AmqpSettings, spool_dir: Path, memory_max_bytes: int = 1 << 24
+) -> AsyncIterator[tuple[Spool, Relay]]:
+    """A running relay and its publisher, on a spool in `spool_dir`."""
+    store = Spool(spool_dir, 4096, 1 << 24)
+    store.recover()
+    publisher = Publisher(settings)
+    relay = Relay(store, publisher, max_in_flight=8, memory_max_bytes=memory_max_bytes)
+    tasks = [asyncio.create_task(publisher.run()), asyncio.create_task(relay.run())]
+    try:
+        yield store, relay
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        store.close()
 
 
 @pytest.fixture(params=[1 << 24])
@@ -27,16 +53,8 @@ async def running(
     amqp_url: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[tuple[Spool, Relay]]:
     """A relay with a memory bound of `request.param` bytes, on a spool in `tmp_path`."""
-    store = Spool(tmp_path, 4096, 1 << 24)
-    store.recover()
-    publisher = Publisher(AmqpSettings(urls=(amqp_url,)))
-    relay = Relay(store, publisher, max_in_flight=8, memory_max_bytes=request.param)
-    tasks = [asyncio.create_task(publisher.run()), asyncio.create_task(relay.run())]
-    yield store, relay
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    store.close()
+    async with relay_on(AmqpSettings(urls=(amqp_url,)), tmp_path, request.param) as running:
+        yield running
 
 
 async def test_confirmed_records_advance_the_watermark(
@@ -107,3 +125,72 @@ async def test_beyond_the_memory_bound_records_wait_on_disk_and_all_go_out(
     received = [str((await capture.get()).message_id) for _ in range(200)]
     assert sorted(received) == sorted(r.outbound.message_id for r in records)
     assert (relay.spilled, store.depth) == (0, 0)
+
+
+@pytest.fixture(scope="module")
+def small_messages_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    """A node of this module's own that refuses messages over 64 KiB, as every RabbitMQ
+    4.x node refuses those over 16 MiB unless told otherwise."""
+    spec = NodeSpec(
+        f"relay-msgsize-{uuid.uuid4().hex[:8]}",
+        free_port(),
+        free_port(),
+        tmp_path_factory.mktemp("rmq"),
+        extra_conf=f"max_message_size = {NODE_MAX_MESSAGE_BYTES}",
+    )
+    node = Node(spec)
+    node.start()
+    yield node
+    node.stop()
+
+
+@pytest.fixture
+async def small_messages_capture(small_messages_node: Node) -> AsyncIterator[Capture]:
+    connection = await aio_pika.connect(small_messages_node.url)
+    async with connection, connection.channel() as channel:
+        await declare_topology(channel)
+        async with Capture.bound(channel, f"test.{uuid.uuid4().hex}", "#") as capture:
+            yield capture
+
+
+def oversized_body(n: int) -> Outbound:
+    return dataclasses.replace(outbound(n), body=b"x" * (NODE_MAX_MESSAGE_BYTES + 1))
+
+
+async def test_the_broker_refuses_a_body_over_its_max_message_size_and_what_follows_it(
+    small_messages_node: Node,
+) -> None:
+    """Why the gateway must know the broker's limit: an oversized message closes the
+    channel, and with it every message written after it."""
+    settings = AmqpSettings(urls=(small_messages_node.url,), max_message_bytes=1 << 24)
+    publisher = Publisher(settings)
+    task = asyncio.create_task(publisher.run())
+    try:
+        await asyncio.wait_for(publisher.wait_ready(), 10)
+        oversized, following = await publisher.write([oversized_body(0), outbound(1)])
+        await asyncio.wait([oversized, following], timeout=10)
+        for confirmation in (oversized, following):
+            with pytest.raises(PublishError) as failed:
+                publisher.check(confirmation)
+            assert not isinstance(failed.value, Unencodable), "the broker refused it, not we"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_record_over_max_message_bytes_is_set_aside_and_its_batch_still_goes(
+    small_messages_node: Node, small_messages_capture: Capture, tmp_path: Path
+) -> None:
+    settings = AmqpSettings(
+        urls=(small_messages_node.url,), max_message_bytes=NODE_MAX_MESSAGE_BYTES
+    )
+    async with relay_on(settings, tmp_path) as (store, relay):
+        records = [store.append(outbound(0)), store.append(oversized_body(1))]
+        relay.submit_all([*records, store.append(outbound(2))])
+        assert await relay.drain(10)
+        received = {(await small_messages_capture.get()).message_id for _ in range(2)}
+        assert received == {"relay-0", "relay-2"}
+        assert (store.depth, relay.failures) == (0, 0)
+    assert spool.inspect(tmp_path)["unpublishable"] == 1
+    kept = next(iter(spool.read_segment(next((tmp_path / "unpublishable").iterdir()))))
+    assert kept.outbound == records[1].outbound

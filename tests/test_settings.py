@@ -126,6 +126,8 @@ def test_unknown_aifi_environment_variable_is_named(tmp_path: Path, name: str) -
         ("AIFI_LOG_LEVEL", "VERBOSE", "log.level"),
         ("AIFI_SPOOL_FSYNC", "sometimes", "spool.fsync"),
         ("AIFI_AMQP_PUBLISH_TIMEOUT_S", "0", "amqp.publish_timeout_s"),
+        ("AIFI_AMQP_DECLARE_TIMEOUT_S", "0", "amqp.declare_timeout_s"),
+        ("AIFI_AMQP_MAX_MESSAGE_BYTES", str(512 * 1024 * 1024 + 1), "amqp.max_message_bytes"),
     ],
 )
 def test_bad_value_is_named(tmp_path: Path, name: str, value: str, key: str) -> None:
@@ -174,3 +176,33 @@ def test_the_repository_config_file_loads() -> None:
     assert loaded.amqp.urls == tuple(document["amqp"]["urls"])
     assert loaded.log.level == document["log"]["level"]
     assert loaded.auth.tokens == {}
+
+
+def test_max_message_bytes_defaults_to_rabbitmq_4_default_max_message_size() -> None:
+    assert Settings().amqp.max_message_bytes == 16 * 1024 * 1024
+
+
+@pytest.mark.parametrize("body_bytes", [16 * 1024 * 1024, 16 * 1024 * 1024 - 65536 + 1])
+def test_a_body_that_cannot_fit_a_message_is_refused_naming_both_keys(
+    tmp_path: Path, body_bytes: int
+) -> None:
+    env = write(tmp_path, "") | {"AIFI_HTTP_MAX_BODY_BYTES": str(body_bytes)}
+    with pytest.raises(SettingsError) as refused:
+        settings.load(env)
+    message = str(refused.value)
+    assert message.startswith("invalid settings: http.max_body_bytes")
+    assert "amqp.max_message_bytes (16777216)" in message
+
+
+def test_the_largest_body_that_fits_with_its_envelope_is_accepted(tmp_path: Path) -> None:
+    largest = 16 * 1024 * 1024 - settings.ENVELOPE_ALLOWANCE_BYTES
+    env = write(tmp_path, "") | {"AIFI_HTTP_MAX_BODY_BYTES": str(largest)}
+    assert settings.load(env).http.max_body_bytes == largest
+
+
+def test_a_larger_body_fits_once_max_message_bytes_is_raised(tmp_path: Path) -> None:
+    env = write(tmp_path, "http:\n  max_body_bytes: 33554432\n") | {
+        "AIFI_AMQP_MAX_MESSAGE_BYTES": str(64 * 1024 * 1024)
+    }
+    loaded = settings.load(env)
+    assert (loaded.http.max_body_bytes, loaded.amqp.max_message_bytes) == (2**25, 2**26)
