@@ -104,7 +104,7 @@ class LedgerError(Exception):
 
 def passing(exc: sqlite3.Error) -> bool:
     """True if `exc` is a lock that another connection holds for a while (busy, locked)."""
-    return getattr(exc, "sqlite_errorcode", 0) & 0xFF in PASSING
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in PASSING
 
 
 def use_wal(db: sqlite3.Connection, patience_s: float) -> None:
