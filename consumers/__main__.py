@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sqlite3
 import sys
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, Final
@@ -27,7 +28,7 @@ from consumers.replay import replay
 from consumers.runner import Worker
 from consumers.topology import TopologyError, check_name
 from gateway import logs
-from gateway.publisher import BROKER_ERRORS
+from gateway.publisher import BROKER_ERRORS, backoff_s, first_of
 from gateway.settings import ConsumerSettings, Settings, SettingsError, default_consumers
 from gateway.settings import load as load_settings
 
@@ -38,6 +39,11 @@ USAGE: Final = (
     "aifi-consumer NAME\n       aifi-consumer replay NAME [--limit N]"
     "\n       aifi-consumer migrate [NAME ...]"
 )
+LEDGER_RETRY_MAX_S: Final = 5.0
+
+
+class Stopped(Exception):
+    """Told to stop before the worker could start."""
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -73,13 +79,36 @@ def consumer_settings(settings: Settings, name: str) -> ConsumerSettings:
 
 
 @contextlib.asynccontextmanager
-async def handler_for(consumer: ConsumerSettings, settings: Settings) -> AsyncIterator[Handler]:
+async def handler_for(
+    consumer: ConsumerSettings, settings: Settings, state: ConsumerState, stop: asyncio.Event
+) -> AsyncIterator[Handler]:
     """The consumer's own handler if it names one, else the presence ledger's."""
     if consumer.handler:
         yield load(consumer.handler)
         return
-    async with ledger.opened(settings.ledger) as presence:
+    state.starting = "opening ledger"
+    async with ledger.opened(settings.ledger, waiting_for_ledger(state, stop)) as presence:
+        state.starting = None
+        log.info("ledger open", extra={"consumer": state.consumer, "db": str(settings.ledger.db)})
         yield presence.handler()
+
+
+def waiting_for_ledger(state: ConsumerState, stop: asyncio.Event) -> ledger.Retry:
+    """Back off while another process holds the ledger locked (another worker creating it,
+    a long transaction), saying so in the log and on /healthz; raise `Stopped` if told to."""
+
+    async def retry(exc: sqlite3.OperationalError, attempt: int) -> None:
+        pause_s = backoff_s(attempt, LEDGER_RETRY_MAX_S)
+        state.starting = f"opening ledger: {exc}, retrying in {pause_s:g} s"
+        log.warning(
+            "ledger busy; retrying",
+            extra={"consumer": state.consumer, "error": str(exc), "retry_in_s": pause_s},
+        )
+        await first_of(stop.wait(), asyncio.sleep(pause_s))
+        if stop.is_set():
+            raise Stopped
+
+    return retry
 
 
 async def serve(settings: Settings, name: str, consumer: ConsumerSettings) -> None:
@@ -88,12 +117,15 @@ async def serve(settings: Settings, name: str, consumer: ConsumerSettings) -> No
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     state = ConsumerState(name)
-    # Entered in order, left in reverse: the worker settles and closes before the rest go.
-    async with (
-        handler_for(consumer, settings) as handler,
-        health.serving(state, consumer.health_host, consumer.health_port),
-    ):
-        await Worker(name, consumer, settings.amqp, handler, state).run(stop)
+    # Entered in order, left in reverse: /healthz answers while the ledger opens, and the
+    # worker settles and closes before the rest go.
+    with contextlib.suppress(Stopped):
+        async with (
+            health.serving(state, consumer.health_host, consumer.health_port),
+            handler_for(consumer, settings, state, stop) as handler,
+        ):
+            if not stop.is_set():  # a stop that came while the ledger opened
+                await Worker(name, consumer, settings.amqp, handler, state).run(stop)
     log.info("stopped", extra=state.snapshot())
 
 
@@ -130,6 +162,9 @@ def main(argv: list[str] | None = None) -> None:
     except (SettingsError, HandlerError, TopologyError, MigrationError) as exc:
         print(f"aifi-consumer: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except ledger.LedgerError as exc:
+        print(f"aifi-consumer: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     except BROKER_ERRORS as exc:
         print(f"aifi-consumer: broker unavailable: {exc!r}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -27,6 +27,8 @@ class ConsumerState:
     """Written by the worker, read by the endpoint; one instance per worker."""
 
     consumer: str
+    # What the worker does before it can consume (its ledger being locked, say); None after.
+    starting: str | None = None
     connected: bool = False
     consuming: bool = False
     reconnects: int = 0

@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -27,6 +28,7 @@ Row = dict[str, Any]
 
 log = logging.getLogger(__name__)
 
+# Statements one by one: `executescript` would commit the transaction they run in.
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS processed (
     event_id TEXT PRIMARY KEY,
@@ -86,6 +88,44 @@ TRACKING_FIELDS: Final = ("unique_event_id", "store_id", "shopper_id", *TRACKING
 MARK_PROCESSED: Final = "INSERT INTO processed VALUES (?, ?, ?)"
 PRUNE: Final = "DELETE FROM processed WHERE processed_at < ?"
 SEEN: Final = "SELECT event_id FROM processed WHERE event_id IN (SELECT value FROM json_each(?))"
+
+# Another connection holds a lock it will let go of. PROTOCOL: a WAL locking race that
+# SQLite's own retries did not settle.
+PASSING: Final = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_PROTOCOL})
+WAL_RETRY_MAX_S: Final = 0.05
+
+# Awaited after an attempt to open failed on a passing lock; returns when to try again.
+Retry = Callable[[sqlite3.OperationalError, int], Awaitable[None]]
+
+
+class LedgerError(Exception):
+    """The ledger could not be opened, and nobody waits for it to become possible."""
+
+
+def passing(exc: sqlite3.Error) -> bool:
+    """True if `exc` is a lock that another connection holds for a while (busy, locked)."""
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in PASSING
+
+
+def use_wal(db: sqlite3.Connection, patience_s: float) -> None:
+    """Switch `db` to WAL, trying again for up to `patience_s` while it is locked.
+
+    The switch takes an exclusive lock, and SQLite returns "database is locked" without
+    calling the busy handler where waiting could deadlock (two openers holding a shared
+    lock, each wanting the exclusive one), so busy_timeout alone cannot cover openers that
+    start together. It cannot run in a transaction either: hence the loop.
+    """
+    deadline = time.monotonic() + patience_s
+    attempt = 0
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if not passing(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(min(WAL_RETRY_MAX_S, 0.001 * 2**attempt))
+        attempt += 1
 
 
 def _merge(table: str, column: str, pick: str) -> str:
@@ -204,15 +244,31 @@ class LedgerDB:
 
     @classmethod
     def open(cls, settings: LedgerSettings) -> LedgerDB:
+        """Open the database, creating it if missing; any number may open it at once.
+
+        Raises `sqlite3.OperationalError` if it stays locked beyond `busy_timeout_ms`
+        (see `passing`), `sqlite3.Error` or `OSError` for what waiting will not mend.
+        """
         settings.db.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: transactions are ours (BEGIN IMMEDIATE), not the module's.
         db = sqlite3.connect(settings.db, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute(f"PRAGMA busy_timeout = {settings.busy_timeout_ms:d}")
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute(f"PRAGMA synchronous = {settings.synchronous}")
-        db.executescript(SCHEMA)
-        return cls(db)
+        try:
+            db.row_factory = sqlite3.Row
+            db.execute(f"PRAGMA busy_timeout = {settings.busy_timeout_ms:d}")
+            use_wal(db, settings.busy_timeout_ms / 1000)
+            db.execute(f"PRAGMA synchronous = {settings.synchronous}")
+            ledger = cls(db)
+            ledger.create_schema()
+        except BaseException:
+            db.close()
+            raise
+        return ledger
+
+    def create_schema(self) -> None:
+        """Create what is missing in one write transaction, so concurrent creators take turns."""
+        with self._transaction():
+            for statement in filter(str.strip, SCHEMA.split(";")):
+                self._db.execute(statement)
 
     def close(self) -> None:
         self._db.close()
@@ -348,14 +404,18 @@ class Ledger:
 
 
 @contextlib.asynccontextmanager
-async def opened(settings: LedgerSettings) -> AsyncIterator[Ledger]:
-    """The ledger at `settings.db`, created if missing, closed on exit."""
+async def opened(settings: LedgerSettings, retry: Retry | None = None) -> AsyncIterator[Ledger]:
+    """The ledger at `settings.db`, created if missing, closed on exit.
+
+    While another connection holds it locked, `retry(error, attempt)` is awaited before
+    each new attempt; without `retry`, or for any other failure, `LedgerError` is raised.
+    """
     # One thread for the connection's whole life: work queued on it runs in order, even
     # work whose awaiting task was cancelled.
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
     loop = asyncio.get_running_loop()
     try:
-        db = await loop.run_in_executor(executor, LedgerDB.open, settings)
+        db = await _open(executor, settings, retry)
         try:
             async with pruning(Ledger(db, executor), settings) as opened_ledger:
                 yield opened_ledger
@@ -363,6 +423,20 @@ async def opened(settings: LedgerSettings) -> AsyncIterator[Ledger]:
             await loop.run_in_executor(executor, db.close)
     finally:
         executor.shutdown(wait=False)
+
+
+async def _open(
+    executor: ThreadPoolExecutor, settings: LedgerSettings, retry: Retry | None
+) -> LedgerDB:
+    loop, attempt = asyncio.get_running_loop(), 0
+    while True:
+        try:
+            return await loop.run_in_executor(executor, LedgerDB.open, settings)
+        except (sqlite3.Error, OSError) as exc:
+            if retry is None or not isinstance(exc, sqlite3.OperationalError) or not passing(exc):
+                raise LedgerError(f"cannot open the ledger at {settings.db}: {exc}") from exc
+            await retry(exc, attempt)
+        attempt += 1
 
 
 @contextlib.asynccontextmanager

@@ -31,6 +31,7 @@ async def test_healthz_reports_the_state_and_is_503_until_consuming() -> None:
         1,
     )
     assert set(body) >= {
+        "starting",
         "reconnects",
         "received",
         "redelivered",
@@ -40,6 +41,16 @@ async def test_healthz_reports_the_state_and_is_503_until_consuming() -> None:
         "last_error",
         "started_at",
     }
+
+
+async def test_healthz_says_what_a_starting_worker_waits_for() -> None:
+    state = ConsumerState("tracking")
+    state.starting = "opening ledger: database is locked, retrying in 0.4 s"
+    async with TestClient(TestServer(health.create_app(state))) as client:
+        response = await client.get("/healthz")
+        body = await response.json()
+    assert response.status == 503
+    assert body["starting"] == "opening ledger: database is locked, retrying in 0.4 s"
 
 
 async def test_serving_listens_only_for_the_block() -> None:

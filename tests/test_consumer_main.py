@@ -1,5 +1,5 @@
 """`python -m consumers NAME` as a process: SIGKILL and SIGTERM mid-batch, config errors,
-and a downstream team's handler named in the config."""
+a downstream team's handler named in the config, and a ledger that is locked or broken."""
 
 from __future__ import annotations
 
@@ -65,6 +65,9 @@ class WorkerProcess:
             )
         self.runs.append(process)
         return process
+
+    def messages(self, run: int) -> list[str]:
+        return [line["message"] for line in self.log_lines(run)]
 
     def log_lines(self, run: int) -> list[dict[str, Any]]:
         text = (self.logs / f"{run}.log").read_text()
@@ -169,13 +172,19 @@ async def test_sigterm_mid_batch_settles_what_is_in_hand_and_exits_0(
 
 
 async def health(port: int) -> dict[str, Any] | None:
+    answer = await healthz(port)
+    return None if answer is None else answer[1]
+
+
+async def healthz(port: int) -> tuple[int, dict[str, Any]] | None:
+    """The status and body of the worker's /healthz; None while nothing listens."""
     try:
         async with (
             aiohttp.ClientSession() as session,
             session.get(f"http://127.0.0.1:{port}/healthz") as response,
         ):
             body: dict[str, Any] = await response.json()
-            return body
+            return response.status, body
     except aiohttp.ClientConnectionError:
         return None
 
@@ -209,7 +218,7 @@ async def consuming(port: int) -> bool:
     return body is not None and body["consuming"] is True
 
 
-async def settled(port: int, **counters: int) -> bool:
+async def settled(port: int, **counters: int | None) -> bool:
     body = await health(port)
     return body is not None and all(body[k] == v for k, v in counters.items())
 
@@ -234,3 +243,75 @@ async def test_a_configuration_error_exits_2_naming_it(
     process = worker.start(name)
     assert await exited(process) == 2
     assert complaint in (worker.logs / "0.log").read_text()
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[sqlite3.Connection]:
+    """Another process's view of the ledger: an exclusive transaction held until it ends."""
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as holder:
+        holder.execute("BEGIN EXCLUSIVE")
+        yield holder
+
+
+def locked_ledger_worker(
+    launcher: Launcher, name: str, settings: ConsumerSettings
+) -> WorkerProcess:
+    worker = launcher({name: settings})
+    worker.env["AIFI_LEDGER_BUSY_TIMEOUT_MS"] = "50"
+    return worker
+
+
+def retries(worker: WorkerProcess) -> int:
+    return worker.messages(0).count("ledger busy; retrying")
+
+
+async def test_a_worker_waits_for_a_locked_ledger_says_so_and_proceeds_once_released(
+    channel: AbstractChannel, scratch: testing.Scratch, launcher: Launcher, store: int
+) -> None:
+    port = free_port()
+    name, settings = scratch.consumer(f"entered.{store}", health_port=port)
+    worker = locked_ledger_worker(launcher, name, settings)
+    with locked(worker.db) as holder:
+        process = worker.start(name)
+        await testing.eventually(lambda: retries(worker) >= 3, what="the worker to retry")
+        answer = await healthz(port)
+        assert answer is not None
+        status, body = answer
+        assert status == 503
+        assert body["starting"].startswith("opening ledger: database is locked, retrying in ")
+        assert process.poll() is None
+        holder.execute("ROLLBACK")
+    await testing.eventually(lambda: consuming(port), what="the worker to consume")
+    assert await settled(port, starting=None)
+    await testing.publish(channel, [testing.transition("entered", store, "s1")])
+    await testing.eventually(lambda: worker.processed() == 1, what="the event applied")
+    process.send_signal(signal.SIGTERM)
+    assert await exited(process) == 0
+    assert "ledger open" in worker.messages(0)
+
+
+async def test_a_worker_stopped_while_its_ledger_is_locked_exits_0(
+    scratch: testing.Scratch, launcher: Launcher, store: int
+) -> None:
+    name, settings = scratch.consumer(f"entered.{store}")
+    worker = locked_ledger_worker(launcher, name, settings)
+    with locked(worker.db):
+        process = worker.start(name)
+        await testing.eventually(lambda: retries(worker) >= 1, what="the worker to retry")
+        process.send_signal(signal.SIGTERM)
+        assert await exited(process) == 0
+    assert worker.stopped(0)["consuming"] is False
+    assert "ledger open" not in worker.messages(0)
+
+
+async def test_a_ledger_that_cannot_be_opened_exits_1_naming_it(
+    scratch: testing.Scratch, launcher: Launcher, store: int
+) -> None:
+    name, settings = scratch.consumer(f"entered.{store}")
+    worker = launcher({name: settings})
+    worker.db.write_bytes(b"not a database" * 500)
+    process = worker.start(name)
+    assert await exited(process) == 1
+    log = (worker.logs / "0.log").read_text()
+    assert f"aifi-consumer: cannot open the ledger at {worker.db}: file is not a database" in log
+    assert "Traceback" not in log

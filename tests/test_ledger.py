@@ -1,24 +1,51 @@
-"""The presence ledger on its own: counting, idempotency and order independence in SQLite."""
+"""The presence ledger on its own: counting, idempotency and order independence in SQLite,
+and opening it from many processes at once."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import orjson
 import pytest
 
 from consumers import ledger, testing
 from consumers.handler import Reject
-from consumers.ledger import LedgerDB
+from consumers.ledger import LedgerDB, LedgerError
+from devtools.gatewayproc import child_environ
 from gateway.contract import Event
 from gateway.settings import LedgerSettings
 
+ROOT = Path(__file__).resolve().parent.parent
 STORE = 42
+OPENERS, ROUNDS = 6, 100
+# One child process: for each line read (the go signal), open the next new database.
+OPENER = """
+import sys
+from pathlib import Path
+from consumers.ledger import LedgerDB
+from gateway.settings import LedgerSettings
+folder, rounds = Path(sys.argv[1]), int(sys.argv[2])
+for n in range(rounds):
+    sys.stdin.readline()
+    try:
+        LedgerDB.open(LedgerSettings(db=folder / f"{n}.sqlite3")).close()
+    except Exception as exc:
+        print(f"round {n}: {type(exc).__name__}: {exc}", flush=True)
+    else:
+        print("ok", flush=True)
+"""
 
 
 def event(kind: Literal["entered", "exited"], session: str = "s1", **fields: Any) -> Event:
@@ -184,3 +211,117 @@ async def test_a_retention_of_zero_keeps_every_id(tmp_path: Path) -> None:
         await presence.apply([event("entered")])
         await asyncio.sleep(0.1)
         assert await presence.call(LedgerDB.processed) == 1
+
+
+@contextlib.contextmanager
+def openers(folder: Path) -> Iterator[list[subprocess.Popen[str]]]:
+    """`OPENERS` child processes running `OPENER`, each in its own process group."""
+    children: list[subprocess.Popen[str]] = []
+    try:
+        for _ in range(OPENERS):
+            children.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", OPENER, str(folder), str(ROUNDS)],
+                    cwd=ROOT,
+                    env=child_environ(),
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    start_new_session=True,
+                )
+            )
+        yield children
+    finally:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+            child.wait(10)
+            for stream in (child.stdin, child.stdout):
+                if stream is not None:
+                    stream.close()
+
+
+def go(children: list[subprocess.Popen[str]]) -> list[str]:
+    """Let every child open its next database at the same moment; what each said."""
+    inputs: list[IO[str]] = [child.stdin for child in children if child.stdin is not None]
+    for stream in inputs:
+        stream.write("\n")
+    for stream in inputs:
+        stream.flush()
+    return [child.stdout.readline().strip() for child in children if child.stdout is not None]
+
+
+def test_workers_opening_a_new_ledger_at_the_same_moment_all_succeed(tmp_path: Path) -> None:
+    """Each round `OPENERS` processes open the same new file together, as the built-in
+    workers do when started at once; before openers retried the switch to WAL, some
+    died with "database is locked"."""
+    with openers(tmp_path) as children:
+        said = [line for _ in range(ROUNDS) for line in go(children)]
+    assert [line for line in said if line != "ok"] == []
+    assert len(said) == ROUNDS * OPENERS
+    for n in range(ROUNDS):
+        with contextlib.closing(sqlite3.connect(tmp_path / f"{n}.sqlite3")) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        assert tables >= {"processed", "visits", "tracking"}
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[sqlite3.Connection]:
+    """Another connection holding `path` in an exclusive transaction until it commits."""
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as holder:
+        holder.execute("BEGIN EXCLUSIVE")
+        yield holder
+
+
+async def test_opening_waits_while_another_connection_holds_the_ledger_locked(
+    tmp_path: Path,
+) -> None:
+    settings = LedgerSettings(db=tmp_path / "ledger.sqlite3", busy_timeout_ms=20)
+    failures: list[str] = []
+    with locked(settings.db) as holder:
+
+        async def retry(exc: sqlite3.OperationalError, attempt: int) -> None:
+            failures.append(f"{attempt}: {exc}")
+            if attempt == 2:
+                holder.execute("COMMIT")
+
+        async with ledger.opened(settings, retry) as presence:
+            assert await presence.apply([event("entered")]) == 1
+    assert failures == [f"{n}: database is locked" for n in range(3)]
+
+
+async def test_without_retry_a_locked_ledger_fails_at_once(tmp_path: Path) -> None:
+    settings = LedgerSettings(db=tmp_path / "ledger.sqlite3", busy_timeout_ms=20)
+    with locked(settings.db), pytest.raises(LedgerError, match="database is locked"):
+        async with ledger.opened(settings):
+            pass
+
+
+def corrupt(tmp_path: Path) -> Path:
+    path = tmp_path / "ledger.sqlite3"
+    path.write_bytes(b"this is not a database" * 300)
+    return path
+
+
+def under_a_file(tmp_path: Path) -> Path:
+    (tmp_path / "file").write_text("")
+    return tmp_path / "file" / "ledger.sqlite3"
+
+
+@pytest.mark.parametrize(
+    ("where", "complaint"),
+    [(corrupt, "file is not a database"), (under_a_file, "File exists")],
+)
+async def test_a_ledger_that_cannot_be_opened_fails_without_waiting(
+    tmp_path: Path, where: Any, complaint: str
+) -> None:
+    path = where(tmp_path)
+
+    async def retry(exc: sqlite3.OperationalError, attempt: int) -> None:
+        raise AssertionError(f"waited for a permanent failure: {exc}")
+
+    expected = f"{re.escape(f'cannot open the ledger at {path}: ')}.*{complaint}"
+    with pytest.raises(LedgerError, match=expected):
+        async with ledger.opened(LedgerSettings(db=path), retry):
+            pass
