@@ -31,7 +31,7 @@ def child_environ() -> dict[str, str]:
 
 
 def is_alive(pid: int) -> bool:
-    """Running, that is: neither gone nor a zombie (an orphan's is reaped only by init)."""
+    """Neither gone nor a zombie (dead, not yet reaped: an orphan waits for init)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except FileNotFoundError:
@@ -64,7 +64,8 @@ def kill_group(pgid: int, timeout_s: float = 10.0) -> None:
 
 
 class GatewayProcess:
-    """One `aifi-gateway` process on a loopback port, with its settings in `env`."""
+    """One gateway (`aifi-gateway`, or `argv`) on a loopback port, with its settings in
+    `env`; started as a process group of its own, with its workers if it has any."""
 
     def __init__(
         self,
@@ -88,8 +89,13 @@ class GatewayProcess:
             self.process = subprocess.Popen(
                 self.argv, env=env, stdout=log, stderr=subprocess.STDOUT, process_group=0
             )
-        self.groups.append(self.process.pid)
-        self.wait_alive(timeout_s)
+        # Only groups with someone alive: a pid, and so a pgid, is reused once it is free.
+        self.groups = [g for g in self.groups if group_members(g)] + [self.process.pid]
+        try:
+            self.wait_alive(timeout_s)
+        except BaseException:
+            self.stop()  # a gateway that never came up is nobody's to stop later
+            raise
 
     def wait_alive(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -120,5 +126,6 @@ class GatewayProcess:
         """SIGKILL every process group started, and reap the gateway."""
         for pgid in self.groups:
             kill_group(pgid)
+        self.groups.clear()
         if self.process is not None:
             self.process.wait(timeout=10)
