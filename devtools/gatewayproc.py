@@ -1,7 +1,11 @@
-"""A gateway in a subprocess, for fault tests and benchmarks: start, SIGKILL, SIGTERM."""
+"""A gateway in a subprocess, for fault tests and benchmarks: start, SIGKILL, SIGTERM.
+
+Each start is a process group of its own (the gateway, its workers and multiprocessing's
+resource tracker), and `stop` kills every group it started, so nothing outlives a test."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,6 +19,9 @@ BIN = Path(sys.executable).parent
 # The commands the tests run as processes; docker-compose.yml must use these (a test checks).
 GATEWAY_COMMAND = ("aifi-gateway",)
 CONSUMER_COMMAND = ("aifi-consumer",)
+GATEWAY_ARGV = (str(BIN / GATEWAY_COMMAND[0]), *GATEWAY_COMMAND[1:])
+# The same gateway through its other entry point.
+GATEWAY_MODULE_ARGV = (sys.executable, "-m", "gateway")
 
 
 def child_environ() -> dict[str, str]:
@@ -23,12 +30,53 @@ def child_environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("AIFI_")}
 
 
-class GatewayProcess:
-    """One `aifi-gateway` process on a loopback port, with its settings in `env`."""
+def is_alive(pid: int) -> bool:
+    """Neither gone nor a zombie (dead, not yet reaped: an orphan waits for init)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
-    def __init__(self, port: int, env: dict[str, str], log_path: Path) -> None:
-        self.port, self.env, self.log_path = port, env, log_path
+
+def group_members(pgid: int) -> list[int]:
+    """The live processes of a process group (Linux: read from /proc)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(stat.parent.name))
+    return members
+
+
+def kill_group(pgid: int, timeout_s: float = 10.0) -> None:
+    """SIGKILL a whole process group and wait until none of it is alive."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout_s
+    while group_members(pgid):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"process group {pgid} outlived SIGKILL")
+        time.sleep(0.05)
+
+
+class GatewayProcess:
+    """One gateway (`aifi-gateway`, or `argv`) on a loopback port, with its settings in
+    `env`; started as a process group of its own, with its workers if it has any."""
+
+    def __init__(
+        self,
+        port: int,
+        env: dict[str, str],
+        log_path: Path,
+        argv: tuple[str, ...] = GATEWAY_ARGV,
+    ) -> None:
+        self.port, self.env, self.log_path, self.argv = port, env, log_path, argv
         self.process: subprocess.Popen[bytes] | None = None
+        self.groups: list[int] = []
 
     @property
     def url(self) -> str:
@@ -39,12 +87,15 @@ class GatewayProcess:
         env = child_environ() | self.env | here
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [str(BIN / GATEWAY_COMMAND[0]), *GATEWAY_COMMAND[1:]],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                self.argv, env=env, stdout=log, stderr=subprocess.STDOUT, process_group=0
             )
-        self.wait_alive(timeout_s)
+        # Only groups with someone alive: a pid, and so a pgid, is reused once it is free.
+        self.groups = [g for g in self.groups if group_members(g)] + [self.process.pid]
+        try:
+            self.wait_alive(timeout_s)
+        except BaseException:
+            self.stop()  # a gateway that never came up is nobody's to stop later
+            raise
 
     def wait_alive(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -59,7 +110,8 @@ class GatewayProcess:
         raise TimeoutError("gateway did not come up")
 
     def kill(self) -> None:
-        """SIGKILL: a crash, with no chance to flush or drain anything."""
+        """SIGKILL of the gateway process alone: a crash, with no chance to flush or drain
+        anything (its workers, if any, are left to notice it)."""
         assert self.process is not None
         self.process.kill()
         self.process.wait(timeout=10)
@@ -71,6 +123,9 @@ class GatewayProcess:
         return self.process.wait(timeout=timeout_s)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
+        """SIGKILL every process group started, and reap the gateway."""
+        for pgid in self.groups:
+            kill_group(pgid)
+        self.groups.clear()
+        if self.process is not None:
             self.process.wait(timeout=10)

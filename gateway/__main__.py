@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import gc
+import contextlib
 import logging
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
-from aiohttp import web
 
 from gateway import asyncapi, logs, openapi, spool, tail
-from gateway.app import create_app
 from gateway.settings import Settings, SettingsError, load
-from gateway.workers import Supervisor
+from gateway.workers import Supervisor, serve
 
 log = logging.getLogger("gateway")
-
-LINGERING_S = 1.0
-GC_THRESHOLDS = (20_000, 20, 20)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -44,58 +41,37 @@ def check_auth(settings: Settings) -> None:
         raise SettingsError("no token configured: set AIFI_TOKENS or auth.allow_anonymous: true")
 
 
-def quiet_gc() -> None:
-    """Fewer and shorter collections: under load they paused the loop for tens of ms.
-
-    What is alive at start (modules, pydantic's schemas) is frozen out of every
-    collection, and the young generation is collected every GC_THRESHOLDS[0]
-    allocations instead of 700. `make bench` measured p99 25-31 ms against
-    42-58 ms without, at the same throughput and peak RSS.
-    """
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-
-
-def serve(settings: Settings) -> None:
-    """One gateway process; with `http.workers` > 1 each worker shares the port (SO_REUSEPORT)."""
-    import uvloop
-
-    logs.configure(settings.log.level)
-    app = create_app(settings)
-    quiet_gc()
-    web.run_app(
-        app,
-        host=settings.http.host,
-        port=settings.http.port,
-        access_log=logging.getLogger("aiohttp.access") if settings.http.access_log else None,
-        shutdown_timeout=settings.http.shutdown_timeout_s,
-        # aiohttp closes a connection that has not delivered a complete request
-        # head within the keep-alive timeout: that is our header timeout.
-        keepalive_timeout=settings.http.header_timeout_s,
-        # After refusing a body, drain what the client still sends for a moment
-        # (so it can read the answer), not for aiohttp's default 10 s.
-        lingering_time=LINGERING_S,
-        print=None,
-        loop=uvloop.new_event_loop(),
-        reuse_port=settings.http.workers > 1 or None,
-    )
-
-
 def inspect_spool(directory: Path) -> None:
     """Print depth, oldest age and segments of a spool (read-only; safe while it runs)."""
     print(orjson.dumps(spool.inspect(directory), option=orjson.OPT_INDENT_2).decode())
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+@contextlib.contextmanager
+def quiet_when_reader_leaves() -> Iterator[None]:
+    """`aifi-gateway asyncapi | head`: when the reader of stdout goes away, exit 1 without a
+    traceback (the recipe of Python's `signal` documentation)."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python flushes stdout once more at exit; devnull keeps that flush quiet too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
+
+
+def settings_for(command: str | None) -> Settings:
     try:
         settings = load()
         logs.configure(settings.log.level)
-        if args.command in (None, "serve"):
+        if command in (None, "serve"):
             check_auth(settings)
     except SettingsError as exc:
         print(f"aifi-gateway: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    return settings
+
+
+def print_command(args: argparse.Namespace, settings: Settings) -> None:
     if args.command == "spool":
         inspect_spool(args.dir or settings.spool.dir)
     elif args.command == "asyncapi":
@@ -104,18 +80,24 @@ def main(argv: list[str] | None = None) -> None:
         print(orjson.dumps(openapi.document(settings), option=orjson.OPT_INDENT_2).decode())
     elif args.command == "tail":
         tail.run(settings.amqp, args.binding)
-    else:
-        log.info(
-            "starting",
-            extra={
-                "host": settings.http.host,
-                "port": settings.http.port,
-                "workers": settings.http.workers,
-            },
-        )
-        if settings.http.workers > 1:
-            raise SystemExit(Supervisor(settings, serve).run())
-        serve(settings)
+
+
+def run_gateway(settings: Settings) -> None:
+    http = settings.http
+    log.info("starting", extra={"host": http.host, "port": http.port, "workers": http.workers})
+    if http.workers > 1:
+        raise SystemExit(Supervisor(settings).run())
+    serve(settings)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    settings = settings_for(args.command)
+    if args.command in (None, "serve"):
+        run_gateway(settings)
+        return
+    with quiet_when_reader_leaves():
+        print_command(args, settings)
 
 
 if __name__ == "__main__":

@@ -1,27 +1,81 @@
-"""`http.workers: N`: N gateway processes sharing the port through SO_REUSEPORT.
+"""Gateway processes: `serve` runs one; with `http.workers: N`, a `Supervisor` runs N of
+them sharing the port through SO_REUSEPORT.
 
 Each worker has its own spool directory (`<spool.dir>/worker-<i>`) and its own
 AMQP connection, so nothing is shared but the listening port. The parent only
 supervises: it restarts a worker that died (which recovers its own spool) and
-passes SIGTERM on for a graceful stop.
+passes SIGTERM on for a graceful stop. A worker dies with its supervisor, so
+that a supervisor killed with SIGKILL leaves no worker holding a spool that
+its successor must recover.
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
 import multiprocessing
+import multiprocessing.connection
+import os
 import signal
+import sys
+import threading
 import time
-from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from typing import Final
 
+from aiohttp import web
+
+from gateway import logs
+from gateway.app import create_app
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 
 RESTART_DELAY_S: Final = 0.5
-Serve = Callable[[Settings], None]
+# An orphaned worker stops gracefully, and is killed if that takes longer: the spool
+# is a write-ahead log, so the next supervisor recovers it either way.
+ORPHAN_DEADLINE_S: Final = 2.0
+LINGERING_S: Final = 1.0
+GC_THRESHOLDS: Final = (20_000, 20, 20)
+PR_SET_PDEATHSIG: Final = 1  # <linux/prctl.h>
+
+
+def quiet_gc() -> None:
+    """Fewer and shorter collections: under load they paused the loop for tens of ms.
+
+    What is alive at start (modules, pydantic's schemas) is frozen out of every
+    collection, and the young generation is collected every GC_THRESHOLDS[0]
+    allocations instead of 700. `make bench` measured p99 25-31 ms against
+    42-58 ms without, at the same throughput and peak RSS.
+    """
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
+def serve(settings: Settings) -> None:
+    """One gateway process; with `http.workers` > 1 each worker shares the port (SO_REUSEPORT)."""
+    import uvloop
+
+    logs.configure(settings.log.level)
+    app = create_app(settings)
+    quiet_gc()
+    web.run_app(
+        app,
+        host=settings.http.host,
+        port=settings.http.port,
+        access_log=logging.getLogger("aiohttp.access") if settings.http.access_log else None,
+        shutdown_timeout=settings.http.shutdown_timeout_s,
+        # aiohttp closes a connection that has not delivered a complete request
+        # head within the keep-alive timeout: that is our header timeout.
+        keepalive_timeout=settings.http.header_timeout_s,
+        # After refusing a body, drain what the client still sends for a moment
+        # (so it can read the answer), not for aiohttp's default 10 s.
+        lingering_time=LINGERING_S,
+        print=None,
+        loop=uvloop.new_event_loop(),
+        reuse_port=settings.http.workers > 1 or None,
+    )
 
 
 def worker_settings(settings: Settings, index: int) -> Settings:
@@ -29,17 +83,55 @@ def worker_settings(settings: Settings, index: int) -> Settings:
     return settings.model_copy(update={"spool": spool})
 
 
+def run_worker(settings: Settings, supervisor_pid: int) -> None:
+    """A spawned worker. It lives in an importable module because spawn pickles its
+    target by name, and a child cannot import `__main__` of `python -m gateway`."""
+    die_with_parent(supervisor_pid)
+    serve(settings)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """SIGTERM this process when its parent exits, and SIGKILL it ORPHAN_DEADLINE_S later."""
+    armed = set_parent_death_signal(signal.SIGTERM)
+    if os.getppid() != parent_pid:  # it exited before the signal was armed
+        os.kill(os.getpid(), signal.SIGTERM)
+    watch = threading.Thread(target=watch_parent, args=(armed,), name="orphan-watch", daemon=True)
+    watch.start()
+
+
+def set_parent_death_signal(signum: int) -> bool:
+    """prctl(PR_SET_PDEATHSIG): the kernel signals us when our parent exits (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return bool(libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) == 0)
+
+
+def watch_parent(signalled: bool) -> None:
+    """Wait for the parent's end: multiprocessing's pipe from it reads EOF once it exited
+    (which also covers a parent gone before prctl and systems without prctl)."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+    multiprocessing.connection.wait([parent.sentinel])
+    if not signalled:
+        os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(ORPHAN_DEADLINE_S)
+    log.error("the graceful stop of an orphaned worker overran; killing it")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 class Supervisor:
-    def __init__(self, settings: Settings, serve: Serve) -> None:
-        self._settings, self._serve = settings, serve
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
         self._context = multiprocessing.get_context("spawn")
         self._workers: dict[int, BaseProcess] = {}
         self._stopping = False
 
     def start(self, index: int) -> None:
         process = self._context.Process(
-            target=self._serve,
-            args=(worker_settings(self._settings, index),),
+            target=run_worker,
+            args=(worker_settings(self._settings, index), os.getpid()),
             name=f"aifi-gateway-worker-{index}",
         )
         process.start()

@@ -1,9 +1,12 @@
-"""`http.workers: 2`: two processes on one port, no event lost or duplicated across them,
-and a worker killed with SIGKILL is restarted and recovers its own spool."""
+"""`http.workers: 2`: two processes on one port, no event lost or duplicated across them; a
+worker killed with SIGKILL is restarted and recovers its own spool; a supervisor killed with
+SIGKILL takes its workers along, and its successor recovers every worker's spool."""
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import time
@@ -11,9 +14,16 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
-from devtools.gatewayproc import GatewayProcess
+from devtools.gatewayproc import (
+    GATEWAY_ARGV,
+    GATEWAY_MODULE_ARGV,
+    GatewayProcess,
+    group_members,
+    is_alive,
+)
 from devtools.loadcheck import (
     Sent,
     Verdict,
@@ -27,16 +37,49 @@ from devtools.loadcheck import (
 )
 from devtools.rabbitnode import free_port
 from gateway.settings import Settings
-from gateway.workers import worker_settings
-from tests.support import TOKEN, gateway_env, gateway_settings
+from gateway.workers import ORPHAN_DEADLINE_S, die_with_parent, worker_settings
+from tests.support import AUTH, TOKEN, gateway_env, gateway_settings
 
 LOAD = 2000
+CONCURRENCY = 64
+# How long orphaned workers may take to go, beyond their own deadline: a busy machine.
+ORPHAN_SLACK_S = 3.0
 
 
 def worker_pids(parent: int) -> list[int]:
     """The spawned gateway workers of `parent` (not multiprocessing's resource tracker)."""
     children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
     return [int(p) for p in children if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+
+def flock_inodes() -> set[int]:
+    """Inodes of every file some process holds a flock on (read from /proc/locks)."""
+    lines = Path("/proc/locks").read_text().splitlines()
+    return {int(f[5].split(":")[2]) for f in map(str.split, lines) if f[1] == "FLOCK"}
+
+
+def locked_spools(spool_dir: Path) -> int:
+    held = flock_inodes()
+    return sum(lock.stat().st_ino in held for lock in spool_dir.glob("worker-*/lock"))
+
+
+def wait_for_workers(spool_dir: Path, count: int, timeout_s: float = 20.0) -> None:
+    """Until every worker holds its spool's lock, which it takes just before it listens:
+    the kernel spreads connections only over the sockets already listening."""
+    deadline = time.monotonic() + timeout_s
+    while locked_spools(spool_dir) < count:
+        assert time.monotonic() < deadline, "the workers did not all start"
+        time.sleep(0.05)
+    time.sleep(0.5)
+
+
+def wait_gone(pids: list[int], timeout_s: float) -> float:
+    """Seconds until none of `pids` is alive; fails after `timeout_s`."""
+    start = time.monotonic()
+    while any(map(is_alive, pids)):
+        assert time.monotonic() - start < timeout_s, "processes outlived their deadline"
+        time.sleep(0.02)
+    return time.monotonic() - start
 
 
 @pytest.fixture
@@ -46,30 +89,57 @@ async def queue_name(amqp_url: str) -> AsyncIterator[str]:
     await delete_queue(amqp_url, name)
 
 
-def wait_for_workers(spool_dir: Path, count: int, timeout_s: float = 20.0) -> None:
-    """Until every worker has opened its spool, which it does just before it listens:
-    the kernel spreads connections only over the sockets already listening."""
-    deadline = time.monotonic() + timeout_s
-    while len(list(spool_dir.glob("worker-*/lock"))) < count:
-        assert time.monotonic() < deadline, "the workers did not all start"
-        time.sleep(0.05)
-    time.sleep(0.5)
-
-
 @pytest.fixture
-def two_workers(amqp_url: str, tmp_path: Path) -> Iterator[GatewayProcess]:
+def two_workers(
+    amqp_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[GatewayProcess]:
+    """`aifi-gateway` with two workers (or another entry point, given as the parameter)."""
+    argv = getattr(request, "param", GATEWAY_ARGV)
     env = gateway_env(amqp_url, tmp_path / "spool", AIFI_HTTP_WORKERS="2")
-    process = GatewayProcess(free_port(), env, tmp_path / "gateway.log")
-    process.start()
-    wait_for_workers(tmp_path / "spool", 2)
-    yield process
-    process.stop()
+    process = GatewayProcess(free_port(), env, tmp_path / "gateway.log", argv)
+    try:
+        process.start()
+        wait_for_workers(tmp_path / "spool", 2)
+        yield process
+    finally:
+        process.stop()
 
 
 def test_each_worker_gets_a_spool_of_its_own(amqp_url: str, tmp_path: Path) -> None:
     settings: Settings = gateway_settings(amqp_url, tmp_path, http={"workers": 2})
     dirs = {worker_settings(settings, i).spool.dir for i in range(2)}
     assert dirs == {tmp_path / "spool" / "worker-0", tmp_path / "spool" / "worker-1"}
+
+
+async def post_webhooks(gateway: GatewayProcess, body: bytes, count: int) -> list[int]:
+    """`count` webhooks, each on a connection of its own (so both workers get some)."""
+    url = f"{gateway.url}/webhooks/aifi/entered"
+    statuses = []
+    for _ in range(count):
+        async with (
+            aiohttp.ClientSession(headers=AUTH) as session,
+            session.post(url, data=body) as response,
+        ):
+            statuses.append(response.status)
+    return statuses
+
+
+@pytest.mark.parametrize(
+    "two_workers",
+    [GATEWAY_ARGV, GATEWAY_MODULE_ARGV],
+    ids=["aifi-gateway", "python-m-gateway"],
+    indirect=True,
+)
+async def test_both_entry_points_run_workers_that_accept_webhooks(
+    two_workers: GatewayProcess, examples: dict[str, bytes], tmp_path: Path
+) -> None:
+    assert await post_webhooks(two_workers, examples["entered"], 10) == [200] * 10
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{two_workers.url}/readyz") as response,
+    ):
+        assert response.status == 200
+    assert "worker died" not in (tmp_path / "gateway.log").read_text()
 
 
 async def load_and_check(
@@ -79,7 +149,7 @@ async def load_and_check(
     sent_markers = markers(run, LOAD)
     url = f"{gateway.url}/webhooks/aifi/entered"
     sent = Sent()
-    load = asyncio.create_task(send_load(url, TOKEN, sent_markers, 64, sent))
+    load = asyncio.create_task(send_load(url, TOKEN, sent_markers, CONCURRENCY, sent))
     await until_answered(sent, LOAD // 4)
     assert not load.done()
     during()
@@ -131,8 +201,91 @@ async def test_a_killed_worker_is_restarted_and_nothing_is_lost(
     assert len(replacement) == 1, "the killed worker was not restarted"
 
 
+async def test_a_killed_supervisor_takes_its_workers_along_and_a_restart_loses_nothing(
+    two_workers: GatewayProcess,
+    amqp_url: str,
+    queue_name: str,
+    tmp_path: Path,
+    checker_report: Callable[[str, Verdict], None],
+) -> None:
+    assert two_workers.process is not None
+    pids = worker_pids(two_workers.process.pid)
+    run = f"supervisor-{uuid.uuid4().hex[:8]}"
+    sent_markers = markers(run, LOAD + LOAD // 4)
+    url = f"{two_workers.url}/webhooks/aifi/entered"
+    sent = Sent()
+    load = asyncio.create_task(send_load(url, TOKEN, sent_markers[:LOAD], CONCURRENCY, sent))
+    await until_answered(sent, LOAD // 4)
+    assert not load.done()
+    two_workers.kill()
+    gone_s = await asyncio.to_thread(wait_gone, pids, ORPHAN_DEADLINE_S + ORPHAN_SLACK_S)
+    print(f"workers gone {gone_s:.2f} s after their supervisor's SIGKILL")
+    await load
+    await asyncio.to_thread(two_workers.start)
+    await asyncio.to_thread(wait_for_workers, tmp_path / "spool", 2)
+    # The successor takes webhooks too, and recovers what its predecessor's workers spooled.
+    await send_load(url, TOKEN, sent_markers[LOAD:], CONCURRENCY, sent)
+    arrived = await collect(amqp_url, queue_name, run, sent.acknowledged, timeout_s=60)
+    verdict = classify(sent_markers, sent, arrived)
+    checker_report("supervisor-killed", verdict)
+    assert not verdict.lost, f"lost {len(verdict.lost)}: {sorted(verdict.lost)[:5]}"
+    assert not verdict.unexpected
+    assert not verdict.wrong_ids
+    assert verdict.acknowledged >= LOAD // 4 + LOAD // 4
+
+
 def test_sigterm_stops_every_worker_with_exit_code_0(two_workers: GatewayProcess) -> None:
     assert two_workers.process is not None
     pids = worker_pids(two_workers.process.pid)
     assert two_workers.terminate() == 0
-    assert not any(os.path.exists(f"/proc/{pid}") for pid in pids)
+    assert not any(map(is_alive, pids))
+
+
+def test_stop_leaves_no_process_of_the_gateway_alive(two_workers: GatewayProcess) -> None:
+    assert two_workers.process is not None
+    group = group_members(two_workers.process.pid)
+    assert len(group) == 4, "the supervisor, two workers and the resource tracker"
+    two_workers.stop()
+    assert not any(map(is_alive, group))
+
+
+def stubborn_worker(report: multiprocessing.connection.Connection) -> None:
+    """A worker whose graceful stop never ends: it ignores SIGTERM."""
+    die_with_parent(os.getppid())
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    report.send(os.getpid())
+    time.sleep(60)
+
+
+def parent_of_stubborn(report: multiprocessing.connection.Connection) -> None:
+    worker = multiprocessing.get_context("spawn").Process(target=stubborn_worker, args=(report,))
+    worker.start()
+    worker.join()
+
+
+def test_an_orphaned_worker_that_will_not_stop_is_killed_at_its_deadline() -> None:
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    parent = context.Process(target=parent_of_stubborn, args=(sender,))
+    parent.start()
+    armed: list[int] = []
+    try:
+        assert receiver.poll(30), "the worker did not arm itself"
+        armed.append(receiver.recv())
+        parent.kill()
+        wait_gone(armed, ORPHAN_DEADLINE_S + ORPHAN_SLACK_S)
+    finally:
+        parent.kill()
+        parent.join()
+        for pid in filter(is_alive, armed):
+            os.kill(pid, signal.SIGKILL)
+        receiver.close()
+        sender.close()
+
+
+def test_a_worker_whose_parent_is_already_gone_stops_at_once() -> None:
+    context = multiprocessing.get_context("spawn")
+    worker = context.Process(target=die_with_parent, args=(os.getpid() + 1,))
+    worker.start()
+    worker.join(timeout=30)
+    assert worker.exitcode == -signal.SIGTERM
