@@ -32,6 +32,7 @@ class ConsumerState:
     connected: bool = False
     consuming: bool = False
     reconnects: int = 0
+    cancels: int = 0  # consumers the broker cancelled (queue deleted, consumer timeout)
     batches: int = 0
     received: int = 0
     redelivered: int = 0  # deliveries the broker had handed out before: crash recovery
@@ -101,6 +102,7 @@ class StateCollector(Collector):
         for name, doc, value in (
             ("batches", "batches taken", state.batches),
             ("reconnects", "AMQP reconnections", state.reconnects),
+            ("cancels", "consumers cancelled by the broker", state.cancels),
         ):
             yield counter(f"aifi_consumer_{name}", doc, labels, value)
         for name, doc, flag in (

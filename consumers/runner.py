@@ -167,6 +167,7 @@ class Worker:
         if cancelled.done():
             # Handled as a lost channel: the next session declares the queue again (it may
             # have been deleted) and consumes it again.
+            self.state.cancels += 1
             reason = ConsumerCancelled(f"the broker cancelled the consumer of {queue.name}")
             self._note_failure("consumer cancelled by the broker; reconnecting", url, reason)
         else:

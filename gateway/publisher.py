@@ -118,6 +118,14 @@ class Publisher:
             try:
                 await self._serve(url)
                 attempt = 0
+            except aiormq.exceptions.ChannelPreconditionFailed as exc:
+                # A queue an earlier release declared with other arguments: only an
+                # operator can move its messages over, so say how.
+                log.error(
+                    "topology differs from what this release declares; stop the workers "
+                    "and run `aifi-consumer migrate`",
+                    extra={"url": redact(url), "error": repr(exc)},
+                )
             except BROKER_ERRORS as exc:
                 log.warning(
                     "amqp connection failed", extra={"url": redact(url), "error": repr(exc)}

@@ -75,6 +75,7 @@ async def test_metrics_report_outcomes_state_and_handler_time() -> None:
     state = ConsumerState("exited")
     state.connected = True
     state.acked, state.retried, state.dead_lettered = 5, 2, 1
+    state.cancels = 3
     with state.timing():
         pass
     async with TestClient(TestServer(health.create_app(state))) as client:
@@ -85,6 +86,7 @@ async def test_metrics_report_outcomes_state_and_handler_time() -> None:
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
+    assert samples[("aifi_consumer_cancels_total", (("consumer", "exited"),))] == 3
     outcome = (("consumer", "exited"), ("outcome", "acked"))
     assert samples[("aifi_consumer_messages_total", outcome)] == 5
     retried = (("consumer", "exited"), ("outcome", "retried"))

@@ -429,6 +429,7 @@ async def test_a_queue_deleted_under_a_worker_is_declared_again_and_consumed(
             status, body = await healthz(port)
             assert (status, body["consuming"]) == (503, False)
             assert str(body["last_error"]).startswith("ConsumerCancelled")
+            assert body["cancels"] == 1
             stall.released.set()
             await testing.eventually(lambda: consumer.state.consuming, what="consuming again")
             await testing.publish(channel, [second])  # routed: the queue is back, bound
