@@ -18,6 +18,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# The AsyncAPI and OpenAPI command-line validators the tests run (pinned in package-lock.json).
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
 broker: $(VENV)/.installed
 	$(PY) -m devtools.rabbitnode ensure --url "$(AIFI_AMQP_URL)" --dir $(RABBIT_DIR)
 
@@ -32,7 +37,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: broker
+test: broker node_modules/.installed
 	status=0; \
 	{ $(MAKE) --no-print-directory lint && \
 	  $(VENV)/bin/pytest $(PYTEST_ARGS) -m "not cluster"; } || status=$$?; \

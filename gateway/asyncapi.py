@@ -26,6 +26,13 @@ EXCHANGE_BINDING: Final = {
         "bindingVersion": "0.3.0",
     }
 }
+# How the gateway publishes (persistent, mandatory, timestamped) and how the workers
+# consume (manual acks): properties of the operation in AMQP bindings 0.3.0, which
+# allow nothing but `bindingVersion` on a message.
+SEND_BINDING: Final = {
+    "amqp": {"deliveryMode": 2, "mandatory": True, "timestamp": True, "bindingVersion": "0.3.0"}
+}
+RECEIVE_BINDING: Final = {"amqp": {"ack": True, "bindingVersion": "0.3.0"}}
 
 
 def header_schema() -> dict[str, Any]:
@@ -47,7 +54,6 @@ def event_message(kind: Kind) -> dict[str, Any]:
         "contentType": contract.EVENT_CONTENT_TYPE,
         "headers": header_schema(),
         "payload": {"$ref": SCHEMA_REF.format(model="CloudEvent")},
-        "bindings": {"amqp": {"deliveryMode": 2, "bindingVersion": "0.3.0"}},
     }
 
 
@@ -117,13 +123,18 @@ def queue_channel(kind: str) -> dict[str, Any]:
 def operations() -> dict[str, Any]:
     ops: dict[str, Any] = {}
     for kind in KINDS:
-        ops[f"publish_{kind}"] = {"action": "send", "channel": {"$ref": f"#/channels/{kind}"}}
+        ops[f"publish_{kind}"] = send(f"#/channels/{kind}")
         ops[f"consume_{kind}"] = {
             "action": "receive",
             "channel": {"$ref": f"#/channels/queue_{kind}"},
+            "bindings": RECEIVE_BINDING,
         }
-    ops["quarantine"] = {"action": "send", "channel": {"$ref": "#/channels/invalid"}}
+    ops["quarantine"] = send("#/channels/invalid")
     return ops
+
+
+def send(channel_ref: str) -> dict[str, Any]:
+    return {"action": "send", "channel": {"$ref": channel_ref}, "bindings": SEND_BINDING}
 
 
 def schemas() -> dict[str, Any]:

@@ -83,6 +83,8 @@ def document(settings: Settings) -> dict[str, Any]:
             "version": "1.0.0",
             "description": "Receives AiFi's push webhooks and publishes them to RabbitMQ.",
         },
+        # Relative: the paths are on whichever host and port serve this document.
+        "servers": [{"url": "/", "description": "the gateway serving this document"}],
         "paths": {
             f"{base}/entered": operation("entered", "Transition", "A customer entered a store"),
             f"{base}/left": operation("left", "Transition", "A customer left a store"),

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -15,6 +18,8 @@ from gateway import asyncapi, contract
 from tests.support import AUTH, Capture
 
 Client = TestClient[web.Request, web.Application]
+ASYNCAPI_CLI = Path(__file__).resolve().parent.parent / "node_modules" / ".bin" / "asyncapi"
+CLI_TIMEOUT_S = 120
 PATHS = {
     "entered": "/webhooks/aifi/entered",
     "left": "/webhooks/aifi/left",
@@ -56,6 +61,46 @@ def test_every_reference_resolves_and_names_the_real_exchange() -> None:
     )
 
 
+def test_the_official_asyncapi_cli_finds_no_error(tmp_path: Path) -> None:
+    assert ASYNCAPI_CLI.exists(), f"{ASYNCAPI_CLI} is missing: run `make node_modules/.installed`"
+    document = tmp_path / "asyncapi.json"
+    document.write_bytes(orjson.dumps(asyncapi.document(), option=orjson.OPT_INDENT_2))
+    # Without a config file saying otherwise, the CLI sends usage metrics to a remote
+    # service; with it (and no update check) a run needs no network and writes no file
+    # outside tmp_path.
+    analytics = tmp_path / "asyncapi-analytics.json"
+    analytics.write_bytes(
+        orjson.dumps({"analyticsEnabled": "false", "infoMessageShown": "true", "userID": "-"})
+    )
+    env = os.environ | {
+        "ASYNCAPI_METRICS_CONFIG_PATH": str(analytics),
+        "ASYNCAPI_SKIP_NEW_VERSION_CHECK": "true",
+        "HOME": str(tmp_path),
+    }
+    result = subprocess.run(
+        [str(ASYNCAPI_CLI), "validate", "--fail-severity", "error", str(document)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=CLI_TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " is valid" in result.stdout, result.stdout
+
+
+def sent_with(document: dict[str, Any], channel: str) -> dict[str, Any]:
+    """The AMQP binding of the operation that sends to `channel`."""
+    (operation,) = (
+        op
+        for op in document["operations"].values()
+        if op["action"] == "send" and op["channel"]["$ref"] == f"#/channels/{channel}"
+    )
+    binding: dict[str, Any] = operation["bindings"]["amqp"]
+    return binding
+
+
 @pytest.mark.parametrize("example", ["entered", "left", "tracking"])
 async def test_published_events_match_their_channel_message_and_schema(
     client: Client, capture: Capture, examples: dict[str, bytes], example: str
@@ -72,6 +117,8 @@ async def test_published_events_match_their_channel_message_and_schema(
     jsonschema.validate(orjson.loads(published.body), schema)
     jsonschema.validate(dict(published.headers), message["headers"])
     contract.CloudEvent.model_validate_json(published.body)
+    assert published.delivery_mode == sent_with(document, kind)["deliveryMode"]
+    assert published.timestamp is not None
 
 
 async def test_quarantined_requests_match_the_invalid_channel(
@@ -85,3 +132,4 @@ async def test_quarantined_requests_match_the_invalid_channel(
     assert address_pattern(channel["address"]).match(published.routing_key or "")
     jsonschema.validate(dict(published.headers), message["headers"])
     assert set(message["headers"]["properties"]) == set(published.headers)
+    assert published.delivery_mode == sent_with(document, "invalid")["deliveryMode"]

@@ -1,10 +1,13 @@
-"""docker-compose.yml, checked without a Docker engine: its structure, and that each of our
-services runs a command the test suite itself runs as a process."""
+"""docker-compose.yml, the Dockerfile and .dockerignore, checked without a Docker engine:
+the stack's structure, that each of our services runs a command the test suite itself runs
+as a process, and that the build context carries what the image needs and nothing else."""
 
 from __future__ import annotations
 
+import re
+import shlex
 import tomllib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -15,6 +18,25 @@ from devtools.gatewayproc import CONSUMER_COMMAND, GATEWAY_COMMAND
 from gateway.settings import load
 
 ROOT = Path(__file__).resolve().parent.parent
+# What must never reach a build context: secrets, local state, history, caches, results.
+KEPT_OUT = [
+    "data/dev-token",
+    "data/spool/00000000000000000001.seg",
+    "data/ledger.sqlite3",
+    ".env",
+    ".venv/bin/python",
+    ".rabbitmq/aifi-dev/mnesia/x",
+    "node_modules/.bin/asyncapi",
+    ".git/HEAD",
+    ".mypy_cache/3.11/x.json",
+    ".ruff_cache/x",
+    ".pytest_cache/v/x",
+    "gateway/__pycache__/app.cpython-311.pyc",
+    "bench/results/latest.json",
+    "tests/support.py",
+    "build/lib/gateway/app.py",
+    "aifi_gateway.egg-info/PKG-INFO",
+]
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +99,77 @@ def test_no_secret_is_written_in_it(compose: dict[str, Any]) -> None:
             if key in service.get("environment", {}):
                 assert service["environment"][key].startswith("${"), key
     assert "guest:guest" not in text
+
+
+def test_every_worker_serves_health_and_metrics_on_all_interfaces(
+    compose: dict[str, Any],
+) -> None:
+    for name, service in ours(compose).items():
+        if service["command"] == list(GATEWAY_COMMAND):
+            continue
+        environ = {**service["environment"], "AIFI_CONFIG": str(ROOT / "config.yaml")}
+        consumer = load(environ).consumers[service["command"][1]]
+        assert consumer.health_host == "0.0.0.0", name
+
+
+def ignore_rules() -> list[tuple[bool, re.Pattern[str]]]:
+    """.dockerignore as (excludes, pattern) in order; the last rule that matches wins."""
+    rules = []
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        excludes = not line.startswith("!")
+        pattern = str(PurePosixPath(line.removeprefix("!").strip("/")))
+        rules.append((excludes, re.compile(glob_regex(pattern))))
+    return rules
+
+
+def glob_regex(pattern: str) -> str:
+    """Docker's matching: `**` spans directories, `*` and `?` do not."""
+    parts = re.split(r"(\*\*/?|\*|\?|\[[^]]*\])", pattern)
+    table = {"**/": "(.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}
+    regex = "".join(
+        table.get(p, p if p.startswith("[") and len(p) > 1 else re.escape(p)) for p in parts
+    )
+    return f"^{regex}$"
+
+
+def excluded(path: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bool:
+    """Whether the build context leaves `path` out: a rule matches it or a parent of it."""
+    candidates = [path, *(str(p) for p in PurePosixPath(path).parents if str(p) != ".")]
+    verdict = False
+    for excludes, pattern in rules:
+        if any(pattern.match(c) for c in candidates):
+            verdict = excludes
+    return verdict
+
+
+def copied_sources() -> list[str]:
+    """The sources of the Dockerfile's COPY instructions (all but the destination)."""
+    sources: list[str] = []
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        words = shlex.split(line)
+        if words and words[0].upper() == "COPY":
+            args = [w for w in words[1:] if not w.startswith("--")]
+            sources += [str(PurePosixPath(a)) for a in args[:-1]]
+    return sources
+
+
+def test_the_build_context_leaves_out_secrets_and_local_state() -> None:
+    rules = ignore_rules()
+    for path in KEPT_OUT:
+        assert excluded(path, rules), path
+
+
+def test_the_build_context_holds_every_file_the_dockerfile_copies() -> None:
+    rules, sources = ignore_rules(), copied_sources()
+    assert {"pyproject.toml", "gateway", "consumers", "config.yaml"} <= set(sources)
+    for source in sources:
+        path = ROOT / source
+        files = [path] if path.is_file() else [p for p in path.rglob("*.py") if p.is_file()]
+        assert files, source
+        for file in files:
+            relative = file.relative_to(ROOT).as_posix()
+            if "__pycache__" not in relative:
+                assert not excluded(relative, rules), relative

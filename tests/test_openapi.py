@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -15,6 +18,8 @@ from gateway import openapi
 from gateway.settings import Settings
 
 Client = TestClient[web.Request, web.Application]
+REDOCLY_CLI = Path(__file__).resolve().parent.parent / "node_modules" / ".bin" / "redocly"
+CLI_TIMEOUT_S = 120
 
 
 def body_schema(document: dict[str, Any], path: str) -> dict[str, Any]:
@@ -27,6 +32,29 @@ def test_the_document_is_valid_openapi_3_1() -> None:
     document = openapi.document(Settings())
     validate(document)
     assert document["openapi"] == "3.1.0"
+
+
+def test_redocly_recommended_rules_find_no_error(tmp_path: Path) -> None:
+    assert REDOCLY_CLI.exists(), f"{REDOCLY_CLI} is missing: run `make node_modules/.installed`"
+    document = tmp_path / "openapi.json"
+    document.write_bytes(orjson.dumps(openapi.document(Settings()), option=orjson.OPT_INDENT_2))
+    # Telemetry off and no update check: a run needs no network.
+    env = os.environ | {
+        "REDOCLY_TELEMETRY": "off",
+        "REDOCLY_SUPPRESS_UPDATE_NOTICE": "true",
+        "HOME": str(tmp_path),
+    }
+    result = subprocess.run(
+        [str(REDOCLY_CLI), "lint", "--extends", "recommended", str(document)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=CLI_TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "is valid" in result.stdout + result.stderr, result.stdout + result.stderr
 
 
 async def test_it_is_served_at_openapi_json(client: Client, settings: Settings) -> None:
