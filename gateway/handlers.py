@@ -147,7 +147,26 @@ def check_media_type(content_type: str | None) -> None:
 
 def check_expectation(expect: str) -> None:
     if expect.lower() != "100-continue":
-        raise Rejection(417, "Expectation Failed", f"only 100-continue is expected, not {expect}")
+        detail = f"the only expectation supported is 100-continue, not {expect}"
+        raise Rejection(417, "Expectation Failed", detail)
+
+
+def check_head(
+    gateway: Gateway, request: web.Request, token_name: str | None, *, before_body: bool
+) -> str:
+    """`token_name`, if the head allows the body to be read; else raise the refusal.
+
+    `before_body`: the client awaits `100 Continue`, so the media type is checked now.
+    """
+    if before_body:
+        check_expectation(request.headers.get(hdrs.EXPECT, ""))
+    if token_name is None:
+        raise Rejection(401, "Unauthorized", "a valid bearer token is required")
+    check_rate(gateway.rate_limiter, token_name)
+    check_declared_size(request.content_length, gateway.max_body_bytes)
+    if before_body:
+        check_media_type(media_type(request))
+    return token_name
 
 
 async def read_body(request: web.Request, max_body_bytes: int, timeout_s: float) -> bytes:
@@ -225,9 +244,9 @@ class Receiver:
     async def expect(self, request: web.Request) -> web.StreamResponse | None:
         """The route's expect handler: `100 Continue` only to a head that can be accepted.
 
-        A client that waits for it before sending the body (curl does, for a body over
-        1 KiB) gets a refusal as its first and only answer instead, without uploading a
-        body that would be thrown away. An HTTP/1.0 client's expectation is ignored.
+        A client that waits for it before sending the body (curl does, for a large one)
+        gets a refusal as its first and only answer instead, without uploading a body
+        that would be thrown away. An HTTP/1.0 client's expectation is ignored.
         """
         if request.version != HttpVersion11:
             return None
@@ -245,25 +264,13 @@ class Receiver:
     def _vet(
         self, gateway: Gateway, request: web.Request, rid: str, *, before_body: bool
     ) -> web.Response | None:
-        """A refusal of what the head alone rules out; else None, the token name kept.
-
-        `before_body`: the client awaits `100 Continue`, so its media type is checked now
-        (a body it never sends cannot be quarantined).
-        """
+        """The refusal of a request its head rules out; else None, the token name kept."""
         token_name = gateway.tokens.identify(request.headers.get(hdrs.AUTHORIZATION))
         try:
-            if before_body:
-                check_expectation(request.headers.get(hdrs.EXPECT, ""))
-            if token_name is None:
-                raise Rejection(401, "Unauthorized", "a valid bearer token is required")
-            check_rate(gateway.rate_limiter, token_name)
-            check_declared_size(request.content_length, gateway.max_body_bytes)
-            if before_body:
-                check_media_type(media_type(request))
+            request[ADMITTED] = check_head(gateway, request, token_name, before_body=before_body)
         except Rejection as rejection:
             self._log_refusal(rejection, rid, token_name)
             return unread(refusal(rejection))
-        request[ADMITTED] = token_name
         return None
 
     async def _respond(self, gateway: Gateway, request: web.Request, rid: str) -> web.Response:

@@ -414,6 +414,8 @@ async def test_a_refusal_comes_instead_of_100_continue(
     assert orjson.loads(answer.body)["status"] == status
     assert (answer.headers.get("www-authenticate") == "Bearer") == (status == 401)
     assert await capture.nothing_more()
+    metrics = await (await client.get("/metrics")).text()
+    assert f'aifi_requests_total{{kind="tracking",status="{status}"}} 1.0' in metrics
 
 
 async def test_an_acceptable_head_gets_100_continue_then_200(
@@ -464,7 +466,7 @@ async def test_the_rate_limit_is_checked_before_100_continue_and_counted_once(
         assert refused.headers["retry-after"]
 
 
-# The same with curl, which sends `Expect: 100-continue` by itself for a body over 1 KiB.
+# The same with curl, which sends `Expect: 100-continue` by itself for a body over 1 MiB.
 
 
 @dataclass(frozen=True, slots=True)
