@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from gateway import fsync, openapi
 from gateway.auth import TokenTable
@@ -23,6 +23,7 @@ from gateway.handlers import (
     metrics,
     problem,
     readyz,
+    stamp_request_id,
 )
 from gateway.metrics import Metrics
 from gateway.models import Tracking, Transition
@@ -78,6 +79,21 @@ PIPELINE = web.AppKey("pipeline", Pipeline)
 OPENAPI = web.AppKey("openapi", dict[str, Any])
 
 
+def http_problem(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """aiohttp's error as a JSON problem, keeping its headers (a 405's `Allow`)."""
+    detail = exc.reason
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        detail = f"{exc.method} is not allowed here; allowed: {allowed}"
+    elif isinstance(exc, web.HTTPNotFound):
+        detail = f"nothing at {request.path}"
+    response = problem(exc.status, exc.reason, detail)
+    response.headers.extend(
+        (name, value) for name, value in exc.headers.items() if name != hdrs.CONTENT_TYPE
+    )
+    return response
+
+
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error answer is a JSON problem, even aiohttp's own 404 and 405."""
@@ -86,7 +102,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return problem(exc.status, exc.reason, exc.reason)
+        return http_problem(request, exc)
     except Exception:
         log.exception("unhandled error", extra={"path": request.path})
         return problem(500, "Internal Server Error", "unexpected error; see the gateway log")
@@ -118,12 +134,16 @@ async def stop_being_ready(app: web.Application) -> None:
     app[PIPELINE].spooled.stopping = True
 
 
+def add_receiver(app: web.Application, path: str, receiver: Receiver) -> None:
+    app.router.add_post(path, receiver.handle, expect_handler=receiver.expect)
+
+
 def add_routes(app: web.Application, settings: Settings) -> None:
     base = settings.http.base_path.rstrip("/")
-    app.router.add_post(f"{base}/entered", Receiver("entered", Transition).handle)
-    app.router.add_post(f"{base}/left", Receiver("exited", Transition).handle)
-    app.router.add_post(f"{base}/exited", Receiver("exited", Transition).handle)
-    app.router.add_post(settings.http.tracking_path, Receiver("tracking", Tracking).handle)
+    add_receiver(app, f"{base}/entered", Receiver("entered", Transition))
+    add_receiver(app, f"{base}/left", Receiver("exited", Transition))
+    add_receiver(app, f"{base}/exited", Receiver("exited", Transition))
+    add_receiver(app, settings.http.tracking_path, Receiver("tracking", Tracking))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -158,5 +178,6 @@ def create_app(settings: Settings) -> web.Application:
     app[OPENAPI] = openapi.document(settings)
     app.cleanup_ctx.append(pipeline_ctx)
     app.on_shutdown.append(stop_being_ready)
+    app.on_response_prepare.append(stamp_request_id)
     add_routes(app, settings)
     return app

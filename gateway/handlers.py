@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
-from aiohttp import hdrs, web
+from aiohttp import HttpVersion11, hdrs, web
 from pydantic import BaseModel, ValidationError
 
 from gateway import events
@@ -27,6 +27,8 @@ from gateway.ratelimit import RateLimiter
 log = logging.getLogger(__name__)
 
 OK_BODY: Final = b'"ok"'
+CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+JSON_MEDIA_TYPE: Final = "application/json"
 RETRY_AFTER_S: Final = 5
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -45,6 +47,9 @@ class Gateway:
 
 
 GATEWAY: Final = web.AppKey("gateway", Gateway)
+REQUEST_ID: Final = web.RequestKey("request_id", str)
+# The token name of a request its head was found acceptable for, before its body was read.
+ADMITTED: Final = web.RequestKey("admitted", str)
 
 
 class Rejection(Exception):
@@ -66,21 +71,46 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> web.Response:
     )
 
 
-def refusal(rejection: Rejection, rid: str) -> web.Response:
+def refusal(rejection: Rejection) -> web.Response:
     response = problem(rejection.status, rejection.title, rejection.detail, **rejection.extra)
-    response.headers["X-Request-Id"] = rid
+    if rejection.status == 401:
+        response.headers[hdrs.WWW_AUTHENTICATE] = "Bearer"
     if rejection.retry_after_s is not None:
         response.headers[hdrs.RETRY_AFTER] = str(rejection.retry_after_s)
     return response
 
 
+def unread(response: web.Response) -> web.Response:
+    """`response`, closing the connection: the body was not read, and need not be."""
+    response.force_close()
+    return response
+
+
 def request_id(request: web.Request) -> str:
-    given = request.headers.get("X-Request-Id", "")
-    return given if 0 < len(given) <= 128 and given.isprintable() else secrets.token_hex(16)
+    """The client's `X-Request-Id` if it is usable, else one made up once for the request."""
+    if REQUEST_ID not in request:
+        given = request.headers.get("X-Request-Id", "")
+        usable = 0 < len(given) <= 128 and given.isprintable()
+        request[REQUEST_ID] = given if usable else secrets.token_hex(16)
+    return request[REQUEST_ID]
+
+
+async def stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer carries the request id, aiohttp's own (404, 405, 417) included."""
+    response.headers.setdefault("X-Request-Id", request_id(request))
+
+
+def media_type(request: web.Request) -> str | None:
+    """The media type the client declared, lowercased; None if it declared none.
+
+    Not `request.content_type`, which says `application/octet-stream` for a missing one.
+    """
+    declared = request.headers.get(hdrs.CONTENT_TYPE, "").partition(";")[0].strip().lower()
+    return declared or None
 
 
 def is_json(content_type: str) -> bool:
-    return content_type == "application/json" or (
+    return content_type == JSON_MEDIA_TYPE or (
         content_type.startswith("application/") and content_type.endswith("+json")
     )
 
@@ -98,15 +128,49 @@ def check_rate(limiter: RateLimiter | None, token_name: str) -> None:
         raise Rejection(429, "Too Many Requests", f"rate limit of {token_name!r}", wait_s)
 
 
-async def read_body(request: web.Request, max_body_bytes: int, timeout_s: float) -> bytes:
-    """The whole body within `timeout_s`, refusing more than `max_body_bytes`.
+def too_large(max_body_bytes: int) -> Rejection:
+    return Rejection(413, "Payload Too Large", f"body exceeds {max_body_bytes} bytes")
 
-    A declared excess is refused without reading a byte; a chunked body is cut
-    off at the limit.
+
+def check_declared_size(content_length: int | None, max_body_bytes: int) -> None:
+    if content_length is not None and content_length > max_body_bytes:
+        raise too_large(max_body_bytes)
+
+
+def check_media_type(content_type: str | None) -> None:
+    if content_type is None:
+        raise Rejection(415, "Unsupported Media Type", "expected application/json; no Content-Type")
+    if not is_json(content_type):
+        detail = f"expected application/json, got {content_type}"
+        raise Rejection(415, "Unsupported Media Type", detail)
+
+
+def check_expectation(expect: str) -> None:
+    if expect.lower() != "100-continue":
+        detail = f"the only expectation supported is 100-continue, not {expect}"
+        raise Rejection(417, "Expectation Failed", detail)
+
+
+def check_head(
+    gateway: Gateway, request: web.Request, token_name: str | None, *, before_body: bool
+) -> str:
+    """`token_name`, if the head allows the body to be read; else raise the refusal.
+
+    `before_body`: the client awaits `100 Continue`, so the media type is checked now.
     """
-    too_large = Rejection(413, "Payload Too Large", f"body exceeds {max_body_bytes} bytes")
-    if request.content_length is not None and request.content_length > max_body_bytes:
-        raise too_large
+    if before_body:
+        check_expectation(request.headers.get(hdrs.EXPECT, ""))
+    if token_name is None:
+        raise Rejection(401, "Unauthorized", "a valid bearer token is required")
+    check_rate(gateway.rate_limiter, token_name)
+    check_declared_size(request.content_length, gateway.max_body_bytes)
+    if before_body:
+        check_media_type(media_type(request))
+    return token_name
+
+
+async def read_body(request: web.Request, max_body_bytes: int, timeout_s: float) -> bytes:
+    """The whole body within `timeout_s`; a chunked one is cut off at `max_body_bytes`."""
     if request.content.is_eof():
         # Usual for a webhook: the body came with the head, so no timer is needed.
         return await request.read()
@@ -114,21 +178,35 @@ async def read_body(request: web.Request, max_body_bytes: int, timeout_s: float)
         async with asyncio.timeout(timeout_s):
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise too_large from None
+        raise too_large(max_body_bytes) from None
     except TimeoutError:
         raise Rejection(408, "Request Timeout", f"body not received in {timeout_s} s") from None
 
 
-def parse(raw: bytes, content_type: str, model: type[BaseModel]) -> BaseModel:
-    if not is_json(content_type):
-        detail = f"expected application/json, got {content_type}"
-        raise Rejection(415, "Unsupported Media Type", detail)
+def check_json(raw: bytes) -> None:
+    """Refuse what is not JSON as the consumers read it (they decode events with orjson).
+
+    pydantic-core also takes `NaN`, `Infinity` and numbers beyond a double, which are
+    not JSON (RFC 8259) and which no consumer could decode.
+    """
     try:
-        # One pass in pydantic-core parses and validates: no Python dict built in between.
+        orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Rejection(400, "Bad Request", f"invalid JSON: {exc}") from None
+
+
+def parse(raw: bytes, content_type: str | None, model: type[BaseModel]) -> BaseModel:
+    """The validated body, sent as `content_type` (None if the client declared none)."""
+    check_media_type(content_type)
+    check_json(raw)
+    try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
-        if exc.errors()[0]["type"] == "json_invalid":
-            raise Rejection(400, "Bad Request", f"invalid JSON: {exc.errors()[0]['msg']}") from None
+        first = exc.errors()[0]
+        if first["type"] == "json_invalid":
+            # Deeper nesting than pydantic-core allows (orjson allows more).
+            reason = first.get("ctx", {}).get("error", first["msg"])
+            raise Rejection(400, "Bad Request", f"invalid JSON: {reason}") from None
         errors = field_errors(exc)
         detail = "body does not match the schema: " + ", ".join(e["field"] for e in errors)
         raise Rejection(422, "Unprocessable Content", detail, errors=errors) from None
@@ -145,18 +223,9 @@ def forwarded(request: web.Request, names: tuple[str, ...]) -> Headers:
     return {f"aifi_http_{n.lower()}": request.headers[n] for n in names if n in request.headers}
 
 
-def unauthorized(rid: str) -> web.Response:
-    response = problem(401, "Unauthorized", "a valid bearer token is required")
-    response.headers[hdrs.WWW_AUTHENTICATE] = "Bearer"
-    response.headers["X-Request-Id"] = rid
-    # The body was not read: closing spares reading a stranger's upload.
-    response.force_close()
-    return response
-
-
-def accepted(rid: str, event_id: str) -> web.Response:
-    headers = {"X-Request-Id": rid, "X-Event-Id": event_id}
-    return web.Response(body=OK_BODY, content_type="application/json", headers=headers)
+def accepted(event_id: str) -> web.Response:
+    headers = {"X-Event-Id": event_id}
+    return web.Response(body=OK_BODY, content_type=JSON_MEDIA_TYPE, headers=headers)
 
 
 class Receiver:
@@ -172,19 +241,49 @@ class Receiver:
         gateway.metrics.observe(self.kind, response.status, time.perf_counter() - started_s)
         return response
 
-    async def _respond(self, gateway: Gateway, request: web.Request, rid: str) -> web.Response:
+    async def expect(self, request: web.Request) -> web.StreamResponse | None:
+        """The route's expect handler: `100 Continue` only to a head that can be accepted.
+
+        A client that waits for it before sending the body (curl does, for a large one)
+        gets a refusal as its first and only answer instead, without uploading a body
+        that would be thrown away. An HTTP/1.0 client's expectation is ignored.
+        """
+        if request.version != HttpVersion11:
+            return None
+        gateway = request.app[GATEWAY]
+        started_s = time.perf_counter()
+        refused = self._vet(gateway, request, request_id(request), before_body=True)
+        if refused is not None:
+            gateway.metrics.observe(self.kind, refused.status, time.perf_counter() - started_s)
+            return refused
+        await request.writer.write(CONTINUE)
+        # As aiohttp's own expect handler does: the answer's size is counted from here.
+        request.writer.output_size = 0
+        return None
+
+    def _vet(
+        self, gateway: Gateway, request: web.Request, rid: str, *, before_body: bool
+    ) -> web.Response | None:
+        """The refusal of a request its head rules out; else None, the token name kept."""
         token_name = gateway.tokens.identify(request.headers.get(hdrs.AUTHORIZATION))
-        if token_name is None:
-            log.info("unauthorized", extra={"request_id": rid, "kind": self.kind})
-            return unauthorized(rid)
         try:
-            check_rate(gateway.rate_limiter, token_name)
+            request[ADMITTED] = check_head(gateway, request, token_name, before_body=before_body)
+        except Rejection as rejection:
+            self._log_refusal(rejection, rid, token_name)
+            return unread(refusal(rejection))
+        return None
+
+    async def _respond(self, gateway: Gateway, request: web.Request, rid: str) -> web.Response:
+        if ADMITTED not in request:
+            refused = self._vet(gateway, request, rid, before_body=False)
+            if refused is not None:
+                return refused
+        token_name = request[ADMITTED]
+        try:
             raw = await read_body(request, gateway.max_body_bytes, gateway.body_timeout_s)
         except Rejection as rejection:
             self._log_refusal(rejection, rid, token_name)
-            response = refusal(rejection, rid)
-            response.force_close()
-            return response
+            return unread(refusal(rejection))
         receipt = Receipt(raw, token_name, datetime.now(UTC))
         return await self._accept(gateway, request, receipt, rid)
 
@@ -192,11 +291,11 @@ class Receiver:
         self, gateway: Gateway, request: web.Request, receipt: Receipt, rid: str
     ) -> web.Response:
         try:
-            model = parse(receipt.raw_body, request.content_type, self.model)
+            model = parse(receipt.raw_body, media_type(request), self.model)
         except Rejection as rejection:
             await self._quarantine(gateway, rejection, receipt, request.content_type, rid)
             self._log_refusal(rejection, rid, receipt.token_name)
-            return refusal(rejection, rid)
+            return refusal(rejection)
         event = normalize(self.kind, model, receipt)
         extra = forwarded(request, gateway.forward_headers)
         outbound = events.to_outbound(event, receipt.received_at, extra)
@@ -208,9 +307,9 @@ class Receiver:
         except Unavailable as exc:
             # The delivery logs the cause once when it starts, not on every request.
             rejection = Rejection(503, "Service Unavailable", f"not accepted: {exc}", RETRY_AFTER_S)
-            return refusal(rejection, rid)
+            return refusal(rejection)
         log.debug("accepted", extra={"request_id": rid, "event_id": outbound.message_id})
-        return accepted(rid, outbound.message_id)
+        return accepted(outbound.message_id)
 
     async def _quarantine(
         self, gateway: Gateway, rejection: Rejection, receipt: Receipt, content_type: str, rid: str

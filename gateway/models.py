@@ -33,6 +33,21 @@ MAX_ID_CHARS = 1024
 Identifier = Annotated[str, Field(max_length=MAX_ID_CHARS)]
 
 
+def is_blank(text: str | None) -> bool:
+    return text is None or not text.strip()
+
+
+def not_blank(text: str) -> str:
+    # An empty id names nothing: every such event of a store would share one event id,
+    # and the consumers refuse it.
+    if is_blank(text):
+        raise ValueError("must not be empty or only whitespace")
+    return text
+
+
+RequiredIdentifier = Annotated[Identifier, Field(min_length=1), AfterValidator(not_blank)]
+
+
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
@@ -88,14 +103,20 @@ class Transition(_Open):
     @model_validator(mode="after")
     def _has_session_id(self) -> Transition:
         if self.session_id is None:
-            raise ValueError("one of session.sessionId, sessionId or sessionToken is required")
+            raise ValueError(
+                "one of session.sessionId, sessionId or sessionToken is required, not empty"
+            )
         return self
 
     @property
     def session_id(self) -> str | None:
-        """`session.sessionId`, then `sessionId`, then the deprecated `sessionToken`."""
+        """`session.sessionId`, then `sessionId`, then the deprecated `sessionToken`.
+
+        An empty or blank one counts as missing.
+        """
         nested = self.session.sessionId if self.session else None
-        return nested or self.sessionId or self.sessionToken
+        given = (nested, self.sessionId, self.sessionToken)
+        return next((candidate for candidate in given if not is_blank(candidate)), None)
 
 
 class Tracking(_Open):
@@ -107,4 +128,4 @@ class Tracking(_Open):
     timeOfOrigin: UtcTime
     timeOfIssue: UtcTime
     shopperId: str | None
-    uniqueEventId: Identifier
+    uniqueEventId: RequiredIdentifier

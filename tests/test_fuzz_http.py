@@ -4,6 +4,9 @@ reaches the exchange is exactly what was answered (issue 6, "Bad input, for real
 One fuzzing run per module, judged by several tests, so that a bug in one property does
 not hide the others. The broker is shared with other test runs, so the gateway gets a
 token name of its own and only messages stamped with it are judged.
+
+Last, bodies at the edges of what the models accept, through an in-process gateway: every
+one answered 200 is an event that the built-in workers apply.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any, Final
 
 import aio_pika
 import aiohttp
+import hypothesis
 import pytest
 import requests
 import schemathesis
@@ -40,11 +44,25 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from consumers import ledger
+from consumers.ledger import LedgerDB
+from consumers.runner import decode
 from devtools.gatewayproc import GatewayProcess
 from devtools.rabbitnode import free_port
 from gateway import contract
+from gateway.contract import Event
 from gateway.publisher import declare_topology
-from tests.support import TOKEN, TOKEN_NAME, Capture, token_name_of
+from gateway.settings import LedgerSettings
+from tests.support import AUTH, TOKEN, TOKEN_NAME, Capture, Client, token_name_of
+from tests.test_fuzz_models import (
+    CLEAN_TEXT,
+    DOCUMENTS,
+    LAX_INTEGERS,
+    NAMES,
+    TIMES,
+    dump,
+    valid_bodies,
+)
 
 CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -499,3 +517,103 @@ async def test_regression_a_non_string_tracking_store_external_id_is_refused_and
     body = example("tracking", storeExternalId=42)
     assert await post(gateway, TRACKING, body, "application/json") == 422
     assert await first_of_ours(capture, gateway.token_name) == body
+
+
+# What the gateway accepts, the built-in workers apply: a 200 is never an event that the
+# entered, exited or tracking worker rejects or dead-letters. The gateway runs in-process
+# (the `client` fixture), its events go through the real broker, and each is applied as
+# those workers apply it: decoded from the delivery, then handed to the ledger's handler.
+
+BUILT_IN_PATHS: Final = {"entered": ENTERED, "left": "/webhooks/aifi/left", "tracking": TRACKING}
+# The ids the ledger keys its rows by, each of which a body may leave out or get wrong.
+ID_PATHS: Final[dict[str, tuple[tuple[str, ...], ...]]] = {
+    "entered": (("session", "sessionId"), ("sessionId",), ("sessionToken",)),
+    "left": (("session", "sessionId"), ("sessionId",), ("sessionToken",)),
+    "tracking": (("uniqueEventId",),),
+}
+EDGE_IDS: Final = st.none() | st.sampled_from(["", " ", "\t\n", "\u3000", "0"]) | CLEAN_TEXT
+# Numbers pydantic-core parses and orjson (the workers' decoder) may not, and plain ones.
+EDGE_NUMBERS: Final = st.sampled_from(
+    ["NaN", "Infinity", "-Infinity", "1e999", "-1e999", "1" + "0" * 400, "-0", "1E+2", "5e-324"]
+)
+APPLIES: Final = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    # One gateway, capture and ledger serve every example, on purpose.
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+def set_id(document: dict[str, Any], path: tuple[str, ...], value: str | None) -> None:
+    *parents, last = path
+    node: Any = document
+    for key in parents:
+        node = node.get(key)
+    if isinstance(node, dict):
+        node[last] = value
+
+
+@st.composite
+def edge_bodies(draw: st.DrawFn, name: str) -> bytes:
+    """A valid body (extras, nulls) with ids, times, store id and a number at the edges."""
+    document: dict[str, Any] = json.loads(draw(valid_bodies(name)))
+    for path in ID_PATHS[name]:
+        if draw(st.booleans()):
+            set_id(document, path, draw(EDGE_IDS))
+    edges = {"storeId": LAX_INTEGERS, "timeOfOrigin": TIMES, "timeOfIssue": TIMES}
+    document |= draw(st.fixed_dictionaries({}, optional=edges))
+    raw = dump(document)
+    number = draw(st.none() | EDGE_NUMBERS)
+    return raw if number is None else b'{"odd": ' + number.encode() + b", " + raw[1:]
+
+
+CASES: Final = NAMES.flatmap(lambda name: st.tuples(st.just(name), edge_bodies(name)))
+
+
+def odd_example(name: str, **changes: Any) -> tuple[str, bytes]:
+    return name, dump(DOCUMENTS[name] | changes)
+
+
+async def published_event(capture: Capture, event_id: str) -> AbstractIncomingMessage:
+    """The event `event_id`; quarantined requests of earlier examples are passed over."""
+    try:
+        while (message := await capture.get()).message_id != event_id:
+            pass
+    except TimeoutError:
+        # `Capture` keeps only what decodes as an event of this run.
+        pytest.fail(f"event {event_id} of a 200 never arrived as a decodable event")
+    return message
+
+
+async def applied(event: Event, db: Path) -> dict[str, Any] | None:
+    """`event` applied by the built-in workers' handler; its ledger row afterwards."""
+    async with ledger.opened(LedgerSettings(db=db, processed_retention_days=0)) as presence:
+        await presence.handler().one(event)
+        if event.kind == "tracking":
+            row = await presence.call(LedgerDB.tracking, event.data["uniqueEventId"])
+        else:
+            row = await presence.call(LedgerDB.visit, event.data["sessionId"])
+    return dict(row) if row is not None else None
+
+
+@APPLIES
+@given(case=CASES)
+@hypothesis.example(case=odd_example("tracking", uniqueEventId=""))
+@hypothesis.example(case=odd_example("entered", session=None, sessionId="", sessionToken=""))
+@hypothesis.example(case=odd_example("tracking", confidence=float("nan")))
+async def test_what_the_gateway_accepts_the_built_in_workers_apply(
+    client: Client, capture: Capture, tmp_path: Path, case: tuple[str, bytes]
+) -> None:
+    name, raw = case
+    response = await client.post(BUILT_IN_PATHS[name], data=raw, headers=AUTH)
+    hypothesis.event(f"{name}: {response.status}")
+    if response.status != 200:
+        assert response.status in {400, 422}, await response.text()
+        return
+    message = await published_event(capture, response.headers["X-Event-Id"])
+    events, invalid = decode([message])
+    assert not invalid, invalid
+    (_, event), *_ = events
+    assert await applied(event, tmp_path / "ledger.sqlite3") is not None

@@ -109,6 +109,29 @@ def test_no_session_id_anywhere_is_a_validation_error(session: dict[str, Any] | 
         Transition.model_validate(doc)
 
 
+@pytest.mark.parametrize("blank", ["", " ", "\t\n"])
+def test_empty_or_blank_session_ids_count_as_missing(blank: str) -> None:
+    doc = example("entered") | {"sessionId": blank, "sessionToken": blank}
+    doc["session"]["sessionId"] = blank
+    with pytest.raises(ValidationError, match="sessionId"):
+        Transition.model_validate(doc)
+
+
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_a_blank_session_id_falls_back_to_the_next_one(blank: str) -> None:
+    doc = example("entered") | {"sessionId": blank, "sessionToken": "token"}
+    doc["session"]["sessionId"] = blank
+    assert Transition.model_validate(doc).session_id == "token"
+
+
+@pytest.mark.parametrize("blank", ["", " ", "\u3000"])
+def test_an_empty_or_blank_unique_event_id_is_refused(blank: str) -> None:
+    # Every such event of a store would get the same event id, and the ledger refuses it.
+    with pytest.raises(ValidationError) as exc:
+        Tracking.model_validate(example("tracking") | {"uniqueEventId": blank})
+    assert error_locs(exc) == [("uniqueEventId",)]
+
+
 def test_unknown_role_is_an_error_on_customer_role() -> None:
     doc = example("entered")
     doc["customer"]["role"] = "manager"

@@ -1,0 +1,58 @@
+"""The application's own answers (gateway.app): aiohttp's errors as problems, request ids."""
+
+from __future__ import annotations
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from tests.support import AUTH
+
+Client = TestClient[web.Request, web.Application]
+ENTERED = "/webhooks/aifi/entered"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("GET", ENTERED, 405), ("PUT", ENTERED, 405), ("POST", "/webhooks/aifi/checkout", 404)],
+)
+async def test_unknown_routes_answer_json_problems_with_the_request_id(
+    client: Client, method: str, path: str, status: int
+) -> None:
+    response = await client.request(method, path, headers=AUTH | {"X-Request-Id": "r-404"})
+    problem = await response.json(content_type=None)
+    assert response.status == status
+    assert response.content_type == "application/problem+json"
+    assert response.headers["X-Request-Id"] == "r-404"
+    assert problem["status"] == status
+
+
+async def test_a_405_lists_the_allowed_methods(client: Client) -> None:
+    response = await client.get(ENTERED)
+    assert response.status == 405
+    assert response.headers["Allow"] == "POST"
+    assert "POST" in (await response.json(content_type=None))["detail"]
+
+
+async def test_a_404_names_the_path(client: Client) -> None:
+    response = await client.post("/webhooks/aifi/checkout", data=b"{}", headers=AUTH)
+    assert "/webhooks/aifi/checkout" in (await response.json(content_type=None))["detail"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/nowhere"),
+        ("DELETE", ENTERED),
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+        ("GET", "/metrics"),
+        ("GET", "/openapi.json"),
+    ],
+)
+async def test_every_answer_carries_a_request_id_made_up_when_none_was_sent(
+    client: Client, method: str, path: str
+) -> None:
+    ids = [(await client.request(method, path)).headers["X-Request-Id"] for _ in range(2)]
+    assert ids[0] != ids[1]
+    assert all(len(rid) == 32 and int(rid, 16) >= 0 for rid in ids)
