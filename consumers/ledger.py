@@ -172,7 +172,8 @@ def instant(value: object) -> str | None:
     except ValueError as exc:
         raise Reject(f"not an ISO time: {value!r}") from exc
     aware = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-    return aware.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # %Y is not zero-padded below year 1000 on glibc, which would break the text order.
+    return f"{aware.year:04d}" + aware.strftime("-%m-%dT%H:%M:%S.%fZ")
 
 
 def _text(value: object) -> str | None:

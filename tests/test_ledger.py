@@ -165,6 +165,13 @@ def test_times_compare_as_times_not_as_text() -> None:
     assert ledger.instant("2024-05-01T12:00:00+02:00") == "2024-05-01T10:00:00.000000Z"
 
 
+def test_times_before_year_1000_keep_a_fixed_width() -> None:
+    early, late = ledger.instant("0999-12-31T23:59:59Z"), ledger.instant("1000-01-01T00:00:00Z")
+    assert early == "0999-12-31T23:59:59.000000Z"
+    assert late is not None
+    assert early < late
+
+
 async def test_the_async_ledger_runs_off_the_event_loop(tmp_path: Path) -> None:
     settings = LedgerSettings(db=tmp_path / "ledger.sqlite3")
     async with ledger.opened(settings) as presence:
