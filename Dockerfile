@@ -5,6 +5,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 
 COPY pyproject.toml README.md ./
+COPY core ./core
 COPY gateway ./gateway
 COPY consumers ./consumers
 RUN pip install . && useradd --system --home /app aifi && mkdir -p /app/data/spool && chown -R aifi /app/data

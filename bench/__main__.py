@@ -27,8 +27,8 @@ from bench.load import pick_tool
 from bench.report import Run, machine_info, now_iso, print_report, ratios, write_results
 from bench.runner import Options, run_servers
 from bench.servers import NAMES, SPECS
-from gateway.publisher import redact
-from gateway.settings import AmqpSettings
+from core.amqp import redact
+from core.settings import AmqpSettings
 
 CONSUMERS: Final = "consumers"
 

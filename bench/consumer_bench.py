@@ -33,7 +33,7 @@ from bench import DEFAULT_AMQP_URL
 from consumers import ledger, testing, topology
 from consumers.ledger import LedgerDB
 from consumers.runner import Worker
-from gateway.settings import AmqpSettings, ConsumerSettings, LedgerSettings
+from core.settings import AmqpSettings, ConsumerSettings, LedgerSettings
 
 TIMEOUT_S: Final = 300.0
 

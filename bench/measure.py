@@ -15,7 +15,7 @@ from typing import Final
 from aio_pika.abc import AbstractChannel
 
 from consumers import testing
-from gateway.publisher import declare_topology
+from core.amqp import declare_topology
 
 POLL_S: Final = 0.05
 QUEUE_PREFIX: Final = "bench.e2e."

@@ -23,9 +23,9 @@ from pydantic import BaseModel, ValidationError
 
 from bench import DEFAULT_AMQP_URL
 from bench.bare import healthz, serve
-from gateway import contract
+from core import contract
+from core.amqp import declare_topology
 from gateway.models import Tracking, Transition
-from gateway.publisher import declare_topology
 
 EXCHANGE: Final = web.AppKey("exchange", AbstractExchange)
 ReceiveHandler = Callable[[web.Request], Coroutine[Any, Any, web.Response]]

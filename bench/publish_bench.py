@@ -28,11 +28,12 @@ import uvloop
 from bench import DEFAULT_AMQP_URL, EXAMPLES
 from bench.measure import EventQueue
 from consumers import testing
-from gateway import contract, events, handlers
-from gateway.contract import Kind, Outbound
+from core import contract
+from core.contract import Kind, Outbound
+from core.settings import AmqpSettings
+from gateway import events, handlers
 from gateway.models import Tracking, Transition
 from gateway.publisher import Publisher
-from gateway.settings import AmqpSettings
 
 IN_FLIGHT: Final = 256
 BATCH: Final = 64

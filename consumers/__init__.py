@@ -6,6 +6,6 @@ does the rest (topology, acks, retries, dead letters, reconnects, graceful stop)
 """
 
 from consumers.handler import Handler, Reject, RetryLater
-from gateway.contract import Event
+from core.contract import Event
 
 __all__ = ["Event", "Handler", "Reject", "RetryLater"]

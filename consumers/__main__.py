@@ -27,10 +27,15 @@ from consumers.migrate import MigrationError, migrate
 from consumers.replay import replay
 from consumers.runner import Worker
 from consumers.topology import TopologyError, check_name
-from gateway import logs
-from gateway.publisher import BROKER_ERRORS, backoff_s, first_of
-from gateway.settings import ConsumerSettings, Settings, SettingsError, default_consumers
-from gateway.settings import load as load_settings
+from core import logs
+from core.amqp import BROKER_ERRORS, backoff_s, first_of
+from core.settings import (
+    ConsumerSettings,
+    Settings,
+    SettingsError,
+    default_consumers,
+    load as load_settings,
+)
 
 log = logging.getLogger("consumers")
 

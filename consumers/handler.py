@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from gateway.contract import Event
+from core.contract import Event
 
 HandleOne = Callable[[Event], Awaitable[None]]
 HandleMany = Callable[[Sequence[Event]], Awaitable[None]]

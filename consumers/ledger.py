@@ -21,8 +21,9 @@ from typing import Any, Final
 import orjson
 
 from consumers.handler import Handler, Reject
-from gateway.contract import Event, Kind
-from gateway.settings import LedgerSettings
+from core.contract import Event, Kind
+from core.settings import LedgerSettings
+from core.times import utc
 
 Row = dict[str, Any]
 
@@ -171,7 +172,7 @@ def instant(value: object) -> str | None:
         moment = datetime.fromisoformat(str(value))
     except ValueError as exc:
         raise Reject(f"not an ISO time: {value!r}") from exc
-    aware = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    aware = utc(moment)
     # %Y is not zero-padded below year 1000 on glibc, which would break the text order.
     return f"{aware.year:04d}" + aware.strftime("-%m-%dT%H:%M:%S.%fZ")
 

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from consumers.ledger import LedgerDB
-from gateway.settings import LedgerSettings, SettingsError, load
+from core.settings import LedgerSettings, SettingsError, load
 
 
 def parser() -> argparse.ArgumentParser:

@@ -28,8 +28,8 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from consumers import topology
 from consumers.settlement import ACK_GRACE_S
 from consumers.topology import QueueSpec, queue_specs
-from gateway.publisher import KEEP_DELIVERY_LIMIT, connect_first
-from gateway.settings import AmqpSettings, ConsumerSettings
+from core.amqp import KEEP_DELIVERY_LIMIT, connect_first
+from core.settings import AmqpSettings, ConsumerSettings
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ async def migrate_queue(
     async with connection.channel(publisher_confirms=True, on_return_raises=True) as channel:
         if exists and not current:
             await _set_aside(channel, spec, timeout_s)
-        await topology.declare_queue(channel, spec)
+        await topology.declare_spec(channel, spec)
         pen = await channel.get_queue(holding(spec).name, ensure=False)
         for exchange, key in spec.bindings:
             await pen.unbind(exchange, key)
@@ -105,7 +105,7 @@ async def migrate_queue(
 async def _set_aside(channel: AbstractChannel, spec: QueueSpec, timeout_s: float) -> None:
     """Steps 1 and 2, then the old queue goes."""
     await _check_idle(channel, spec.name)
-    await topology.declare_queue(channel, holding(spec))
+    await topology.declare_spec(channel, holding(spec))
     await shovel(channel, spec.name, holding(spec).name, timeout_s)
     # A consumer that came meanwhile may hold messages: they would go with the queue.
     await _check_idle(channel, spec.name)

@@ -9,8 +9,8 @@ from aio_pika.abc import AbstractExchange, AbstractQueue
 
 from consumers.settlement import ACK_GRACE_S, replay_copy
 from consumers.topology import declare
-from gateway.publisher import connect_first
-from gateway.settings import AmqpSettings, ConsumerSettings
+from core.amqp import connect_first
+from core.settings import AmqpSettings, ConsumerSettings
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from consumers.handler import Handler, Reject, RetryLater
 from consumers.health import ConsumerState
 from consumers.settlement import ACK_GRACE_S, Settler, describe
 from consumers.topology import TopologyError, declare
-from gateway.contract import Event
-from gateway.publisher import BROKER_ERRORS, backoff_s, first_of, redact
-from gateway.settings import AmqpSettings, ConsumerSettings
+from core.amqp import BROKER_ERRORS, backoff_s, first_of, redact
+from core.contract import Event
+from core.settings import AmqpSettings, ConsumerSettings
 
 log = logging.getLogger(__name__)
 

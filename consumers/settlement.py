@@ -26,8 +26,8 @@ from consumers import topology
 from consumers.handler import Reject
 from consumers.health import ConsumerState
 from consumers.topology import Topology
-from gateway.events import iso
-from gateway.settings import ConsumerSettings
+from core.settings import ConsumerSettings
+from core.times import iso
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,11 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from consumers import topology
 from consumers.runner import Worker
+from core.contract import EXCHANGE, Outbound
+from core.settings import ConsumerSettings
 from gateway import events
-from gateway.contract import EXCHANGE, Outbound
 from gateway.events import Receipt
 from gateway.models import Tracking, Transition
-from gateway.settings import ConsumerSettings
 
 ORIGIN: Final = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 PUBLISH_CHUNK: Final = 1000

@@ -23,13 +23,20 @@ import aiormq
 from aio_pika import ExchangeType
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 
-from gateway import contract
-from gateway.publisher import KEEP_DELIVERY_LIMIT, UNROUTED_ARGUMENTS, declare_topology
-from gateway.settings import ConsumerSettings
+from core import contract
+from core.amqp import KEEP_DELIVERY_LIMIT, UNROUTED_ARGUMENTS, declare_topology
 
-DELAY_EXCHANGE: Final = "aifi.delay"
-REDELIVER_EXCHANGE: Final = "aifi.redeliver"
-DEAD_EXCHANGE: Final = "aifi.dead"
+# The names are the contract's, re-exported for the worker's own modules.
+from core.contract import (
+    DEAD_EXCHANGE as DEAD_EXCHANGE,
+    DELAY_EXCHANGE as DELAY_EXCHANGE,
+    REDELIVER_EXCHANGE as REDELIVER_EXCHANGE,
+    dead_queue_name as dead_queue_name,
+    delay_queue_name as delay_queue_name,
+    queue_name as queue_name,
+)
+from core.settings import ConsumerSettings
+
 # A name ends up in queue names and routing keys, where dots would read as separators.
 NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,100}")
 # A quorum queue dead-letters at least once only when it refuses publishes when full.
@@ -53,18 +60,6 @@ class Topology:
     delay: AbstractExchange
     redeliver: AbstractExchange
     dead: AbstractExchange
-
-
-def queue_name(name: str) -> str:
-    return f"aifi.{name}"
-
-
-def dead_queue_name(name: str) -> str:
-    return f"aifi.{name}.dead"
-
-
-def delay_queue_name(name: str, delay_ms: int) -> str:
-    return f"aifi.{name}.retry.{delay_ms}"
 
 
 def delay_key(name: str, delay_ms: int) -> str:
@@ -135,7 +130,7 @@ def queue_specs(name: str, settings: ConsumerSettings) -> list[QueueSpec]:
 
 
 def unrouted_spec() -> QueueSpec:
-    """The gateway's `aifi.unrouted`, as `gateway.publisher.declare_topology` declares it."""
+    """The gateway's `aifi.unrouted`, as `core.amqp.declare_topology` declares it."""
     binding = ((contract.UNROUTED_EXCHANGE, contract.UNROUTED_QUEUE),)
     return QueueSpec(contract.UNROUTED_QUEUE, dict(UNROUTED_ARGUMENTS), binding)
 
@@ -154,7 +149,7 @@ async def declare(channel: AbstractChannel, name: str, settings: ConsumerSetting
     """Declare everything `name` needs; a no-op when it all exists with the same arguments."""
     exchanges = await declare_exchanges(channel)
     queue, dead_queue, *_ = [
-        await declare_queue(channel, spec) for spec in queue_specs(name, settings)
+        await declare_spec(channel, spec) for spec in queue_specs(name, settings)
     ]
     return Topology(
         queue,
@@ -165,7 +160,7 @@ async def declare(channel: AbstractChannel, name: str, settings: ConsumerSetting
     )
 
 
-async def declare_queue(channel: AbstractChannel, spec: QueueSpec) -> AbstractQueue:
+async def declare_spec(channel: AbstractChannel, spec: QueueSpec) -> AbstractQueue:
     """Declare `spec` and apply its bindings (its exchanges must exist)."""
     try:
         queue = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments)

@@ -21,8 +21,8 @@ import aiohttp
 import orjson
 from aiormq.abc import FieldTable
 
-from gateway import contract
-from gateway.publisher import declare_topology
+from core import contract
+from core.amqp import declare_topology
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "entered.json"
 

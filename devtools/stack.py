@@ -17,8 +17,8 @@ import urllib.request
 from pathlib import Path
 
 from consumers.__main__ import BUILT_IN
+from core.settings import Settings, load
 from devtools.gatewayproc import CONSUMER_COMMAND, GATEWAY_COMMAND
-from gateway.settings import Settings, load
 
 BIN = Path(sys.executable).parent
 TOKEN_FILE = Path("data/dev-token")

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import orjson
 
-from gateway import asyncapi, logs, openapi, spool, tail
-from gateway.settings import Settings, SettingsError, load
+from core import asyncapi, logs
+from core.settings import Settings, SettingsError, load
+from gateway import openapi, spool, tail
 from gateway.workers import Supervisor, serve
 
 log = logging.getLogger("gateway")

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import hdrs, web
 
+from core.settings import Settings
 from gateway import fsync, openapi
 from gateway.auth import TokenTable
 from gateway.delivery import ConfirmedDelivery, Delivery, SpooledDelivery
@@ -30,7 +31,6 @@ from gateway.models import Tracking, Transition
 from gateway.publisher import Publisher
 from gateway.ratelimit import RateLimiter
 from gateway.relay import Relay
-from gateway.settings import Settings
 from gateway.spool import Spool
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-from gateway.contract import Outbound
+from core.contract import Outbound
 from gateway.fsync import Durability
 from gateway.publisher import Publisher, PublishError
 from gateway.relay import Relay

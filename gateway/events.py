@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 
 import orjson
 
-from gateway import contract
-from gateway.contract import Kind, Outbound
+from core import contract
+from core.contract import Kind, Outbound
+from core.times import iso
 from gateway.models import Tracking, Transition
 
 # Fixed namespace so that a tracking event's id is the same on every machine
@@ -28,12 +29,6 @@ class Receipt:
     raw_body: bytes
     token_name: str | None
     received_at: datetime
-
-
-def iso(moment: datetime) -> str:
-    """RFC 3339 in UTC with a `Z`; a naive time is taken as UTC."""
-    aware = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-    return aware.isoformat().replace("+00:00", "Z")
 
 
 def tracking_event_id(store_id: int, unique_event_id: str) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-from gateway.contract import HeaderValue, Outbound
+from core.contract import HeaderValue, Outbound
 
 METHOD, HEADER, BODY = 1, 2, 3
 FRAME_END: Final = b"\xce"

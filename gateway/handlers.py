@@ -15,9 +15,9 @@ import orjson
 from aiohttp import HttpVersion11, hdrs, web
 from pydantic import BaseModel, ValidationError
 
+from core.contract import Headers, Kind, Outbound
 from gateway import events
 from gateway.auth import TokenTable
-from gateway.contract import Headers, Kind, Outbound
 from gateway.delivery import Delivery, Unavailable
 from gateway.events import Receipt
 from gateway.metrics import Metrics

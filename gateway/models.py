@@ -6,10 +6,12 @@ and tells receivers to expect it.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from core.times import utc
 
 Role = Literal["customer", "employee", "tester", "untracked", "unknown"]
 
@@ -20,7 +22,7 @@ Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 def in_utc(moment: datetime) -> datetime:
     """The time in UTC (a naive one taken as UTC); one that has no UTC equivalent is refused."""
     try:
-        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        return utc(moment)
     except OverflowError:
         raise ValueError("time out of range once converted to UTC") from None
 

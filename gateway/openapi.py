@@ -7,8 +7,8 @@ from typing import Any, Final
 from pydantic import BaseModel, ConfigDict
 from pydantic.json_schema import models_json_schema
 
+from core.settings import Settings
 from gateway.models import Tracking, Transition
-from gateway.settings import Settings
 
 REF_TEMPLATE: Final = "#/components/schemas/{model}"
 ERRORS: Final = {

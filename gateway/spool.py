@@ -25,7 +25,7 @@ from typing import Any, Final
 
 import orjson
 
-from gateway.contract import Outbound
+from core.contract import Outbound
 
 log = logging.getLogger(__name__)
 

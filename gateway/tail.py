@@ -8,9 +8,9 @@ import sys
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from gateway import contract
-from gateway.publisher import connect_first, declare_topology
-from gateway.settings import AmqpSettings
+from core import contract
+from core.amqp import connect_first, declare_topology
+from core.settings import AmqpSettings
 
 
 def line(message: AbstractIncomingMessage) -> str:

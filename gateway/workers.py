@@ -26,9 +26,9 @@ from typing import Final
 
 from aiohttp import web
 
-from gateway import logs
+from core import logs
+from core.settings import Settings
 from gateway.app import create_app
-from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 

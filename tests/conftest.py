@@ -16,10 +16,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from consumers import testing
+from core.amqp import declare_topology
+from core.settings import Settings
 from devtools.loadcheck import Verdict
 from devtools.rabbitnode import amqp_reachable
-from gateway.publisher import declare_topology
-from gateway.settings import Settings
 from tests.support import Capture, gateway_settings, started_client
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

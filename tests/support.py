@@ -13,10 +13,10 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway import contract
+from core import contract
+from core.contract import Outbound
+from core.settings import Settings
 from gateway.app import PIPELINE, create_app
-from gateway.contract import Outbound
-from gateway.settings import Settings
 
 CONFIG: Final = Path(__file__).resolve().parent.parent / "config.yaml"
 TOKEN: Final = "test-token-0f5e2a"

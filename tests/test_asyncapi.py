@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from gateway import asyncapi, contract
+from core import asyncapi, contract
 from tests.support import AUTH, Capture
 
 Client = TestClient[web.Request, web.Application]

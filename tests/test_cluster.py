@@ -20,6 +20,7 @@ from pathlib import Path
 import aio_pika
 import pytest
 
+from core import contract
 from devtools.gatewayproc import GatewayProcess
 from devtools.loadcheck import (
     Verdict,
@@ -30,7 +31,6 @@ from devtools.loadcheck import (
     send_load,
 )
 from devtools.rabbitnode import Node, NodeSpec, free_port
-from gateway import contract
 from tests.support import TOKEN, gateway_env
 
 pytestmark = pytest.mark.cluster

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from consumers.__main__ import BUILT_IN
+from core.settings import load
 from devtools.gatewayproc import CONSUMER_COMMAND, GATEWAY_COMMAND
-from gateway.settings import load
 
 ROOT = Path(__file__).resolve().parent.parent
 # What must never reach a build context: secrets, local state, history, caches, results.

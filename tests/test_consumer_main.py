@@ -20,9 +20,9 @@ from aio_pika.abc import AbstractChannel
 from consumers import testing, topology
 from consumers.ledger import LedgerDB
 from consumers.topology import dead_queue_name, queue_name
+from core.settings import ConsumerSettings, LedgerSettings
 from devtools.gatewayproc import BIN, CONSUMER_COMMAND, child_environ
 from devtools.rabbitnode import free_port
-from gateway.settings import ConsumerSettings, LedgerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ConsumerSettings(prefetch=64, max_attempts=3, retry_base_ms=50, retry_max_ms=100)

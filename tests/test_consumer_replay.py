@@ -15,10 +15,10 @@ from consumers.replay import replay
 from consumers.runner import Worker
 from consumers.settlement import ATTEMPTS_HEADER, REPLAYS_HEADER
 from consumers.topology import dead_queue_name, queue_name
+from core.contract import Event
+from core.settings import AmqpSettings, ConsumerSettings
 from devtools.gatewayproc import BIN, CONSUMER_COMMAND, child_environ
 from devtools.rabbitnode import free_port
-from gateway.contract import Event
-from gateway.settings import AmqpSettings, ConsumerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ConsumerSettings(prefetch=8, max_attempts=2, retry_base_ms=50, retry_max_ms=50)

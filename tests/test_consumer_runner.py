@@ -23,11 +23,11 @@ from consumers.ledger import Ledger, LedgerDB
 from consumers.runner import HandlerTimeout, Worker
 from consumers.settlement import ATTEMPTS_HEADER, REASON_HEADER
 from consumers.topology import dead_queue_name, delay_queue_name, queue_name
+from core import contract
+from core.amqp import declare_topology
+from core.contract import Event, Outbound
+from core.settings import AmqpSettings, ConsumerSettings, LedgerSettings
 from devtools.rabbitnode import Node, NodeSpec, free_port
-from gateway import contract
-from gateway.contract import Event, Outbound
-from gateway.publisher import declare_topology
-from gateway.settings import AmqpSettings, ConsumerSettings, LedgerSettings
 
 BASE = ConsumerSettings(
     prefetch=16, max_attempts=3, retry_base_ms=50, retry_max_ms=100, linger_ms=1

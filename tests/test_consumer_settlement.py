@@ -27,7 +27,7 @@ from consumers.settlement import (
     replay_copy,
 )
 from consumers.topology import Topology, queue_name
-from gateway.settings import ConsumerSettings
+from core.settings import ConsumerSettings
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ from consumers.topology import (
     delay_key,
     queue_name,
 )
-from gateway import contract
-from gateway.publisher import UNROUTED_ARGUMENTS
-from gateway.settings import ConsumerSettings
+from core import contract
+from core.amqp import UNROUTED_ARGUMENTS
+from core.settings import ConsumerSettings
 
 BASE = ConsumerSettings(max_attempts=3, retry_base_ms=50, retry_max_ms=100, delivery_limit=2)
 

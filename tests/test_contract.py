@@ -1,4 +1,4 @@
-"""Unit tests of the wire contract (gateway.contract)."""
+"""Unit tests of the wire contract (core.contract)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway import contract, events
-from gateway.contract import Event
+from core import contract
+from core.contract import Event
+from gateway import events
 from gateway.models import Tracking, Transition
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

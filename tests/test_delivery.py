@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from gateway import contract
+from core import contract
 from tests.support import AUTH, Capture, gateway_settings, started_client
 
 Client = TestClient[web.Request, web.Application]

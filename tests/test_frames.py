@@ -10,11 +10,11 @@ import pamqp.commands
 import pamqp.frame
 import pamqp.header
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
-from gateway import contract, frames
-from gateway.contract import Headers, Outbound
+from core import contract
+from core.contract import Headers, Outbound
+from gateway import frames
 from gateway.frames import PublishEncoder
 
 CHANNEL: Final = 7

@@ -31,8 +31,7 @@ import pytest
 import requests
 import schemathesis
 from aio_pika.abc import AbstractIncomingMessage
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from pydantic import ValidationError
 from schemathesis import APIOperation, BaseSchema, Case, GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -47,12 +46,12 @@ from schemathesis.specs.openapi.checks import (
 from consumers import ledger
 from consumers.ledger import LedgerDB
 from consumers.runner import decode
+from core import contract
+from core.amqp import declare_topology
+from core.contract import Event
+from core.settings import LedgerSettings
 from devtools.gatewayproc import GatewayProcess
 from devtools.rabbitnode import free_port
-from gateway import contract
-from gateway.contract import Event
-from gateway.publisher import declare_topology
-from gateway.settings import LedgerSettings
 from tests.support import AUTH, TOKEN, TOKEN_NAME, Capture, Client, token_name_of
 from tests.test_fuzz_models import (
     CLEAN_TEXT,

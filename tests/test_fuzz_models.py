@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import Any, Final, TypeAlias
 
 import pytest
-from hypothesis import example, given, settings
-from hypothesis import strategies as st
+from hypothesis import example, given, settings, strategies as st
 from pydantic import BaseModel
 
-from gateway import contract, events
-from gateway.contract import Kind, Outbound
+from core import contract
+from core.contract import Kind, Outbound
+from core.settings import AmqpSettings
+from gateway import events
 from gateway.frames import PublishEncoder
 from gateway.handlers import Rejection, parse
 from gateway.models import Customer, Payment, Session, Shopper, Store, Tracking, Transition
-from gateway.settings import AmqpSettings
 from tests.support import TOKEN_NAME
 
 Json: TypeAlias = "bool | int | float | str | list[Json] | dict[str, Json] | None"

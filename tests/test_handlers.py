@@ -16,8 +16,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from gateway import contract
-from gateway.settings import Settings
+from core import contract
+from core.settings import Settings
 from tests.support import AUTH, TOKEN, TOKEN_NAME, Capture, gateway_settings, started_client
 
 Client = TestClient[web.Request, web.Application]

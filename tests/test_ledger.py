@@ -23,9 +23,9 @@ import pytest
 from consumers import ledger, testing
 from consumers.handler import Reject
 from consumers.ledger import LedgerDB, LedgerError
+from core.contract import Event
+from core.settings import LedgerSettings
 from devtools.gatewayproc import child_environ
-from gateway.contract import Event
-from gateway.settings import LedgerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 STORE = 42
@@ -35,7 +35,7 @@ OPENER = """
 import sys
 from pathlib import Path
 from consumers.ledger import LedgerDB
-from gateway.settings import LedgerSettings
+from core.settings import LedgerSettings
 folder, rounds = Path(sys.argv[1]), int(sys.argv[2])
 for n in range(rounds):
     sys.stdin.readline()

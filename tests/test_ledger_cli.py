@@ -10,8 +10,8 @@ import pytest
 
 from consumers import ledger_cli, testing
 from consumers.ledger import LedgerDB
-from gateway.contract import Event
-from gateway.settings import LedgerSettings
+from core.contract import Event
+from core.settings import LedgerSettings
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Unit tests of the JSON log formatter (gateway.logs)."""
+"""Unit tests of the JSON log formatter (core.logs)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gateway import logs
+from core import logs
 
 
 class Captured:

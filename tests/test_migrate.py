@@ -20,8 +20,8 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from consumers import testing, topology
 from consumers.migrate import HOLDING_ARGUMENTS, HOLDING_SUFFIX, MigrationError, migrate
 from consumers.topology import DEAD_EXCHANGE, dead_queue_name
+from core.settings import AmqpSettings, ConsumerSettings
 from devtools.gatewayproc import BIN, CONSUMER_COMMAND, child_environ
-from gateway.settings import AmqpSettings, ConsumerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ConsumerSettings(max_attempts=2, retry_base_ms=50, retry_max_ms=50)

@@ -14,8 +14,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from openapi_spec_validator import validate
 
+from core.settings import Settings
 from gateway import openapi
-from gateway.settings import Settings
 
 Client = TestClient[web.Request, web.Application]
 REDOCLY_CLI = Path(__file__).resolve().parent.parent / "node_modules" / ".bin" / "redocly"

@@ -13,12 +13,14 @@ from typing import Final
 import aio_pika
 import pytest
 
+from core import contract
+from core.amqp import declare_topology
+from core.contract import Outbound
+from core.settings import AmqpSettings
 from devtools.rabbitnode import Node, NodeSpec, free_port
-from gateway import contract, spool
-from gateway.contract import Outbound
-from gateway.publisher import Publisher, PublishError, Unencodable, declare_topology
+from gateway import spool
+from gateway.publisher import Publisher, PublishError, Unencodable
 from gateway.relay import Relay
-from gateway.settings import AmqpSettings
 from gateway.spool import Spool
 from tests.support import Capture, capturable
 

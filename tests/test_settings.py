@@ -1,4 +1,4 @@
-"""Unit tests of settings loading (gateway.settings); never touches os.environ."""
+"""Unit tests of settings loading (core.settings); never touches os.environ."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway import settings
-from gateway.settings import Settings, SettingsError
+from core import settings
+from core.settings import Settings, SettingsError
 
 REPO_CONFIG = Path(__file__).parents[1] / "config.yaml"
 

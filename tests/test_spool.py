@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from core.contract import Outbound
 from gateway import spool as spool_module
-from gateway.contract import Outbound
 from gateway.spool import Spool, SpoolFull, SpoolLocked, segment_paths
 
 

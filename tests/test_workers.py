@@ -17,6 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from core.settings import Settings
 from devtools.gatewayproc import (
     GATEWAY_ARGV,
     GATEWAY_MODULE_ARGV,
@@ -36,7 +37,6 @@ from devtools.loadcheck import (
     until_answered,
 )
 from devtools.rabbitnode import free_port
-from gateway.settings import Settings
 from gateway.workers import ORPHAN_DEADLINE_S, die_with_parent, worker_settings
 from tests.support import AUTH, TOKEN, gateway_env, gateway_settings
 

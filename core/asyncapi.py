@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from consumers import topology
-from gateway import contract
-from gateway.contract import KINDS, CloudEvent, Kind
+from core import contract
+from core.contract import KINDS, CloudEvent, Kind
 
 SCHEMA_REF: Final = "#/components/schemas/{model}"
 EXCHANGE_BINDING: Final = {
@@ -98,11 +97,11 @@ def quarantined_message() -> dict[str, Any]:
 
 
 def queue_channel(kind: str) -> dict[str, Any]:
-    name = topology.queue_name(kind)
+    name = contract.queue_name(kind)
     return {
         "address": name,
         "description": f"Quorum queue of the `{kind}` worker, bound with `{kind}.#`; "
-        f"dead letters go to `{topology.dead_queue_name(kind)}`.",
+        f"dead letters go to `{contract.dead_queue_name(kind)}`.",
         "messages": {f"{kind}Event": {"$ref": f"#/components/messages/{kind}Event"}},
         "bindings": {
             "amqp": {

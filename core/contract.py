@@ -16,6 +16,25 @@ EXCHANGE: Final = "aifi.events"
 UNROUTED_EXCHANGE: Final = "aifi.unrouted"
 UNROUTED_QUEUE: Final = "aifi.unrouted"
 
+# The workers' exchanges and queues (consumers.topology declares them): a retry goes
+# through the delay exchange, back through the redeliver one; dead letters through dead.
+DELAY_EXCHANGE: Final = "aifi.delay"
+REDELIVER_EXCHANGE: Final = "aifi.redeliver"
+DEAD_EXCHANGE: Final = "aifi.dead"
+
+
+def queue_name(consumer: str) -> str:
+    return f"aifi.{consumer}"
+
+
+def dead_queue_name(consumer: str) -> str:
+    return f"aifi.{consumer}.dead"
+
+
+def delay_queue_name(consumer: str, delay_ms: int) -> str:
+    return f"aifi.{consumer}.retry.{delay_ms}"
+
+
 EVENT_CONTENT_TYPE: Final = "application/cloudevents+json"
 SPECVERSION: Final = "1.0"
 HEADER_PREFIX: Final = "cloudEvents_"
