@@ -46,6 +46,8 @@ from gateway import contract
 from gateway.publisher import declare_topology
 from tests.support import TOKEN, TOKEN_NAME, Capture, token_name_of
 
+pytestmark = pytest.mark.slow  # a fault, fuzz or load suite: not in `make test-fast`
+
 CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TRACKING: Final = "/webhooks/aifi/tracking"

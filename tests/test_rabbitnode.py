@@ -10,7 +10,7 @@ import pytest
 
 from devtools.rabbitnode import SERVER, Node, NodeSpec, amqp_reachable, free_port
 
-pytestmark = pytest.mark.skipif(not SERVER.exists(), reason=f"{SERVER} is not installed")
+pytestmark = pytest.mark.broker
 
 
 @pytest.fixture

@@ -30,6 +30,8 @@ from gateway.settings import Settings
 from gateway.workers import worker_settings
 from tests.support import TOKEN, gateway_env, gateway_settings
 
+pytestmark = pytest.mark.slow  # a fault, fuzz or load suite: not in `make test-fast`
+
 LOAD = 2000
 
 

@@ -32,6 +32,8 @@ from devtools.loadcheck import (
 from devtools.rabbitnode import Node, NodeSpec, free_port
 from tests.support import TOKEN, gateway_env
 
+pytestmark = pytest.mark.slow  # a fault, fuzz or load suite: not in `make test-fast`
+
 LOAD = 3000
 CONCURRENCY = 64
 Fault = Callable[[], Awaitable[None]]
