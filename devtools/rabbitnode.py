@@ -429,10 +429,15 @@ class Owner:
     start_ticks: int
 
     @classmethod
+    def from_pid(cls, pid: int) -> Owner:
+        ticks = _proc_start_ticks(pid)
+        if ticks is None:
+            raise ProcessLookupError(pid)
+        return cls(pid, ticks)
+
+    @classmethod
     def this_process(cls) -> Owner:
-        ticks = _proc_start_ticks(os.getpid())
-        assert ticks is not None  # this process is alive
-        return cls(os.getpid(), ticks)
+        return cls.from_pid(os.getpid())
 
     def alive(self) -> bool:
         return _proc_start_ticks(self.pid) == self.start_ticks
