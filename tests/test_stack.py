@@ -63,7 +63,6 @@ class Checkout:
 
 @pytest.fixture
 def checkout(tmp_path: Path) -> Checkout:
-    ensure_installed()
     amqp_port, http_port = free_port(), free_port()
     env = child_environ() | {
         "PYTHONPATH": str(ROOT),
@@ -80,6 +79,7 @@ def checkout(tmp_path: Path) -> Checkout:
 @pytest.fixture
 def running(checkout: Checkout, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A stack up and serving; whatever the test leaves of it is killed, node included."""
+    ensure_installed()
     log = tmp_path / "stack.log"
     process = checkout.start(log)
     try:
