@@ -1,6 +1,8 @@
 # The README's two commands: `make run` and `make test`. Each sets up what is
-# missing (a .venv, Debian's rabbitmq-server, a private RabbitMQ node under
-# .rabbitmq/ when none answers at AIFI_AMQP_URL) and stops what it started.
+# missing (a .venv, Debian's rabbitmq-server) and starts the RabbitMQ it needs itself:
+# `make run` a private node under .rabbitmq/ when none answers at AIFI_AMQP_URL, stopped
+# again by the same process however it ends (Ctrl-C, SIGTERM, a closed terminal);
+# `make test` a throwaway node of the test session's own, on free ports.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -8,9 +10,10 @@ PY := $(VENV)/bin/python
 AIFI_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 RABBIT_DIR := .rabbitmq
 PYTEST_ARGS ?= -q
-export AIFI_AMQP_URL
+# The fast loop: no broker, no fault, fuzz or load suite (markers in pyproject.toml).
+FAST_MARKERS := not broker and not slow and not cluster
 
-.PHONY: run test test-cluster bench tail spool lint broker broker-stop clean
+.PHONY: run test test-fast test-cluster bench tail spool lint rabbitmq-server broker broker-stop clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,31 +26,41 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
 
-broker: $(VENV)/.installed
+rabbitmq-server: $(VENV)/.installed
+	$(PY) -m devtools.rabbitnode install
+
+# A node for manual use, left running until `make broker-stop`; `broker-stop` leaves
+# alone a node that a running `make run` or `make bench` owns.
+broker: rabbitmq-server
 	$(PY) -m devtools.rabbitnode ensure --url "$(AIFI_AMQP_URL)" --dir $(RABBIT_DIR)
 
 broker-stop: $(VENV)/.installed
 	$(PY) -m devtools.rabbitnode stop --dir $(RABBIT_DIR)
 
-run: broker
-	$(PY) -m devtools.stack; status=$$?; $(MAKE) --no-print-directory broker-stop; exit $$status
+# The stack starts (and stops) its broker itself: a recipe line after it would not run
+# when make is killed by the SIGHUP of a closed terminal.
+run: $(VENV)/.installed
+	AIFI_AMQP_URL="$(AIFI_AMQP_URL)" $(PY) -m devtools.stack --rabbit-dir $(RABBIT_DIR)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: broker node_modules/.installed
-	status=0; \
-	{ $(MAKE) --no-print-directory lint && \
-	  $(VENV)/bin/pytest $(PYTEST_ARGS) -m "not cluster"; } || status=$$?; \
-	$(MAKE) --no-print-directory broker-stop; exit $$status
+# The suite starts a private node of its own (tests/conftest.py) and never uses the
+# broker of a running `make run`.
+test: lint rabbitmq-server node_modules/.installed
+	$(VENV)/bin/pytest $(PYTEST_ARGS) -m "not cluster"
 
-test-cluster: $(VENV)/.installed
+test-fast: $(VENV)/.installed
+	$(VENV)/bin/pytest $(PYTEST_ARGS) -m "$(FAST_MARKERS)"
+
+test-cluster: rabbitmq-server
 	$(VENV)/bin/pytest $(PYTEST_ARGS) -m cluster
 
-bench: broker
-	$(PY) -m bench; status=$$?; $(MAKE) --no-print-directory broker-stop; exit $$status
+bench: rabbitmq-server
+	AIFI_AMQP_URL="$(AIFI_AMQP_URL)" $(PY) -m devtools.rabbitnode with \
+	  --url "$(AIFI_AMQP_URL)" --dir $(RABBIT_DIR) -- $(PY) -m bench
 
 tail: $(VENV)/.installed
 	$(VENV)/bin/aifi-gateway tail

@@ -8,12 +8,20 @@ systemd. AMQP, Erlang distribution and epmd (when a node has to start it) listen
 
     python -m devtools.rabbitnode ensure --url amqp://guest:guest@127.0.0.1:5672/ --dir .rabbitmq
     python -m devtools.rabbitnode stop --dir .rabbitmq
+    python -m devtools.rabbitnode with --url amqp://guest:guest@127.0.0.1:5672/ \
+        --dir .rabbitmq -- python -m bench
+
+`ensure` leaves its node running for a later `stop`. `with` (and `broker_for`, which the
+`make run` supervisor uses) starts a node only if none answers, records itself as the
+node's owner, and stops it when the command ends; `stop` leaves such a node alone while
+its owner lives.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -23,7 +31,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -403,22 +411,152 @@ def _proc_environ(pid: int) -> list[bytes]:
         return []
 
 
+def _proc_start_ticks(pid: int) -> int | None:
+    """When pid started (clock ticks after boot); None if it is gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # fields[0] is field 3 (state) of proc(5); the start time is field 22.
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The process a node belongs to. The start time tells it apart from a later process
+    that happens to get the same pid."""
+
+    pid: int
+    start_ticks: int
+
+    @classmethod
+    def from_pid(cls, pid: int) -> Owner:
+        ticks = _proc_start_ticks(pid)
+        if ticks is None:
+            raise ProcessLookupError(pid)
+        return cls(pid, ticks)
+
+    @classmethod
+    def this_process(cls) -> Owner:
+        return cls.from_pid(os.getpid())
+
+    def alive(self) -> bool:
+        return _proc_start_ticks(self.pid) == self.start_ticks
+
+    def describe(self) -> str:
+        try:
+            argv = Path(f"/proc/{self.pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return f"process {self.pid}"
+        return f"process {self.pid} ({b' '.join(argv).decode(errors='replace').strip()})"
+
+
+@dataclass(frozen=True)
+class Marker:
+    """What `ensure` or `broker_for` left beside a node: its ports and, for `broker_for`,
+    the process that stops it again."""
+
+    spec: NodeSpec
+    owner: Owner | None
+
+
 def _marker_path(base_dir: Path, name: str) -> Path:
     return base_dir / name / MARKER
 
 
-def _read_marker(base_dir: Path, name: str) -> NodeSpec | None:
+def _read_marker(base_dir: Path, name: str) -> Marker | None:
     try:
-        ports = json.loads(_marker_path(base_dir, name).read_text())
-        return NodeSpec(name, int(ports["amqp_port"]), int(ports["dist_port"]), base_dir)
+        saved = json.loads(_marker_path(base_dir, name).read_text())
+        spec = NodeSpec(name, int(saved["amqp_port"]), int(saved["dist_port"]), base_dir)
+        owner = saved.get("owner")
+        return Marker(spec, Owner(int(owner["pid"]), int(owner["start_ticks"])) if owner else None)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def _write_marker(spec: NodeSpec) -> None:
+def _write_marker(spec: NodeSpec, owner: Owner | None = None) -> None:
     path = _marker_path(spec.base_dir, spec.name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"amqp_port": spec.amqp_port, "dist_port": spec.dist_port}))
+    saved = {"amqp_port": spec.amqp_port, "dist_port": spec.dist_port}
+    path.write_text(json.dumps({**saved, "owner": owner and dataclasses.asdict(owner)}))
+
+
+class BrokerUnavailable(RuntimeError):
+    """Nothing answers at the URL, and no private node can be started for it."""
+
+
+@contextlib.contextmanager
+def broker_for(url: str, base_dir: Path, name: str = DEFAULT_NAME) -> Iterator[Node | None]:
+    """Make the broker at url reachable while the block runs; yield the node this process
+    owns, or None when it uses a broker that was already there (and leaves it running).
+
+    A node this function starts is recorded as this process's own, so `stop` run by any
+    other command leaves it alone, and it is stopped when the block ends, however it ends.
+    A node whose owner died without stopping it is taken over the same way.
+    """
+    base_dir = base_dir.resolve()
+    node = _take_orphan(url, base_dir, name)
+    if node is None and amqp_reachable(url):
+        yield None
+        return
+    node = node or _start_owned(url, base_dir, name)
+    try:
+        yield node
+    finally:
+        node.stop()
+        _marker_path(base_dir, name).unlink(missing_ok=True)
+
+
+def _take_orphan(url: str, base_dir: Path, name: str) -> Node | None:
+    marker = _read_marker(base_dir, name)
+    if marker is None or marker.owner is None or marker.owner.alive():
+        return None
+    node = Node(marker.spec)
+    if marker.spec.amqp_port != _host_port(url)[1] or not node.is_running():
+        return None
+    _write_marker(marker.spec, Owner.this_process())
+    node.start()
+    return node
+
+
+def _start_owned(url: str, base_dir: Path, name: str) -> Node:
+    host, port = _host_port(url)
+    if host not in ("127.0.0.1", "localhost"):
+        raise BrokerUnavailable(
+            f"{host}:{port} is not reachable, and a private node can only be started "
+            "for 127.0.0.1 or localhost"
+        )
+    ensure_installed()
+    spec = NodeSpec(name, port, free_port(), base_dir)
+    # Written first, so that an interrupted start still names its owner.
+    _write_marker(spec, Owner.this_process())
+    node = Node(spec)
+    try:
+        node.start()
+    except BaseException:
+        _marker_path(base_dir, name).unlink(missing_ok=True)
+        raise
+    return node
+
+
+@contextlib.contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM and SIGHUP (a closed terminal) raise KeyboardInterrupt, as
+    Ctrl-C does, so that the same `finally` cleans up after all three."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    for sig in saved:
+        signal.signal(sig, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def ignore_stop_signals() -> None:
+    """Cleanup has begun: a second Ctrl-C, SIGTERM or SIGHUP must not cut it short."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _ensure(url: str, base_dir: Path, name: str) -> int:
@@ -454,14 +592,43 @@ def _start_private(spec: NodeSpec) -> int:
 
 
 def _stop(base_dir: Path, name: str) -> int:
-    spec = _read_marker(base_dir.resolve(), name)
-    if spec is None:
+    marker = _read_marker(base_dir.resolve(), name)
+    if marker is None:
         print(f"rabbitmq: no node started by 'ensure' in {base_dir}; nothing to stop")
         return 0
-    Node(spec).stop()
-    _marker_path(spec.base_dir, name).unlink(missing_ok=True)
+    if marker.owner is not None and marker.owner.alive():
+        print(
+            f"rabbitmq: node {name} belongs to {marker.owner.describe()}, which stops it "
+            "when it ends; leaving it running",
+            file=sys.stderr,
+        )
+        return 1
+    Node(marker.spec).stop()
+    _marker_path(marker.spec.base_dir, name).unlink(missing_ok=True)
     print(f"rabbitmq: stopped private node {name}")
     return 0
+
+
+def _run_with(url: str, base_dir: Path, name: str, command: list[str]) -> int:
+    """Run command with the broker at url reachable; stop the node if this started it."""
+    try:
+        with stop_signals_interrupt(), broker_for(url, base_dir, name):
+            return _run_child(command)
+    except KeyboardInterrupt:
+        return 130
+    except (RuntimeError, subprocess.CalledProcessError) as exc:
+        print(f"rabbitmq: cannot start private node {name}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run_child(command: list[str]) -> int:
+    child = subprocess.Popen(command)
+    try:
+        return child.wait()
+    except KeyboardInterrupt:
+        ignore_stop_signals()
+        child.terminate()
+        return child.wait()
 
 
 def _node_name(value: str) -> str:
@@ -477,10 +644,16 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("install", help="install Debian's rabbitmq-server if it is missing")
     ensure = commands.add_parser("ensure", help="make the broker at --url reachable")
-    ensure.add_argument("--url", required=True, help="AMQP URL the application will use")
     stop = commands.add_parser("stop", help="stop the node that 'ensure' started, if any")
-    for sub in (ensure, stop):
+    run_with = commands.add_parser(
+        "with", help="run a command with the broker at --url reachable, then stop what it started"
+    )
+    run_with.add_argument("argv", nargs="+", metavar="-- COMMAND", help="the command to run")
+    for sub in (ensure, run_with):
+        sub.add_argument("--url", required=True, help="AMQP URL the application will use")
+    for sub in (ensure, stop, run_with):
         sub.add_argument("--dir", required=True, type=Path, help="where node data lives")
         sub.add_argument(
             "--name", default=DEFAULT_NAME, type=_node_name, help="node name (without @localhost)"
@@ -490,8 +663,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "install":
+        ensure_installed()
+        return 0
     if args.command == "ensure":
         return _ensure(args.url, args.dir, args.name)
+    if args.command == "with":
+        return _run_with(args.url, args.dir, args.name, args.argv)
     return _stop(args.dir, args.name)
 
 

@@ -1,28 +1,55 @@
-"""`make run`: the gateway and the consumer workers in the foreground; Ctrl-C stops them all.
+"""`make run`: RabbitMQ if none answers, then the gateway and the consumer workers in the
+foreground. Ctrl-C, SIGTERM and SIGHUP (a closed terminal) each stop everything it
+started, the private broker included.
 
-The development token is generated once into `data/dev-token` (never printed);
-the curl shown reads it from there.
+One stack per checkout: `data/stack.lock` is held (flock) while one runs, and a second
+refuses at once, saying what runs on which ports, without touching the first. The
+development token is generated once into `data/dev-token` (never printed); the curl
+shown reads it from there.
+
+    python -m devtools.stack [--rabbit-dir .rabbitmq] [--node-name aifi-dev]
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import fcntl
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import IO
+from urllib.parse import urlsplit
 
-from consumers.__main__ import BUILT_IN
+from consumers.__main__ import BUILT_IN, consumer_settings
 from core.settings import Settings, load
 from devtools.gatewayproc import CONSUMER_COMMAND, GATEWAY_COMMAND
+from devtools.rabbitnode import (
+    DEFAULT_NAME,
+    broker_for,
+    ignore_stop_signals,
+    stop_signals_interrupt,
+)
 
 BIN = Path(sys.executable).parent
-TOKEN_FILE = Path("data/dev-token")
+DATA_DIR = Path("data")
+TOKEN_FILE = DATA_DIR / "dev-token"
+LOCK_FILE = DATA_DIR / "stack.lock"
 READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 20.0
+
+
+def say(text: str) -> None:
+    """Print to stderr; after SIGHUP the terminal is gone, and cleanup must go on anyway."""
+    with contextlib.suppress(OSError):
+        print(text, file=sys.stderr, flush=True)
 
 
 def dev_token() -> str:
@@ -45,10 +72,71 @@ def commands() -> list[list[str]]:
     return [*workers, [str(BIN / GATEWAY_COMMAND[0]), *GATEWAY_COMMAND[1:]]]
 
 
-def wait_ready(settings: Settings) -> bool:
+def listen_ports(settings: Settings) -> dict[str, tuple[str, int]]:
+    """What the stack will listen on: the gateway and each worker's health endpoint."""
+    wanted = {"gateway": (settings.http.host, settings.http.port)}
+    for name in BUILT_IN:
+        consumer = consumer_settings(settings, name)
+        if consumer.health_port:
+            wanted[f"{name} worker health"] = (consumer.health_host, consumer.health_port)
+    return wanted
+
+
+def bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the servers themselves bind: connections in TIME_WAIT do not make a port busy.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def busy_ports(wanted: dict[str, tuple[str, int]]) -> list[str]:
+    return [
+        f"{what} {host}:{port}" for what, (host, port) in wanted.items() if not bindable(host, port)
+    ]
+
+
+def broker_url(settings: Settings) -> str:
+    return settings.amqp.urls[0]
+
+
+def describe(settings: Settings) -> str:
+    """One line for the lock file: what this stack runs where (no credentials)."""
+    places = ", ".join(
+        f"{what} {host}:{port}" for what, (host, port) in listen_ports(settings).items()
+    )
+    broker = urlsplit(broker_url(settings))
+    return f"pid {os.getpid()}: {places}; broker {broker.hostname}:{broker.port or 5672}"
+
+
+def acquire(path: Path) -> IO[str] | None:
+    """path opened and exclusively locked, or None if another process holds the lock.
+    The lock goes with the process, however it ends."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+def record(handle: IO[str], text: str) -> None:
+    handle.seek(0)
+    handle.truncate()
+    handle.write(text + "\n")
+    handle.flush()
+
+
+def wait_ready(settings: Settings, children: list[subprocess.Popen[bytes]]) -> bool:
     url = f"http://{settings.http.host}:{settings.http.port}/readyz"
     deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
+    # A child that died cannot become ready; whatever else answers on the port is not ours.
+    while time.monotonic() < deadline and all(child.poll() is None for child in children):
         try:
             with urllib.request.urlopen(url, timeout=1):
                 return True
@@ -71,40 +159,84 @@ def banner(settings: Settings) -> str:
 
 
 def stop(children: list[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM each child, gateway first, and wait for it; a second Ctrl-C cannot cut this
-    short, since the children already got the terminal's SIGINT and are stopping."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """SIGTERM each child, gateway first, and wait for it (SIGKILL after STOP_TIMEOUT_S)."""
     for child in reversed(children):
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
             try:
-                child.wait(timeout=20)
+                child.wait(timeout=STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 child.kill()
+                child.wait()
 
 
 def supervise(children: list[subprocess.Popen[bytes]]) -> int:
-    """Wait until Ctrl-C/SIGTERM (0) or until a child dies on its own (1)."""
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    """Wait until Ctrl-C, SIGTERM or SIGHUP (0) or until a child dies on its own (1)."""
     try:
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
     except KeyboardInterrupt:
         return 0
-    print("stack: a process exited on its own; stopping the rest", file=sys.stderr)
+    say("stack: a process exited on its own; stopping the rest")
     return 1
 
 
-def main() -> int:
-    settings = load()
-    env = child_env()
-    children = [subprocess.Popen(cmd, env=env) for cmd in commands()]
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    """The broker (if none answers), then the children; all stopped again in reverse."""
+    with broker_for(broker_url(settings), args.rabbit_dir, args.node_name):
+        env = child_env()
+        children: list[subprocess.Popen[bytes]] = []
+        try:
+            children.extend(subprocess.Popen(cmd, env=env) for cmd in commands())
+            if wait_ready(settings, children):
+                with contextlib.suppress(OSError):
+                    print(banner(settings), flush=True)
+            return supervise(children)
+        finally:
+            # The broker is stopped after this, with these signals still ignored.
+            ignore_stop_signals()
+            stop(children)
+
+
+def start(settings: Settings, args: argparse.Namespace, lock: IO[str]) -> int:
+    busy = busy_ports(listen_ports(settings))
+    if busy:
+        say(
+            f"stack: in use by another process: {', '.join(busy)}; stop it, or choose other "
+            "ports (AIFI_HTTP_PORT, AIFI_CONSUMERS_<NAME>_HEALTH_PORT)"
+        )
+        return 1
+    record(lock, describe(settings))
     try:
-        if wait_ready(settings):
-            print(banner(settings), flush=True)
-        return supervise(children)
-    finally:
-        stop(children)
+        with stop_signals_interrupt():
+            return run(settings, args)
+    except KeyboardInterrupt:
+        # Interrupted while the broker was starting; it cleaned up after itself.
+        return 0
+    except RuntimeError as exc:
+        say(f"stack: RabbitMQ: {exc}")
+        return 1
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m devtools.stack", description=__doc__)
+    parser.add_argument("--rabbit-dir", type=Path, default=Path(".rabbitmq"))
+    parser.add_argument("--node-name", default=DEFAULT_NAME)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    settings = load()
+    lock = acquire(LOCK_FILE)
+    if lock is None:
+        say(
+            f"stack: already running in this checkout ({LOCK_FILE.read_text().strip()}); "
+            "stop it first (Ctrl-C in its terminal)"
+        )
+        return 1
+    with lock:
+        return start(settings, args, lock)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
-"""Fixtures: the real broker, a gateway on a loopback port, and per-test queues."""
+"""Fixtures: a real broker of the session's own, a gateway on a loopback port, and
+per-test queues; and the session-end check that nothing the tests started outlives them."""
 
 from __future__ import annotations
 
 import os
 import random
+import signal
+import subprocess
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import aio_pika
@@ -19,19 +23,46 @@ from consumers import testing
 from core.amqp import declare_topology
 from core.settings import Settings
 from devtools.loadcheck import Verdict
-from devtools.rabbitnode import amqp_reachable
+from devtools.rabbitnode import Node, NodeSpec, ensure_installed, free_port
 from tests.support import Capture, gateway_settings, started_client
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
+# Set for the session and inherited by every process it starts, gateways, workers and
+# brokers alike, which is how the end of the session finds them. Not AIFI_*: the tests
+# strip those from a child's environment.
+SESSION_MARK = "PYTEST_AIFI_SESSION_MARK"
+# Shared by every Erlang node on the machine and meant to outlive them; started by the
+# first node when none runs.
+SHARED_DAEMONS = frozenset({"epmd"})
+STRAGGLERS = pytest.StashKey[list[str]]()
+# Fixtures that give a test a broker: the session's own, or a private node to kill.
+BROKER_FIXTURES = frozenset({"amqp_url", "private_node"})
+
+
 @pytest.fixture(scope="session")
-def amqp_url() -> str:
-    """The broker `make test` started; its absence fails the run loudly, never skips it."""
-    url = os.environ.get("AIFI_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/").split(",")[0]
-    if not amqp_reachable(url):
-        pytest.fail(f"no RabbitMQ at {url}: run the suite with `make test`", pytrace=False)
-    return url
+def broker_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    """A RabbitMQ node of this session's own, on free ports, its data in a temporary
+    directory: the suite never writes into the broker (or the data) of a running
+    `make run`. A node that cannot start fails the run loudly, never skips it."""
+    base = tmp_path_factory.mktemp("rabbitmq")
+    # A unique name: epmd refuses a second node with a name that is already registered.
+    node = Node(NodeSpec(f"aifi-test-{uuid.uuid4().hex[:8]}", free_port(), free_port(), base))
+    try:
+        ensure_installed()
+        node.start(timeout_s=120)
+    # A failed start has already stopped whatever it had started.
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+        pytest.fail(f"cannot start the test session's RabbitMQ node: {exc}", pytrace=False)
+    yield node
+    node.stop()
+
+
+@pytest.fixture(scope="session")
+def amqp_url(broker_node: Node) -> str:
+    """The URL of the session's own broker."""
+    return broker_node.url
 
 
 @pytest.fixture
@@ -95,8 +126,70 @@ def checker_report(request: pytest.FixtureRequest) -> Callable[[str, Verdict], N
 
 
 def pytest_terminal_summary(terminalreporter: TerminalReporter, config: pytest.Config) -> None:
+    stragglers = config.stash.get(STRAGGLERS, [])
+    if stragglers:
+        terminalreporter.section("processes the tests left running (killed now)", red=True)
+        for line in stragglers:
+            terminalreporter.write_line(line)
     verdicts = config.stash.get(CHECKER_VERDICTS, [])
     if verdicts:
         terminalreporter.section("zero-loss checker")
         for name, summary in verdicts:
             terminalreporter.write_line(f"{name}: {summary}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `broker` every test that needs one, through any chain of fixtures."""
+    for item in items:
+        if BROKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.broker)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    os.environ[SESSION_MARK] = uuid.uuid4().hex
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Fail the run if anything it started is still alive, after killing it."""
+    mark = f"{SESSION_MARK}={os.environ.get(SESSION_MARK, '')}".encode()
+    deadline = time.monotonic() + 10.0
+    # Processes being stopped right now get a moment to finish.
+    while (left := _marked_processes(mark)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if not left:
+        return
+    session.config.stash[STRAGGLERS] = [f"{pid}: {cmdline}" for pid, cmdline in left]
+    for pid, _ in left:
+        _kill_group(pid)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _marked_processes(mark: bytes) -> list[tuple[int, str]]:
+    """(pid, command line) of live processes other than this one whose environment has mark."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        proc = Path("/proc", entry)
+        try:
+            if mark not in (proc / "environ").read_bytes().split(b"\0"):
+                continue
+            if (proc / "comm").read_text().strip() in SHARED_DAEMONS:
+                continue
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        found.append((int(entry), cmdline.strip()))
+    return found
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        pgid = os.getpgid(pid)
+        # Never our own group: that would take this very process down too.
+        if pgid == os.getpgrp():
+            os.kill(pid, signal.SIGKILL)
+        else:
+            os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

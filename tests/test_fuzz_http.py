@@ -63,6 +63,8 @@ from tests.test_fuzz_models import (
     valid_bodies,
 )
 
+pytestmark = pytest.mark.slow  # a fault, fuzz or load suite: not in `make test-fast`
+
 CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TRACKING: Final = "/webhooks/aifi/tracking"

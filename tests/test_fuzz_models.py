@@ -26,6 +26,8 @@ from gateway.handlers import Rejection, parse
 from gateway.models import Customer, Payment, Session, Shopper, Store, Tracking, Transition
 from tests.support import TOKEN_NAME
 
+pytestmark = pytest.mark.slow  # a fault, fuzz or load suite: not in `make test-fast`
+
 Json: TypeAlias = "bool | int | float | str | list[Json] | dict[str, Json] | None"
 Model: TypeAlias = type[Transition] | type[Tracking]
 

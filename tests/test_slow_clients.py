@@ -14,6 +14,8 @@ from devtools.gatewayproc import GatewayProcess
 from devtools.rabbitnode import free_port
 from tests.support import AUTH, TOKEN, gateway_env
 
+pytestmark = pytest.mark.slow  # a fault, fuzz or load suite: not in `make test-fast`
+
 TIMEOUT_S = 1.0
 ENTERED = "/webhooks/aifi/entered"
 

@@ -40,6 +40,8 @@ from devtools.rabbitnode import free_port
 from gateway.workers import ORPHAN_DEADLINE_S, die_with_parent, worker_settings
 from tests.support import AUTH, TOKEN, gateway_env, gateway_settings
 
+pytestmark = pytest.mark.slow  # a fault, fuzz or load suite: not in `make test-fast`
+
 LOAD = 2000
 CONCURRENCY = 64
 # How long orphaned workers may take to go, beyond their own deadline: a busy machine.

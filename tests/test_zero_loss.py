@@ -32,6 +32,8 @@ from devtools.loadcheck import (
 from devtools.rabbitnode import Node, NodeSpec, free_port
 from tests.support import TOKEN, gateway_env
 
+pytestmark = pytest.mark.slow  # a fault, fuzz or load suite: not in `make test-fast`
+
 LOAD = 3000
 CONCURRENCY = 64
 Fault = Callable[[], Awaitable[None]]
@@ -40,7 +42,9 @@ Fault = Callable[[], Awaitable[None]]
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     """A broker this module may kill: never the one the rest of the suite uses."""
-    spec = NodeSpec("aifi-zero-loss", free_port(), free_port(), tmp_path_factory.mktemp("rmq"))
+    # A unique name: epmd refuses a node whose name another run on this machine holds.
+    name = f"aifi-zero-loss-{uuid.uuid4().hex[:8]}"
+    spec = NodeSpec(name, free_port(), free_port(), tmp_path_factory.mktemp("rmq"))
     broker = Node(spec)
     broker.start()
     yield broker
