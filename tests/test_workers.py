@@ -266,7 +266,9 @@ def parent_of_stubborn(report: multiprocessing.connection.Connection) -> None:
 
 
 def test_an_orphaned_worker_that_will_not_stop_is_killed_at_its_deadline() -> None:
-    context = multiprocessing.get_context("spawn")
+    # Forked, not spawned, from the test process: spawn would start multiprocessing's
+    # resource tracker here, a child that outlives the test until the session ends.
+    context = multiprocessing.get_context("fork")
     receiver, sender = context.Pipe(duplex=False)
     parent = context.Process(target=parent_of_stubborn, args=(sender,))
     parent.start()
@@ -286,7 +288,7 @@ def test_an_orphaned_worker_that_will_not_stop_is_killed_at_its_deadline() -> No
 
 
 def test_a_worker_whose_parent_is_already_gone_stops_at_once() -> None:
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("fork")  # no resource tracker left behind
     worker = context.Process(target=die_with_parent, args=(os.getpid() + 1,))
     worker.start()
     worker.join(timeout=30)
