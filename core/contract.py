@@ -256,12 +256,17 @@ def event_headers(context: Context, data: Normalized) -> Headers:
     return headers
 
 
+def fields(model: BaseModel) -> dict[str, Any]:
+    """A model's fields, in declaration order: its `__dict__`, where pydantic keeps them
+    (`dict(model)` walks a generator, several times slower on this path)."""
+    return dict(vars(model))
+
+
 def encode(context: Context, data: Normalized, payload: bytes) -> bytes:
     """The event's body. `payload` (a JSON object) is spliced in as it is: no second
     serialization, and not one byte of it changed."""
-    return orjson.dumps(
-        dict(context) | {"data": dict(data) | {"payload": orjson.Fragment(payload)}}
-    )
+    spliced = fields(data) | {"payload": orjson.Fragment(payload)}
+    return orjson.dumps(fields(context) | {"data": spliced})
 
 
 def outbound(
@@ -305,6 +310,6 @@ class Event:
             source=event.source,
             time=event.time,
             subject=event.subject,
-            data=dict(event.data),
+            data=fields(event.data),
             extensions=dict(event.model_extra or {}),
         )
