@@ -118,8 +118,11 @@ def _integral(value: object) -> object:
 Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1), BeforeValidator(_integral)]
 Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1), BeforeValidator(_integral)]
 NonEmpty = Annotated[str, Field(min_length=1)]
-# RFC 3339, as CloudEvents' Timestamp; the gateway writes UTC with a `Z`.
-RFC3339: Final = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$"
+# RFC 3339, as CloudEvents' Timestamp; the gateway writes UTC with a `Z`. ASCII digits
+# spelled out: `\d` is Unicode in Python and Rust, ASCII in the ECMA-262 regexes of JSON Schema.
+RFC3339: Final = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$"
+)
 Timestamp = Annotated[str, Field(pattern=RFC3339)]
 SHA256_HEX: Final = r"^[0-9a-f]{64}$"
 
@@ -201,7 +204,7 @@ class CloudEvent(Context):
     def _follows_the_rules(self) -> CloudEvent:
         if EVENT_TYPES[self.data.kind] != self.type:
             raise ValueError(f"data.kind {self.data.kind!r} is not that of type {self.type!r}")
-        names = [name for name in self.model_extra or () if not _EXTENSION_NAME.match(name)]
+        names = [name for name in self.model_extra or () if not _EXTENSION_NAME.fullmatch(name)]
         if names:
             raise ValueError(f"not an extension attribute name: {', '.join(names)}")
         return self

@@ -138,6 +138,7 @@ TABLE: Final[list[tuple[str, Change, bool]]] = [
     ("time not RFC 3339", setting("time", value="yesterday"), False),
     ("time without zone", setting("time", value="2024-05-01T12:00:00"), False),
     ("time with offset", setting("time", value="2024-05-01T14:00:00.25+02:00"), True),
+    ("time with other digits", setting("time", value="2024-05-01T12:00:0\u0660Z"), False),
     ("null subject", setting("subject", value=None), False),
     ("empty subject", setting("subject", value=""), False),
     ("datacontenttype text/plain", setting("datacontenttype", value="text/plain"), False),
