@@ -24,6 +24,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from consumers import topology
 from consumers.runner import Worker
+from core import contract
 from core.contract import (
     DATA_CONTENT_TYPE,
     EVENT_TYPES,
@@ -33,7 +34,6 @@ from core.contract import (
     Kind,
     Normalized,
     Outbound,
-    outbound,
     tracking_event_id,
 )
 from core.settings import ConsumerSettings
@@ -129,7 +129,7 @@ def _outbound(event_id: str, subject: str, data: Normalized, raw: bytes) -> Outb
         subject=subject,
         datacontenttype=DATA_CONTENT_TYPE,
     )
-    return outbound(context, data, raw, int(time.time()), {})
+    return contract.outbound(context, data, raw, int(time.time()), {})
 
 
 def message(outbound: Outbound) -> aio_pika.Message:
