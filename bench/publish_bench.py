@@ -27,12 +27,10 @@ import uvloop
 
 from bench import DEFAULT_AMQP_URL, EXAMPLES
 from bench.measure import EventQueue
-from consumers import testing
 from core import contract
-from core.contract import Kind, Outbound
+from core.contract import Outbound
 from core.settings import AmqpSettings
-from gateway import events, handlers
-from gateway.models import Tracking, Transition
+from gateway import events
 from gateway.publisher import Publisher
 
 IN_FLIGHT: Final = 256
@@ -40,18 +38,18 @@ BATCH: Final = 64
 Run = Callable[[Sequence[Outbound]], Awaitable[None]]
 
 
-EXAMPLE_KINDS: Final[tuple[tuple[Kind, type[Transition] | type[Tracking], str], ...]] = (
-    ("entered", Transition, "entered"),
-    ("exited", Transition, "left"),
-    ("tracking", Tracking, "tracking"),
+EXAMPLE_KINDS: Final[tuple[tuple[events.Normalizer[Any], str], ...]] = (
+    (events.ENTERED, "entered"),
+    (events.EXITED, "left"),
+    (events.TRACKING, "tracking"),
 )
 
 
-def example_outbound(kind: Kind, model: type[Transition] | type[Tracking], name: str) -> Outbound:
+def example_outbound(normalizer: events.Normalizer[Any], name: str) -> Outbound:
     """What the gateway publishes for AiFi's example `name`."""
     raw = (EXAMPLES / f"{name}.json").read_bytes()
-    event = handlers.normalize(kind, model.model_validate_json(raw), testing.receipt(raw))
-    return events.to_outbound(event, datetime.now(UTC))
+    receipt = events.Receipt(raw, "test", datetime.now(UTC))
+    return normalizer.build(normalizer.model.model_validate_json(raw), receipt)
 
 
 def outbounds(count: int, routing_key: str) -> list[Outbound]:

@@ -17,7 +17,7 @@ from consumers.health import ConsumerState
 from consumers.settlement import ACK_GRACE_S, Settler, describe
 from consumers.topology import TopologyError, declare
 from core.amqp import BROKER_ERRORS, backoff_s, first_of, redact
-from core.contract import Event
+from core.contract import Event, InvalidEvent
 from core.settings import AmqpSettings, ConsumerSettings
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def decode(batch: Sequence[Delivery]) -> tuple[list[Decoded], list[tuple[Deliver
     for message in batch:
         try:
             events.append((message, Event.from_body(message.body)))
-        except ValueError as exc:
+        except InvalidEvent as exc:
             invalid.append((message, Reject(f"not a valid event: {exc}")))
     return events, invalid
 

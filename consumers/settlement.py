@@ -26,15 +26,17 @@ from consumers import topology
 from consumers.handler import Reject
 from consumers.health import ConsumerState
 from consumers.topology import Topology
+from core.contract import (  # where the tests and tools have found them
+    ATTEMPTS_HEADER as ATTEMPTS_HEADER,
+    FAILED_AT_HEADER as FAILED_AT_HEADER,
+    REASON_HEADER as REASON_HEADER,
+    REPLAYS_HEADER as REPLAYS_HEADER,
+)
 from core.settings import ConsumerSettings
 from core.times import iso
 
 log = logging.getLogger(__name__)
 
-ATTEMPTS_HEADER: Final = "aifi_attempts"  # attempts that failed so far
-REASON_HEADER: Final = "aifi_reason"  # why the last one failed
-FAILED_AT_HEADER: Final = "aifi_failed_at"  # when, RFC 3339 UTC
-REPLAYS_HEADER: Final = "aifi_replays"  # times moved back from the dead-letter queue
 MAX_REASON_CHARS: Final = 1000
 # Headers of ours that a replayed copy starts without.
 FAILURE_HEADERS: Final = frozenset({ATTEMPTS_HEADER, REASON_HEADER, FAILED_AT_HEADER})

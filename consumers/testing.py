@@ -1,7 +1,7 @@
 """Helpers for testing a consumer against a real broker (ours, and a downstream team's).
 
-Events are made by the gateway's own normalization, so a test sees exactly what the
-gateway would publish for the same AiFi call.
+Events are built from the contract's own definition (`core.contract`) and encoded as the
+gateway encodes them: valid envelopes of each kind, not a copy of the gateway's normalization.
 """
 
 from __future__ import annotations
@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import inspect
 import itertools
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime
@@ -22,11 +24,20 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from consumers import topology
 from consumers.runner import Worker
-from core.contract import EXCHANGE, Outbound
+from core import contract
+from core.contract import (
+    DATA_CONTENT_TYPE,
+    EVENT_TYPES,
+    EXCHANGE,
+    SPECVERSION,
+    Context,
+    Kind,
+    Normalized,
+    Outbound,
+    tracking_event_id,
+)
 from core.settings import ConsumerSettings
-from gateway import events
-from gateway.events import Receipt
-from gateway.models import Tracking, Transition
+from core.times import iso
 
 ORIGIN: Final = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 PUBLISH_CHUNK: Final = 1000
@@ -50,33 +61,75 @@ def transition_body(store_id: int, session_id: str, **fields: Any) -> bytes:
     return orjson.dumps(body | fields)
 
 
-def receipt(raw: bytes) -> Receipt:
-    return Receipt(raw_body=raw, token_name="test", received_at=datetime.now(UTC))
-
-
 def transition(
     kind: Literal["entered", "exited"], store_id: int, session_id: str, **fields: Any
 ) -> Outbound:
-    """What the gateway publishes for one "entered" or "left" call."""
+    """An event of one "entered" or "left" call; `fields` override the call's top-level fields
+    (`timeOfOrigin`, `shopperId`, ...), and the event's fields of the same name."""
     raw = transition_body(store_id, session_id, **fields)
-    model, got = Transition.model_validate_json(raw), receipt(raw)
-    return events.to_outbound(events.from_transition(model, kind, got), got.received_at)
+    common = _common(kind, store_id, raw, fields)
+    data = Normalized.model_construct(
+        **common,
+        storeExternalId=f"ext-{store_id}",
+        sessionId=session_id,
+        customerId=f"c-{session_id}",
+        customerRole="customer",
+        shopperId=fields.get("shopperId", f"p-{session_id}"),
+        groupSize=1,
+        uniqueEventId=None,
+    )
+    return _outbound(str(uuid.uuid4()), session_id, data, raw)
 
 
 def tracking(store_id: int, unique_event_id: str, shopper_id: str | None) -> Outbound:
-    """What the gateway publishes for one tracking call."""
-    raw = orjson.dumps(
-        {
-            "storeId": store_id,
-            "store": {"oasisApiStoreId": store_id, "aifiUniqueStoreId": f"s-{store_id}"},
-            "timeOfOrigin": ORIGIN.isoformat(),
-            "timeOfIssue": ORIGIN.isoformat(),
-            "shopperId": shopper_id,
-            "uniqueEventId": unique_event_id,
-        }
+    """An event of one tracking call (its id, as the gateway's, follows from its ids)."""
+    body = {
+        "storeId": store_id,
+        "store": {"oasisApiStoreId": store_id, "aifiUniqueStoreId": f"s-{store_id}"},
+        "timeOfOrigin": ORIGIN.isoformat(),
+        "timeOfIssue": ORIGIN.isoformat(),
+        "shopperId": shopper_id,
+        "uniqueEventId": unique_event_id,
+    }
+    raw = orjson.dumps(body)
+    data = Normalized.model_construct(
+        **_common("tracking", store_id, raw, {}),
+        storeExternalId=None,
+        sessionId=None,
+        customerId=None,
+        customerRole=None,
+        shopperId=shopper_id,
+        groupSize=None,
+        uniqueEventId=unique_event_id,
     )
-    model, got = Tracking.model_validate_json(raw), receipt(raw)
-    return events.to_outbound(events.from_tracking(model, got), got.received_at)
+    return _outbound(tracking_event_id(store_id, unique_event_id), unique_event_id, data, raw)
+
+
+def _common(kind: Kind, store_id: int, raw: bytes, fields: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "storeId": store_id,
+        "oasisApiStoreId": store_id,
+        "aifiUniqueStoreId": f"s-{store_id}",
+        "timeOfOrigin": fields.get("timeOfOrigin", iso(ORIGIN)),
+        "timeOfIssue": fields.get("timeOfIssue", iso(ORIGIN)),
+        "receivedAt": iso(datetime.now(UTC)),
+        "tokenName": "test",
+        "fingerprint": hashlib.sha256(raw).hexdigest(),
+    }
+
+
+def _outbound(event_id: str, subject: str, data: Normalized, raw: bytes) -> Outbound:
+    context = Context.model_construct(
+        specversion=SPECVERSION,
+        id=event_id,
+        source=f"/aifi/stores/{data.storeId}",
+        type=EVENT_TYPES[data.kind],
+        time=data.timeOfOrigin,
+        subject=subject,
+        datacontenttype=DATA_CONTENT_TYPE,
+    )
+    return contract.outbound(context, data, raw, int(time.time()), {})
 
 
 def message(outbound: Outbound) -> aio_pika.Message:

@@ -35,14 +35,14 @@ RECEIVE_BINDING: Final = {"amqp": {"ack": True, "bindingVersion": "0.3.0"}}
 
 
 def header_schema() -> dict[str, Any]:
-    attributes = ("specversion", "id", "source", "type", "time", "subject")
     properties: dict[str, Any] = {
-        f"{contract.HEADER_PREFIX}{name}": {"type": ["string", "null"]} for name in attributes
+        f"{contract.HEADER_PREFIX}{name}": {"type": ["string", "null"]}
+        for name in contract.HEADER_ATTRIBUTES
     }
     properties[contract.STORE_ID_HEADER] = {"type": ["integer", "null"]}
     properties[contract.SESSION_ID_HEADER] = {"type": ["string", "null"]}
-    properties[contract.FINGERPRINT_HEADER] = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
-    required = [f"{contract.HEADER_PREFIX}{n}" for n in ("specversion", "id", "source", "type")]
+    properties[contract.FINGERPRINT_HEADER] = {"type": "string", "pattern": contract.SHA256_HEX}
+    required = [f"{contract.HEADER_PREFIX}{name}" for name in contract.REQUIRED_ATTRIBUTES]
     return {"type": "object", "properties": properties, "required": required}
 
 

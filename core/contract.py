@@ -1,16 +1,21 @@
-"""The wire contract: exchange, routing keys, the event envelope and AMQP headers.
+"""The wire contract: exchange, queues, routing keys, the event envelope and AMQP headers.
 
 Defined once here and imported by the gateway, the consumers and the tests, so a
-change to what goes on the wire is a change to this module only.
+change to what goes on the wire is a change to this module only. The envelope is the
+pydantic model `CloudEvent`: the gateway builds its parts (`Context`, `Normalized`)
+through their typed constructors, the consumers decode with it (`decode`), and the
+AsyncAPI document publishes its JSON Schema.
 """
 
 from __future__ import annotations
 
+import re
+import uuid
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 EXCHANGE: Final = "aifi.events"
 UNROUTED_EXCHANGE: Final = "aifi.unrouted"
@@ -36,23 +41,33 @@ def delay_queue_name(consumer: str, delay_ms: int) -> str:
 
 
 EVENT_CONTENT_TYPE: Final = "application/cloudevents+json"
+DATA_CONTENT_TYPE: Final = "application/json"
 SPECVERSION: Final = "1.0"
-HEADER_PREFIX: Final = "cloudEvents_"
 
 Kind = Literal["entered", "exited", "tracking"]
 KINDS: Final[tuple[Kind, ...]] = ("entered", "exited", "tracking")
 EventType = Literal["com.aifi.customer.entered", "com.aifi.customer.exited", "com.aifi.tracking"]
+# The rule that ties `data.kind` to `type`: `CloudEvent` enforces it, and its JSON Schema says it.
 EVENT_TYPES: Final[dict[Kind, EventType]] = {
     "entered": "com.aifi.customer.entered",
     "exited": "com.aifi.customer.exited",
     "tracking": "com.aifi.tracking",
 }
 
+# The CloudEvents context attributes every message repeats as AMQP headers (with the
+# prefix), so that a binding or a shovel can filter without parsing the body; the first
+# four are the ones CloudEvents requires.
+HEADER_PREFIX: Final = "cloudEvents_"
+HEADER_ATTRIBUTES: Final = ("specversion", "id", "source", "type", "time", "subject")
+REQUIRED_ATTRIBUTES: Final = HEADER_ATTRIBUTES[:4]
+
 # Headers that are not CloudEvents attributes but let a binding or a shovel
 # filter without parsing the body.
 STORE_ID_HEADER: Final = "aifi_store_id"
 SESSION_ID_HEADER: Final = "aifi_session_id"
 FINGERPRINT_HEADER: Final = "aifi_fingerprint"
+# An HTTP header listed in `http.forward_headers` rides as `aifi_http_<name, lowercased>`.
+FORWARDED_HEADER_PREFIX: Final = "aifi_http_"
 
 # Headers of a quarantined (invalid) request.
 INVALID_REASON_HEADER: Final = "aifi_invalid_reason"
@@ -60,6 +75,12 @@ INVALID_KIND_HEADER: Final = "aifi_invalid_kind"
 TOKEN_NAME_HEADER: Final = "aifi_token_name"
 RECEIVED_AT_HEADER: Final = "aifi_received_at"
 REQUEST_CONTENT_TYPE_HEADER: Final = "aifi_request_content_type"
+
+# Headers a worker adds to the copy of an event it retries or dead-letters.
+ATTEMPTS_HEADER: Final = "aifi_attempts"  # attempts that failed so far
+REASON_HEADER: Final = "aifi_reason"  # why the last one failed
+FAILED_AT_HEADER: Final = "aifi_failed_at"  # when, RFC 3339 UTC
+REPLAYS_HEADER: Final = "aifi_replays"  # times moved back from the dead-letter queue
 
 HeaderValue = str | int | None
 Headers = dict[str, HeaderValue]
@@ -74,6 +95,147 @@ def invalid_routing_key(kind: str) -> str:
     return f"invalid.{kind}"
 
 
+# Fixed namespace so that a tracking event's id is the same on every machine
+# and every redelivery: uuid5(namespace, "storeId:uniqueEventId").
+TRACKING_NAMESPACE: Final = uuid.UUID("4f1c7d0e-3b5a-5c1e-9a8e-6a1f0b2c3d4e")
+
+
+def tracking_event_id(store_id: int, unique_event_id: str) -> str:
+    return str(uuid.uuid5(TRACKING_NAMESPACE, f"{store_id}:{unique_event_id}"))
+
+
+def forwarded_header(name: str) -> str:
+    """The AMQP header that carries the HTTP header `name`."""
+    return f"{FORWARDED_HEADER_PREFIX}{name.lower()}"
+
+
+def _integral(value: object) -> object:
+    # JSON Schema counts 1.0 as an integer; so does the decoder (and nothing else but ints).
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# What AMQP headers carry (a signed 64-bit integer), and CloudEvents' Integer (32 bits).
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1), BeforeValidator(_integral)]
+Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1), BeforeValidator(_integral)]
+NonEmpty = Annotated[str, Field(min_length=1)]
+# RFC 3339, as CloudEvents' Timestamp; the gateway writes UTC with a `Z`. ASCII digits
+# spelled out: `\d` is Unicode in Python and Rust, ASCII in the ECMA-262 regexes of JSON Schema.
+RFC3339: Final = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$"
+)
+Timestamp = Annotated[str, Field(pattern=RFC3339)]
+SHA256_HEX: Final = r"^[0-9a-f]{64}$"
+
+# CloudEvents extension attributes (tracing, partitioning, ...) that a relay may add:
+# names of lowercase ASCII letters and digits (CloudEvents recommends at most 20 of
+# them), values of its JSON types: string, 32-bit integer, boolean.
+EXTENSION_NAME: Final = "^[a-z0-9]+$"
+ExtensionValue = str | Int32 | bool
+_EXTENSION_NAME = re.compile(EXTENSION_NAME)
+
+
+class Normalized(BaseModel):
+    """`data` of an event but its payload: AiFi's call, normalized. Fields in wire order."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    kind: Kind
+    storeId: Int64 | None
+    oasisApiStoreId: Int64 | None
+    aifiUniqueStoreId: str | None
+    timeOfOrigin: Timestamp
+    timeOfIssue: Timestamp
+    receivedAt: Timestamp
+    tokenName: str | None
+    fingerprint: Annotated[str, Field(pattern=SHA256_HEX)]
+    storeExternalId: str | None
+    sessionId: str | None
+    customerId: str | Int64 | None
+    customerRole: str | None
+    shopperId: str | None
+    groupSize: Int64 | None
+    uniqueEventId: str | None
+
+
+class EventData(Normalized):
+    """`data` of every event: the normalized fields, and AiFi's body untouched in `payload`."""
+
+    payload: dict[str, Any]
+
+
+class Context(BaseModel):
+    """The CloudEvents context attributes of an event, in wire order."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    specversion: Literal["1.0"]
+    id: NonEmpty
+    source: NonEmpty
+    type: EventType
+    time: Timestamp
+    subject: NonEmpty
+    datacontenttype: Literal["application/json"]
+
+
+def _schema_rules(schema: dict[str, Any]) -> None:
+    """What `CloudEvent`'s validator checks, in JSON Schema: extension names, kind and type."""
+    schema["propertyNames"] = {"pattern": EXTENSION_NAME}
+    schema["allOf"] = [
+        {
+            "if": {"properties": {"type": {"const": event_type}}, "required": ["type"]},
+            "then": {"properties": {"data": {"properties": {"kind": {"const": kind}}}}},
+        }
+        for kind, event_type in EVENT_TYPES.items()
+    ]
+
+
+class CloudEvent(Context):
+    """The body of every message on `aifi.events` (CloudEvents 1.0, structured mode).
+
+    Any other member is a CloudEvents extension attribute (`model_extra`).
+    """
+
+    model_config = ConfigDict(extra="allow", json_schema_extra=_schema_rules)
+    __pydantic_extra__: dict[str, ExtensionValue]
+
+    data: EventData
+
+    @model_validator(mode="after")
+    def _follows_the_rules(self) -> CloudEvent:
+        if EVENT_TYPES[self.data.kind] != self.type:
+            raise ValueError(f"data.kind {self.data.kind!r} is not that of type {self.type!r}")
+        names = [name for name in self.model_extra or () if not _EXTENSION_NAME.fullmatch(name)]
+        if names:
+            raise ValueError(f"not an extension attribute name: {', '.join(names)}")
+        return self
+
+
+class InvalidEvent(ValueError):
+    """A body that is not one of our events; the message says why, without its content."""
+
+
+def decode(body: bytes) -> CloudEvent:
+    """The event in `body`; `InvalidEvent` if it is not one of ours."""
+    try:
+        return CloudEvent.model_validate_json(body)
+    except ValidationError as exc:
+        raise InvalidEvent(_reasons(exc)) from None
+
+
+def _reasons(error: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in item['loc']) or 'body'}: {item['msg']}"
+        for item in error.errors(include_url=False, include_input=False)
+    )
+
+
+def decode_event(body: bytes) -> dict[str, Any]:
+    """The event in `body` as plain JSON; `InvalidEvent` if it is not one of ours."""
+    decode(body)
+    event: dict[str, Any] = orjson.loads(body)
+    return event
+
+
 @dataclass(frozen=True, slots=True)
 class Outbound:
     """One message bound for the exchange: what the spool stores and the relay publishes."""
@@ -86,40 +248,47 @@ class Outbound:
     headers: Headers = field(default_factory=dict)
 
 
-def event_headers(event: dict[str, Any]) -> Headers:
+def event_headers(context: Context, data: Normalized) -> Headers:
     """AMQP headers mirroring the CloudEvents attributes, plus store, session and fingerprint."""
-    data = event["data"]
     headers: Headers = {
-        f"{HEADER_PREFIX}{name}": event[name]
-        for name in ("specversion", "id", "source", "type", "time", "subject")
+        f"{HEADER_PREFIX}{name}": getattr(context, name) for name in HEADER_ATTRIBUTES
     }
-    headers[STORE_ID_HEADER] = data.get("storeId")
-    headers[SESSION_ID_HEADER] = data.get("sessionId")
-    headers[FINGERPRINT_HEADER] = data["fingerprint"]
+    headers[STORE_ID_HEADER] = data.storeId
+    headers[SESSION_ID_HEADER] = data.sessionId
+    headers[FINGERPRINT_HEADER] = data.fingerprint
     return headers
 
 
-def encode_event(event: dict[str, Any]) -> bytes:
-    """The one place an event becomes bytes (`data.payload` may be an `orjson.Fragment`)."""
-    return orjson.dumps(event)
+def fields(model: BaseModel) -> dict[str, Any]:
+    """A model's fields, in declaration order: its `__dict__`, where pydantic keeps them
+    (`dict(model)` walks a generator, several times slower on this path)."""
+    return dict(vars(model))
 
 
-def decode_event(body: bytes) -> dict[str, Any]:
-    """Parse an event body, raising `ValueError` if it is not a CloudEvents event of ours."""
-    event = orjson.loads(body)
-    if not isinstance(event, dict) or event.get("specversion") != SPECVERSION:
-        raise ValueError("not a CloudEvents 1.0 structured event")
-    missing = [k for k in ("id", "type", "source", "data") if k not in event]
-    if missing:
-        raise ValueError(f"event lacks {', '.join(missing)}")
-    if event["type"] not in EVENT_TYPES.values():
-        raise ValueError(f"unknown event type {event['type']!r}")
-    return event
+def encode(context: Context, data: Normalized, payload: bytes) -> bytes:
+    """The event's body. `payload` (a JSON object) is spliced in as it is: no second
+    serialization, and not one byte of it changed."""
+    spliced = fields(data) | {"payload": orjson.Fragment(payload)}
+    return orjson.dumps(fields(context) | {"data": spliced})
+
+
+def outbound(
+    context: Context, data: Normalized, payload: bytes, timestamp_s: int, headers: Headers
+) -> Outbound:
+    """The message of one event: body, routing key and headers (then `headers`), in one pass."""
+    return Outbound(
+        message_id=context.id,
+        routing_key=routing_key(data.kind, data.storeId),
+        body=encode(context, data, payload),
+        content_type=EVENT_CONTENT_TYPE,
+        timestamp_s=timestamp_s,
+        headers=event_headers(context, data) | headers,
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """A decoded event, as consumers see it."""
+    """A decoded event, as consumers see it (`data` as plain JSON, payload included)."""
 
     id: str
     type: str
@@ -127,6 +296,7 @@ class Event:
     time: str | None
     subject: str | None
     data: dict[str, Any]
+    extensions: dict[str, ExtensionValue] = field(default_factory=dict)
 
     @property
     def kind(self) -> Kind:
@@ -135,55 +305,14 @@ class Event:
 
     @classmethod
     def from_body(cls, body: bytes) -> Event:
-        """Raise `ValueError` when `body` is not one of our events."""
-        event = decode_event(body)
-        data = event["data"]
-        if not isinstance(data, dict) or EVENT_TYPES.get(data.get("kind", "")) != event["type"]:
-            raise ValueError("event data.kind is missing or does not match its type")
+        """Raise `InvalidEvent` (a `ValueError`) when `body` is not one of our events."""
+        event = decode(body)
         return cls(
-            id=str(event["id"]),
-            type=event["type"],
-            source=str(event["source"]),
-            time=event.get("time"),
-            subject=event.get("subject"),
-            data=event["data"],
+            id=event.id,
+            type=event.type,
+            source=event.source,
+            time=event.time,
+            subject=event.subject,
+            data=fields(event.data),
+            extensions=dict(event.model_extra or {}),
         )
-
-
-class EventData(BaseModel):
-    """`data` of every event: the normalized fields, and AiFi's body untouched in `payload`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Kind
-    storeId: int | None
-    oasisApiStoreId: int | None
-    aifiUniqueStoreId: str | None
-    storeExternalId: str | None
-    sessionId: str | None
-    customerId: str | int | None
-    customerRole: str | None
-    shopperId: str | None
-    groupSize: int | None
-    uniqueEventId: str | None
-    timeOfOrigin: str
-    timeOfIssue: str
-    receivedAt: str
-    tokenName: str | None
-    fingerprint: str
-    payload: dict[str, Any]
-
-
-class CloudEvent(BaseModel):
-    """The body of every message on `aifi.events` (CloudEvents 1.0, structured mode)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    specversion: Literal["1.0"]
-    id: str
-    source: str
-    type: EventType
-    time: str
-    subject: str | None
-    datacontenttype: Literal["application/json"]
-    data: EventData

@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from core.settings import Settings
-from gateway import fsync, openapi
+from gateway import events, fsync, openapi
 from gateway.auth import TokenTable
 from gateway.delivery import ConfirmedDelivery, Delivery, SpooledDelivery
 from gateway.handlers import (
@@ -27,7 +27,6 @@ from gateway.handlers import (
     stamp_request_id,
 )
 from gateway.metrics import Metrics
-from gateway.models import Tracking, Transition
 from gateway.publisher import Publisher
 from gateway.ratelimit import RateLimiter
 from gateway.relay import Relay
@@ -134,16 +133,16 @@ async def stop_being_ready(app: web.Application) -> None:
     app[PIPELINE].spooled.stopping = True
 
 
-def add_receiver(app: web.Application, path: str, receiver: Receiver) -> None:
+def add_receiver(app: web.Application, path: str, receiver: Receiver[Any]) -> None:
     app.router.add_post(path, receiver.handle, expect_handler=receiver.expect)
 
 
 def add_routes(app: web.Application, settings: Settings) -> None:
     base = settings.http.base_path.rstrip("/")
-    add_receiver(app, f"{base}/entered", Receiver("entered", Transition))
-    add_receiver(app, f"{base}/left", Receiver("exited", Transition))
-    add_receiver(app, f"{base}/exited", Receiver("exited", Transition))
-    add_receiver(app, settings.http.tracking_path, Receiver("tracking", Tracking))
+    add_receiver(app, f"{base}/entered", Receiver(events.ENTERED))
+    add_receiver(app, f"{base}/left", Receiver(events.EXITED))
+    add_receiver(app, f"{base}/exited", Receiver(events.EXITED))
+    add_receiver(app, settings.http.tracking_path, Receiver(events.TRACKING))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

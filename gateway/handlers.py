@@ -9,19 +9,18 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Generic
 
 import orjson
 from aiohttp import HttpVersion11, hdrs, web
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from core.contract import Headers, Kind, Outbound
+from core.contract import Headers, forwarded_header
 from gateway import events
 from gateway.auth import TokenTable
 from gateway.delivery import Delivery, Unavailable
-from gateway.events import Receipt
+from gateway.events import Model, Normalizer, Receipt
 from gateway.metrics import Metrics
-from gateway.models import Tracking, Transition
 from gateway.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -169,6 +168,19 @@ def check_head(
     return token_name
 
 
+def identify(gateway: Gateway, request: web.Request) -> str | None:
+    """The name of the request's token (found once: when its head was admitted, if it was)."""
+    return request.get(ADMITTED) or gateway.tokens.identify(request.headers.get(hdrs.AUTHORIZATION))
+
+
+def admit(
+    gateway: Gateway, request: web.Request, token_name: str | None, *, before_body: bool
+) -> None:
+    """Raise the refusal of a request its head rules out; else note it as admitted, once."""
+    if ADMITTED not in request:
+        request[ADMITTED] = check_head(gateway, request, token_name, before_body=before_body)
+
+
 async def read_body(request: web.Request, max_body_bytes: int, timeout_s: float) -> bytes:
     """The whole body within `timeout_s`; a chunked one is cut off at `max_body_bytes`."""
     if request.content.is_eof():
@@ -195,7 +207,7 @@ def check_json(raw: bytes) -> None:
         raise Rejection(400, "Bad Request", f"invalid JSON: {exc}") from None
 
 
-def parse(raw: bytes, content_type: str | None, model: type[BaseModel]) -> BaseModel:
+def parse(raw: bytes, content_type: str | None, model: type[Model]) -> Model:
     """The validated body, sent as `content_type` (None if the client declared none)."""
     check_media_type(content_type)
     check_json(raw)
@@ -212,15 +224,8 @@ def parse(raw: bytes, content_type: str | None, model: type[BaseModel]) -> BaseM
         raise Rejection(422, "Unprocessable Content", detail, errors=errors) from None
 
 
-def normalize(kind: Kind, model: BaseModel, receipt: Receipt) -> dict[str, Any]:
-    if isinstance(model, Transition):
-        return events.from_transition(model, kind, receipt)
-    assert isinstance(model, Tracking)
-    return events.from_tracking(model, receipt)
-
-
 def forwarded(request: web.Request, names: tuple[str, ...]) -> Headers:
-    return {f"aifi_http_{n.lower()}": request.headers[n] for n in names if n in request.headers}
+    return {forwarded_header(n): request.headers[n] for n in names if n in request.headers}
 
 
 def accepted(event_id: str) -> web.Response:
@@ -228,18 +233,48 @@ def accepted(event_id: str) -> web.Response:
     return web.Response(body=OK_BODY, content_type=JSON_MEDIA_TYPE, headers=headers)
 
 
-class Receiver:
-    """The handler of one webhook kind."""
+def unavailable(exc: Unavailable) -> web.Response:
+    # The delivery logs the cause once when it starts, not on every request.
+    return refusal(Rejection(503, "Service Unavailable", f"not accepted: {exc}", RETRY_AFTER_S))
 
-    def __init__(self, kind: Kind, model: type[Transition] | type[Tracking]) -> None:
-        self.kind, self.model = kind, model
+
+class Receiver(Generic[Model]):
+    """The handler of one webhook kind, built with the normalization of its bodies."""
+
+    def __init__(self, normalizer: Normalizer[Model]) -> None:
+        self.kind = normalizer.kind
+        self.normalizer = normalizer
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        gateway = request.app[GATEWAY]
-        started_s = time.perf_counter()
-        response = await self._respond(gateway, request, request_id(request))
+        gateway, started_s = request.app[GATEWAY], time.perf_counter()
+        response = await self.respond(gateway, request)
         gateway.metrics.observe(self.kind, response.status, time.perf_counter() - started_s)
         return response
+
+    async def respond(self, gateway: Gateway, request: web.Request) -> web.Response:
+        """The request path: admit the head, read the body, normalize it, hand it over."""
+        token_name = identify(gateway, request)
+        try:
+            admit(gateway, request, token_name, before_body=False)
+            raw = await read_body(request, gateway.max_body_bytes, gateway.body_timeout_s)
+        except Rejection as rejection:
+            return unread(self.refuse(request, rejection, token_name))
+        headers = forwarded(request, gateway.forward_headers)
+        receipt = Receipt(raw, token_name, datetime.now(UTC), headers)
+        try:
+            model = parse(raw, media_type(request), self.normalizer.model)
+        except Rejection as rejection:
+            await self.quarantine(gateway, request, rejection, receipt)
+            return self.refuse(request, rejection, token_name)
+        outbound = self.normalizer.build(model, receipt)
+        try:
+            await gateway.delivery.put(outbound)
+        except Unavailable as exc:
+            return unavailable(exc)
+        log.debug(
+            "accepted", extra={"request_id": request_id(request), "event_id": outbound.message_id}
+        )
+        return accepted(outbound.message_id)
 
     async def expect(self, request: web.Request) -> web.StreamResponse | None:
         """The route's expect handler: `100 Continue` only to a head that can be accepted.
@@ -250,10 +285,12 @@ class Receiver:
         """
         if request.version != HttpVersion11:
             return None
-        gateway = request.app[GATEWAY]
-        started_s = time.perf_counter()
-        refused = self._vet(gateway, request, request_id(request), before_body=True)
-        if refused is not None:
+        gateway, started_s = request.app[GATEWAY], time.perf_counter()
+        token_name = identify(gateway, request)
+        try:
+            admit(gateway, request, token_name, before_body=True)
+        except Rejection as rejection:
+            refused = unread(self.refuse(request, rejection, token_name))
             gateway.metrics.observe(self.kind, refused.status, time.perf_counter() - started_s)
             return refused
         await request.writer.write(CONTINUE)
@@ -261,81 +298,36 @@ class Receiver:
         request.writer.output_size = 0
         return None
 
-    def _vet(
-        self, gateway: Gateway, request: web.Request, rid: str, *, before_body: bool
-    ) -> web.Response | None:
-        """The refusal of a request its head rules out; else None, the token name kept."""
-        token_name = gateway.tokens.identify(request.headers.get(hdrs.AUTHORIZATION))
-        try:
-            request[ADMITTED] = check_head(gateway, request, token_name, before_body=before_body)
-        except Rejection as rejection:
-            self._log_refusal(rejection, rid, token_name)
-            return unread(refusal(rejection))
-        return None
-
-    async def _respond(self, gateway: Gateway, request: web.Request, rid: str) -> web.Response:
-        if ADMITTED not in request:
-            refused = self._vet(gateway, request, rid, before_body=False)
-            if refused is not None:
-                return refused
-        token_name = request[ADMITTED]
-        try:
-            raw = await read_body(request, gateway.max_body_bytes, gateway.body_timeout_s)
-        except Rejection as rejection:
-            self._log_refusal(rejection, rid, token_name)
-            return unread(refusal(rejection))
-        receipt = Receipt(raw, token_name, datetime.now(UTC))
-        return await self._accept(gateway, request, receipt, rid)
-
-    async def _accept(
-        self, gateway: Gateway, request: web.Request, receipt: Receipt, rid: str
-    ) -> web.Response:
-        try:
-            model = parse(receipt.raw_body, media_type(request), self.model)
-        except Rejection as rejection:
-            await self._quarantine(gateway, rejection, receipt, request.content_type, rid)
-            self._log_refusal(rejection, rid, receipt.token_name)
-            return refusal(rejection)
-        event = normalize(self.kind, model, receipt)
-        extra = forwarded(request, gateway.forward_headers)
-        outbound = events.to_outbound(event, receipt.received_at, extra)
-        return await self._hand_over(gateway.delivery, outbound, rid)
-
-    async def _hand_over(self, delivery: Delivery, outbound: Outbound, rid: str) -> web.Response:
-        try:
-            await delivery.put(outbound)
-        except Unavailable as exc:
-            # The delivery logs the cause once when it starts, not on every request.
-            rejection = Rejection(503, "Service Unavailable", f"not accepted: {exc}", RETRY_AFTER_S)
-            return refusal(rejection)
-        log.debug("accepted", extra={"request_id": rid, "event_id": outbound.message_id})
-        return accepted(outbound.message_id)
-
-    async def _quarantine(
-        self, gateway: Gateway, rejection: Rejection, receipt: Receipt, content_type: str, rid: str
+    async def quarantine(
+        self, gateway: Gateway, request: web.Request, rejection: Rejection, receipt: Receipt
     ) -> None:
-        kept = events.quarantined(self.kind, rejection.detail, receipt, content_type)
+        """Keep a body we refused (400, 415, 422) under `invalid.<kind>`, as received."""
+        kept = events.quarantined(self.kind, rejection.detail, receipt, request.content_type)
         try:
             await gateway.delivery.put(kept)
         except Unavailable as exc:
             log.error(
                 "invalid request could not be quarantined",
-                extra={"request_id": rid, "kind": self.kind, "reason": str(exc)},
+                extra={"request_id": request_id(request), "kind": self.kind, "reason": str(exc)},
             )
             return
         gateway.metrics.quarantined.labels(self.kind).inc()
 
-    def _log_refusal(self, rejection: Rejection, rid: str, token_name: str | None) -> None:
+    def refuse(
+        self, request: web.Request, rejection: Rejection, token_name: str | None
+    ) -> web.Response:
+        """The answer to a refused request, logged."""
         log.info(
             "request refused",
             extra={
-                "request_id": rid,
+                "request_id": request_id(request),
                 "kind": self.kind,
                 "status": rejection.status,
                 "token_name": token_name,
                 "reason": rejection.detail,
             },
         )
+        return refusal(rejection)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -104,21 +104,24 @@ class Transition(_Open):
 
     @model_validator(mode="after")
     def _has_session_id(self) -> Transition:
-        if self.session_id is None:
+        if not self._session_ids():
             raise ValueError(
                 "one of session.sessionId, sessionId or sessionToken is required, not empty"
             )
         return self
 
-    @property
-    def session_id(self) -> str | None:
-        """`session.sessionId`, then `sessionId`, then the deprecated `sessionToken`.
-
-        An empty or blank one counts as missing.
-        """
+    def _session_ids(self) -> list[str]:
         nested = self.session.sessionId if self.session else None
         given = (nested, self.sessionId, self.sessionToken)
-        return next((candidate for candidate in given if not is_blank(candidate)), None)
+        return [candidate for candidate in given if candidate is not None and candidate.strip()]
+
+    @property
+    def session_id(self) -> str:
+        """`session.sessionId`, then `sessionId`, then the deprecated `sessionToken`.
+
+        An empty or blank one counts as missing; the model refuses a body without one.
+        """
+        return self._session_ids()[0]
 
 
 class Tracking(_Open):

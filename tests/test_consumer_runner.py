@@ -71,7 +71,7 @@ async def dead_letters(channel: AbstractChannel, name: str) -> list[AbstractInco
 def without_session(outbound: Outbound) -> Outbound:
     """A well-formed event the ledger cannot use: an entry without a session."""
     event = orjson.loads(outbound.body)
-    del event["data"]["sessionId"]
+    event["data"]["sessionId"] = None
     return Outbound(
         outbound.message_id,
         outbound.routing_key,

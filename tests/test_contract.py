@@ -1,41 +1,273 @@
-"""Unit tests of the wire contract (core.contract)."""
+"""Unit tests of the wire contract (core.contract), and the agreement of its three readers.
+
+The consumers' decoder, the JSON Schema the AsyncAPI document publishes and the
+CloudEvents SDK are given the same table of envelopes: the first two must agree on
+every row, and what they accept the SDK must accept too (our contract is a profile of
+CloudEvents: stricter, never in conflict).
+"""
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+import copy
+from collections.abc import Callable
+from typing import Any, Final
 
+import jsonschema
 import orjson
 import pytest
+from cloudevents.core.exceptions import BaseCloudEventException
+from cloudevents.core.formats.json import JSONFormat
 
-from core import contract
-from core.contract import Event
-from gateway import events
-from gateway.models import Tracking, Transition
+from core import asyncapi, contract
+from core.contract import Event, InvalidEvent
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-RECEIVED = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
-
-
-def built(kind: contract.Kind) -> tuple[dict[str, Any], bytes]:
-    """An event as the gateway builds it, from the documented example."""
-    raw = (EXAMPLES / ("tracking.json" if kind == "tracking" else "left.json")).read_bytes()
-    receipt = events.Receipt(raw, "aifi", RECEIVED)
-    if kind == "tracking":
-        return events.from_tracking(Tracking.model_validate_json(raw), receipt), raw
-    return events.from_transition(Transition.model_validate_json(raw), kind, receipt), raw
+Envelope = dict[str, Any]
+Change = Callable[[Envelope], None]
+FINGERPRINT: Final = "5" * 64
 
 
-def valid() -> dict[str, Any]:
+def valid() -> Envelope:
+    """A complete envelope, as the gateway writes one (the agreement table changes it)."""
     return {
         "specversion": "1.0",
-        "id": "e-1",
-        "source": "/aifi/stores/1",
-        "type": "com.aifi.tracking",
-        "data": {"kind": "tracking"},
+        "id": "0b7c6f0e-1d5e-4c55-9b1a-7b1f6c1d2e3f",
+        "source": "/aifi/stores/42",
+        "type": "com.aifi.customer.entered",
+        "time": "2024-05-01T12:00:00Z",
+        "subject": "s-1",
+        "datacontenttype": "application/json",
+        "data": {
+            "kind": "entered",
+            "storeId": 42,
+            "oasisApiStoreId": 7,
+            "aifiUniqueStoreId": "u-42",
+            "timeOfOrigin": "2024-05-01T12:00:00Z",
+            "timeOfIssue": "2024-05-01T12:00:01.500000Z",
+            "receivedAt": "2024-05-01T12:00:02.123456Z",
+            "tokenName": "aifi",
+            "fingerprint": FINGERPRINT,
+            "storeExternalId": "shop-42",
+            "sessionId": "s-1",
+            "customerId": "c-1",
+            "customerRole": "customer",
+            "shopperId": "p-1",
+            "groupSize": 2,
+            "uniqueEventId": None,
+            "payload": {"sessionId": "s-1", "anything": [1, {"else": None}]},
+        },
     }
+
+
+def setting(*path: str, value: Any) -> Change:
+    def change(envelope: Envelope) -> None:
+        node = envelope
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+
+    return change
+
+
+def removing(*path: str) -> Change:
+    def change(envelope: Envelope) -> None:
+        node = envelope
+        for key in path[:-1]:
+            node = node[key]
+        del node[path[-1]]
+
+    return change
+
+
+def both(first: Change, then: Change) -> Change:
+    def change(envelope: Envelope) -> None:
+        first(envelope)
+        then(envelope)
+
+    return change
+
+
+def kind(name: contract.Kind) -> Change:
+    def change(envelope: Envelope) -> None:
+        envelope["type"] = contract.EVENT_TYPES[name]
+        envelope["data"]["kind"] = name
+
+    return change
+
+
+ATTRIBUTES: Final = (*contract.Context.model_fields, "data")
+DATA_FIELDS: Final = tuple(contract.EventData.model_fields)
+# (row id, the change to a valid envelope, whether it is still one of our events)
+TABLE: Final[list[tuple[str, Change, bool]]] = [
+    ("valid", lambda envelope: None, True),
+    ("valid exited", kind("exited"), True),
+    ("valid tracking", kind("tracking"), True),
+    # Extension attributes (CloudEvents: lowercase a-z and 0-9; string, integer, boolean).
+    ("extension string", setting("traceparent", value="00-4bf92f-00f067-01"), True),
+    ("extension integer", setting("partitionkey", value=3), True),
+    ("extension integral float", setting("partitionkey", value=3.0), True),
+    ("extension boolean", setting("sampled", value=True), True),
+    ("extension long name", setting("a" * 40, value="x"), True),
+    ("extension digits", setting("ext2", value=""), True),
+    ("extension uppercase", setting("traceParent", value="x"), False),
+    ("extension dash", setting("trace-parent", value="x"), False),
+    ("extension underscore", setting("data_base64", value="x"), False),
+    ("extension null", setting("ext", value=None), False),
+    ("extension float", setting("ext", value=1.5), False),
+    ("extension array", setting("ext", value=[1]), False),
+    ("extension object", setting("ext", value={"a": 1}), False),
+    ("extension beyond 32 bits", setting("ext", value=2**31), False),
+    # The kind/type rule.
+    ("type entered, kind exited", setting("data", "kind", value="exited"), False),
+    ("type tracking, kind entered", setting("type", value="com.aifi.tracking"), False),
+    (
+        "type exited, kind tracking",
+        both(kind("exited"), setting("data", "kind", value="tracking")),
+        False,
+    ),
+    ("unknown type", setting("type", value="com.aifi.checkout"), False),
+    ("unknown kind", setting("data", "kind", value="left"), False),
+    # Context attributes of the wrong type or value.
+    ("specversion number", setting("specversion", value=1.0), False),
+    ("specversion 0.3", setting("specversion", value="0.3"), False),
+    ("integer id", setting("id", value=5), False),
+    ("empty id", setting("id", value=""), False),
+    ("integer source", setting("source", value=42), False),
+    ("empty source", setting("source", value=""), False),
+    ("integer type", setting("type", value=1), False),
+    ("integer time", setting("time", value=1714564800), False),
+    ("time not RFC 3339", setting("time", value="yesterday"), False),
+    ("time without zone", setting("time", value="2024-05-01T12:00:00"), False),
+    ("time with offset", setting("time", value="2024-05-01T14:00:00.25+02:00"), True),
+    ("time with other digits", setting("time", value="2024-05-01T12:00:0\u0660Z"), False),
+    ("null subject", setting("subject", value=None), False),
+    ("empty subject", setting("subject", value=""), False),
+    ("datacontenttype text/plain", setting("datacontenttype", value="text/plain"), False),
+    ("data a string", setting("data", value="x"), False),
+    ("data an array", setting("data", value=[]), False),
+    # data fields of the wrong type or value.
+    ("storeId a string", setting("data", "storeId", value="42"), False),
+    ("storeId a boolean", setting("data", "storeId", value=True), False),
+    ("storeId a fraction", setting("data", "storeId", value=4.5), False),
+    ("storeId an integral float", setting("data", "storeId", value=42.0), True),
+    ("storeId beyond 64 bits", setting("data", "storeId", value=2**63), False),
+    ("storeId null", setting("data", "storeId", value=None), True),
+    ("customerId an integer", setting("data", "customerId", value=991), True),
+    ("customerId a fraction", setting("data", "customerId", value=1.5), False),
+    ("groupSize a string", setting("data", "groupSize", value="2"), False),
+    ("sessionId an integer", setting("data", "sessionId", value=1), False),
+    ("fingerprint not sha256", setting("data", "fingerprint", value="abc"), False),
+    ("receivedAt not a time", setting("data", "receivedAt", value="now"), False),
+    ("payload an array", setting("data", "payload", value=[]), False),
+    ("payload null", setting("data", "payload", value=None), False),
+    ("unknown data field", setting("data", "extra", value=1), False),
+    *((f"no {name}", removing(name), False) for name in ATTRIBUTES),
+    *((f"no data.{name}", removing("data", name), False) for name in DATA_FIELDS),
+]
+
+
+def envelope_of(change: Change) -> Envelope:
+    envelope = copy.deepcopy(valid())
+    change(envelope)
+    return envelope
+
+
+def published_schema() -> jsonschema.Draft202012Validator:
+    """The envelope's JSON Schema, as the AsyncAPI document publishes it for each kind."""
+    document = asyncapi.document()
+    schemas = {
+        document["components"]["messages"][f"{kind}Event"]["payload"]["$ref"]
+        for kind in contract.KINDS
+    }
+    (ref,) = schemas
+    schema = document["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+    whole = {**schema, "components": document["components"]}
+    jsonschema.Draft202012Validator.check_schema(whole)
+    return jsonschema.Draft202012Validator(whole)
+
+
+SCHEMA: Final = published_schema()
+
+
+def decoded(body: bytes) -> bool:
+    try:
+        Event.from_body(body)
+    except InvalidEvent:
+        return False
+    return True
+
+
+def cloudevents_accepts(body: bytes) -> bool:
+    try:
+        JSONFormat().read(None, body)
+    except (BaseCloudEventException, ValueError, TypeError):
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"), [row[1:] for row in TABLE], ids=[r[0] for r in TABLE]
+)
+def test_decoder_and_published_schema_agree(change: Change, expected: bool) -> None:
+    envelope = envelope_of(change)
+    body = orjson.dumps(envelope)
+    assert decoded(body) is expected
+    assert SCHEMA.is_valid(envelope) is expected
+    if expected:
+        assert cloudevents_accepts(body)
+
+
+def test_the_table_covers_every_attribute_and_data_field() -> None:
+    ids = {row[0] for row in TABLE}
+    assert {f"no {name}" for name in ATTRIBUTES} <= ids
+    assert {f"no data.{name}" for name in DATA_FIELDS} <= ids
+    assert set(ATTRIBUTES) == {*contract.HEADER_ATTRIBUTES, "datacontenttype", "data"}
+
+
+def test_extensions_reach_the_consumer() -> None:
+    envelope = valid() | {"traceparent": "00-ab-cd-01", "partitionkey": 3, "sampled": False}
+    event = Event.from_body(orjson.dumps(envelope))
+    assert event.extensions == {"traceparent": "00-ab-cd-01", "partitionkey": 3, "sampled": False}
+    assert Event.from_body(orjson.dumps(valid())).extensions == {}
+
+
+def test_decode_gives_plain_data_with_the_payload() -> None:
+    event = Event.from_body(orjson.dumps(valid()))
+    assert (event.id, event.kind, event.time, event.subject) == (
+        valid()["id"],
+        "entered",
+        "2024-05-01T12:00:00Z",
+        "s-1",
+    )
+    assert event.data == valid()["data"]
+    event.data["storeId"] = 0  # the consumer's own copy
+    assert Event.from_body(orjson.dumps(valid())).data["storeId"] == 42
+
+
+@pytest.mark.parametrize("body", [b"not json", b"", b"[]", b'"1.0"', b"null", b"{}"])
+def test_decode_refuses_what_is_not_an_envelope(body: bytes) -> None:
+    with pytest.raises(InvalidEvent):
+        contract.decode(body)
+
+
+def test_a_refusal_names_the_fields_without_their_values() -> None:
+    envelope = envelope_of(setting("data", "storeId", value="secret-42"))
+    del envelope["id"]
+    with pytest.raises(InvalidEvent) as refused:
+        contract.decode(orjson.dumps(envelope))
+    assert "id: Field required" in str(refused.value)
+    assert "data.storeId" in str(refused.value)
+    assert "secret-42" not in str(refused.value)
+
+
+def test_a_refusal_of_a_kind_that_is_not_its_type_says_so() -> None:
+    with pytest.raises(InvalidEvent, match=r"data\.kind .exited. is not that of type"):
+        contract.decode(orjson.dumps(envelope_of(setting("data", "kind", value="exited"))))
+
+
+def test_decode_event_is_the_plain_json_of_a_valid_event() -> None:
+    assert contract.decode_event(orjson.dumps(valid())) == valid()
+    with pytest.raises(ValueError, match="datacontenttype"):
+        contract.decode_event(orjson.dumps(envelope_of(removing("datacontenttype"))))
 
 
 @pytest.mark.parametrize(
@@ -55,75 +287,42 @@ def test_invalid_routing_key() -> None:
     assert contract.invalid_routing_key("left") == "invalid.left"
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        b"not json",
-        b"",
-        b"[]",
-        b'"1.0"',
-        b"null",
-        orjson.dumps(valid() | {"specversion": "0.3"}),
-        orjson.dumps(valid() | {"specversion": 1.0}),
-        orjson.dumps({k: v for k, v in valid().items() if k != "specversion"}),
-        orjson.dumps(valid() | {"type": "com.aifi.checkout"}),
-        *(
-            orjson.dumps({k: v for k, v in valid().items() if k != f})
-            for f in ("id", "type", "source", "data")
-        ),
-    ],
-)
-def test_decode_event_rejects_what_is_not_one_of_our_events(body: bytes) -> None:
-    with pytest.raises(ValueError):  # noqa: PT011 - the documented contract is ValueError
-        contract.decode_event(body)
+def test_forwarded_header() -> None:
+    assert contract.forwarded_header("X-Request-Id") == "aifi_http_x-request-id"
 
 
-def test_decode_event_names_every_missing_attribute() -> None:
-    body = orjson.dumps({"specversion": "1.0", "type": "com.aifi.tracking"})
-    with pytest.raises(ValueError, match="id, source, data"):
-        contract.decode_event(body)
+def parts(envelope: Envelope) -> tuple[contract.Context, contract.Normalized, bytes]:
+    attributes = {k: v for k, v in envelope.items() if k != "data"}
+    data = {k: v for k, v in envelope["data"].items() if k != "payload"}
+    payload = orjson.dumps(envelope["data"]["payload"])
+    return contract.Context(**attributes), contract.Normalized(**data), payload
 
 
-def test_decode_event_accepts_a_minimal_event() -> None:
-    assert contract.decode_event(orjson.dumps(valid())) == valid()
+def test_encode_then_decode_is_the_envelope() -> None:
+    body = contract.encode(*parts(valid()))
+    assert orjson.loads(body) == valid()
+    assert contract.decode(body).data.payload == valid()["data"]["payload"]
 
 
-@pytest.mark.parametrize("data", [[], "tracking", {}, {"kind": "left"}, {"kind": None}])
-def test_event_from_body_requires_data_with_a_known_kind(data: object) -> None:
-    with pytest.raises(ValueError, match="kind"):
-        Event.from_body(orjson.dumps(valid() | {"data": data}))
-
-
-@pytest.mark.parametrize("kind", contract.KINDS)
-def test_event_round_trip_from_a_gateway_event(kind: contract.Kind) -> None:
-    event, raw = built(kind)
-    decoded = Event.from_body(contract.encode_event(event))
-    assert decoded.kind == kind
-    assert (decoded.id, decoded.type, decoded.source) == (
-        event["id"],
-        event["type"],
-        event["source"],
+def test_outbound_routes_and_mirrors_the_attributes_in_headers() -> None:
+    context, data, payload = parts(envelope_of(kind("tracking")))
+    out = contract.outbound(context, data, payload, 1_700_000_000, {"aifi_http_x-a": "1"})
+    assert (out.message_id, out.routing_key, out.timestamp_s) == (
+        context.id,
+        "tracking.42",
+        1_700_000_000,
     )
-    assert (decoded.time, decoded.subject) == (event["time"], event["subject"])
-    assert decoded.type == contract.EVENT_TYPES[kind]
-    assert decoded.data["payload"] == orjson.loads(raw)
-    expected = {k: v for k, v in event["data"].items() if k != "payload"}
-    assert {k: v for k, v in decoded.data.items() if k != "payload"} == expected
-
-
-@pytest.mark.parametrize("kind", contract.KINDS)
-def test_event_headers_mirror_cloudevents_attributes(kind: contract.Kind) -> None:
-    event, _ = built(kind)
-    headers = contract.event_headers(event)
-    attributes = ("specversion", "id", "source", "type", "time", "subject")
-    for name in attributes:
-        assert headers[f"cloudEvents_{name}"] == event[name]
-    assert headers[contract.STORE_ID_HEADER] == event["data"]["storeId"]
-    assert headers[contract.SESSION_ID_HEADER] == event["data"]["sessionId"]
-    assert headers[contract.FINGERPRINT_HEADER] == event["data"]["fingerprint"]
-    assert len(headers) == len(attributes) + 3
-
-
-def test_encode_event_is_plain_json_without_fragments() -> None:
-    event = valid() | {"data": {"kind": "tracking", "n": 1}}
-    assert json.loads(contract.encode_event(event)) == event
+    assert out.content_type == contract.EVENT_CONTENT_TYPE
+    assert out.body == contract.encode(context, data, payload)
+    assert out.headers == {
+        "cloudEvents_specversion": "1.0",
+        "cloudEvents_id": context.id,
+        "cloudEvents_source": "/aifi/stores/42",
+        "cloudEvents_type": "com.aifi.tracking",
+        "cloudEvents_time": "2024-05-01T12:00:00Z",
+        "cloudEvents_subject": "s-1",
+        contract.STORE_ID_HEADER: 42,
+        contract.SESSION_ID_HEADER: "s-1",
+        contract.FINGERPRINT_HEADER: FINGERPRINT,
+        "aifi_http_x-a": "1",
+    }

@@ -5,22 +5,22 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 import pytest
 
 from core import contract
+from core.contract import Outbound
 from gateway import events
 from gateway.events import Receipt
-from gateway.models import Tracking, Transition
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 RECEIVED = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 TOKEN_NAME = "aifi-primary"
+FORWARDED: Final[contract.Headers] = {"aifi_http_x-request-id": "r-1"}
 
 
 def example(name: str, **changes: Any) -> dict[str, Any]:
@@ -34,17 +34,23 @@ def odd(doc: dict[str, Any]) -> bytes:
     return b"\n  " + text.encode() + b" \r\n"
 
 
-def transition(kind: contract.Kind = "entered", **changes: Any) -> tuple[dict[str, Any], bytes]:
-    doc = example("entered", **changes)
+def outbound(
+    normalizer: events.Normalizer[Any], doc: dict[str, Any], token_name: str | None = TOKEN_NAME
+) -> tuple[Outbound, bytes]:
     raw = odd(doc)
-    receipt = Receipt(raw, TOKEN_NAME, RECEIVED)
-    return events.from_transition(Transition.model_validate(doc), kind, receipt), raw
+    receipt = Receipt(raw, token_name, RECEIVED, FORWARDED)
+    return normalizer.build(normalizer.model.model_validate(doc), receipt), raw
+
+
+def transition(kind: contract.Kind = "entered", **changes: Any) -> tuple[dict[str, Any], bytes]:
+    normalizer = events.EXITED if kind == "exited" else events.ENTERED
+    out, raw = outbound(normalizer, example("entered", **changes))
+    return orjson.loads(out.body), raw
 
 
 def tracking(**changes: Any) -> tuple[dict[str, Any], bytes]:
-    doc = example("tracking", **changes)
-    raw = odd(doc)
-    return events.from_tracking(Tracking.model_validate(doc), Receipt(raw, None, RECEIVED)), raw
+    out, raw = outbound(events.TRACKING, example("tracking", **changes), token_name=None)
+    return orjson.loads(out.body), raw
 
 
 STORE = {"oasisApiStoreId": 4411, "aifiUniqueStoreId": "u-store-17"}
@@ -133,15 +139,13 @@ def test_tracking_keeps_an_undeclared_store_external_id() -> None:
     assert tracking(storeExternalId="shop-3")[0]["data"]["storeExternalId"] == "shop-3"
 
 
-@pytest.mark.parametrize("build", [transition, tracking])
-def test_payload_is_the_raw_body_byte_for_byte(
-    build: Callable[..., tuple[dict[str, Any], bytes]],
-) -> None:
-    event, raw = build(customerNote="café  \t ünïcode")
-    encoded = contract.encode_event(event)
-    assert raw in encoded
-    assert b'"payload":' + raw in encoded
-    assert orjson.loads(encoded)["data"]["payload"] == orjson.loads(raw)
+@pytest.mark.parametrize("normalizer", [events.ENTERED, events.TRACKING])
+def test_payload_is_the_raw_body_byte_for_byte(normalizer: events.Normalizer[Any]) -> None:
+    name = "tracking" if normalizer is events.TRACKING else "entered"
+    out, raw = outbound(normalizer, example(name, customerNote="café  \t ünïcode"))
+    assert raw in out.body
+    assert b'"payload":' + raw + b"}}" == out.body[-len(raw) - 12 :]
+    assert orjson.loads(out.body)["data"]["payload"] == orjson.loads(raw)
 
 
 def test_tracking_id_is_deterministic_per_store_and_unique_event_id() -> None:
@@ -149,42 +153,117 @@ def test_tracking_id_is_deterministic_per_store_and_unique_event_id() -> None:
     again, _ = tracking(storeId=5, uniqueEventId="e-1", timeOfIssue="2030-01-01T00:00:00Z")
     other_store, _ = tracking(storeId=6, uniqueEventId="e-1")
     other_event, _ = tracking(storeId=5, uniqueEventId="e-2")
-    assert first["id"] == again["id"] == events.tracking_event_id(5, "e-1")
+    assert first["id"] == again["id"] == contract.tracking_event_id(5, "e-1")
     assert uuid.UUID(first["id"]).version == 5
     assert len({first["id"], other_store["id"], other_event["id"]}) == 3
 
 
 def test_transition_ids_are_unique_per_call_and_twins_share_the_fingerprint() -> None:
-    doc = example("left")
-    raw = odd(doc)
-    model = Transition.model_validate(doc)
-    twins = [
-        events.from_transition(model, "exited", Receipt(raw, TOKEN_NAME, RECEIVED))
-        for _ in range(3)
-    ]
-    assert len({e["id"] for e in twins}) == 3
-    assert all(uuid.UUID(e["id"]).version == 4 for e in twins)
-    assert {e["data"]["fingerprint"] for e in twins} == {hashlib.sha256(raw).hexdigest()}
+    twins = [outbound(events.EXITED, example("left")) for _ in range(3)]
+    assert len({out.message_id for out, _ in twins}) == 3
+    assert all(uuid.UUID(out.message_id).version == 4 for out, _ in twins)
+    fingerprints = {out.headers[contract.FINGERPRINT_HEADER] for out, _ in twins}
+    assert fingerprints == {hashlib.sha256(twins[0][1]).hexdigest()}
 
 
-def test_to_outbound() -> None:
-    event, raw = transition(storeId=42)
-    out = events.to_outbound(event, RECEIVED, {"aifi_http_x-request-id": "r-1"})
-    assert out.message_id == event["id"]
-    assert out.routing_key == "entered.42"
+@pytest.mark.parametrize("normalizer", [events.ENTERED, events.EXITED, events.TRACKING])
+def test_the_message_is_one_valid_event_routed_and_mirrored_in_headers(
+    normalizer: events.Normalizer[Any],
+) -> None:
+    name = {"entered": "entered", "exited": "left", "tracking": "tracking"}[normalizer.kind]
+    out, raw = outbound(normalizer, example(name, storeId=42))
+    event = contract.decode(out.body)
+    assert (event.data.kind, event.type) == (normalizer.kind, contract.EVENT_TYPES[normalizer.kind])
+    assert out.message_id == event.id
+    assert out.routing_key == f"{normalizer.kind}.42"
     assert out.content_type == contract.EVENT_CONTENT_TYPE == "application/cloudevents+json"
     assert out.timestamp_s == int(RECEIVED.timestamp())
-    assert out.headers == contract.event_headers(event) | {"aifi_http_x-request-id": "r-1"}
-    assert out.headers["cloudEvents_id"] == event["id"]
-    assert out.headers[contract.FINGERPRINT_HEADER] == hashlib.sha256(raw).hexdigest()
-    assert contract.decode_event(out.body)["id"] == event["id"]
+    assert (
+        out.headers
+        == {
+            "cloudEvents_specversion": "1.0",
+            "cloudEvents_id": event.id,
+            "cloudEvents_source": "/aifi/stores/42",
+            "cloudEvents_type": event.type,
+            "cloudEvents_time": event.time,
+            "cloudEvents_subject": event.subject,
+            contract.STORE_ID_HEADER: 42,
+            contract.SESSION_ID_HEADER: event.data.sessionId,
+            contract.FINGERPRINT_HEADER: hashlib.sha256(raw).hexdigest(),
+        }
+        | FORWARDED
+    )
     assert raw in out.body
 
 
-def test_to_outbound_without_extra_headers() -> None:
-    event, _ = tracking(storeId=8)
-    out = events.to_outbound(event, RECEIVED)
-    assert (out.routing_key, out.headers) == ("tracking.8", contract.event_headers(event))
+# What the gateway published for AiFi's examples before the envelope had a typed
+# definition, byte for byte: what goes on the wire must not change with the code.
+GOLDEN_ID: Final = uuid.UUID("00000000-0000-4000-8000-000000000001")
+GOLDEN_RECEIVED: Final = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+GOLDEN_DATA: Final = (
+    '"oasisApiStoreId":0,"aifiUniqueStoreId":"string","timeOfOrigin":"2019-08-24T14:15:22Z",'
+    '"timeOfIssue":"2019-08-24T14:15:22Z","receivedAt":"2024-05-06T07:08:09.123456Z",'
+    '"tokenName":"aifi","fingerprint":"{fingerprint}",'
+)
+GOLDEN_SESSION: Final = "d3a00526-1864-4f6e-bb2d-46e3ab7fa780"
+GOLDEN_TRANSITION: Final = (
+    '{{"specversion":"1.0","id":"{id}","source":"/aifi/stores/0","type":"{type}",'
+    '"time":"2019-08-24T14:15:22Z","subject":"' + GOLDEN_SESSION + '",'
+    '"datacontenttype":"application/json","data":{{"kind":"{kind}","storeId":0,'
+    + GOLDEN_DATA
+    + '"storeExternalId":"string","sessionId":"'
+    + GOLDEN_SESSION
+    + '","customerId":"string",'
+    '"customerRole":"customer","shopperId":"string","groupSize":0,"uniqueEventId":null,'
+    '"payload":'
+)
+GOLDEN_TRACKING: Final = (
+    '{{"specversion":"1.0","id":"{id}","source":"/aifi/stores/0","type":"com.aifi.tracking",'
+    '"time":"2019-08-24T14:15:22Z","subject":"string","datacontenttype":"application/json",'
+    '"data":{{"kind":"tracking","storeId":0,'
+    + GOLDEN_DATA
+    + '"storeExternalId":null,"sessionId":null,"customerId":null,"customerRole":null,'
+    '"shopperId":"string","groupSize":null,"uniqueEventId":"string","payload":'
+)
+
+
+@pytest.mark.parametrize(
+    ("normalizer", "name"),
+    [(events.ENTERED, "entered"), (events.EXITED, "left"), (events.TRACKING, "tracking")],
+)
+def test_the_examples_envelopes_are_byte_for_byte_as_pinned(
+    monkeypatch: pytest.MonkeyPatch, normalizer: events.Normalizer[Any], name: str
+) -> None:
+    monkeypatch.setattr(uuid, "uuid4", lambda: GOLDEN_ID)
+    raw = (EXAMPLES / f"{name}.json").read_bytes()
+    receipt = Receipt(raw, "aifi", GOLDEN_RECEIVED, FORWARDED)
+    out = normalizer.build(normalizer.model.model_validate_json(raw), receipt)
+    kind = normalizer.kind
+    event_id = contract.tracking_event_id(0, "string") if kind == "tracking" else str(GOLDEN_ID)
+    pinned = GOLDEN_TRACKING if kind == "tracking" else GOLDEN_TRANSITION
+    fingerprint = hashlib.sha256(raw).hexdigest()
+    head = pinned.format(
+        id=event_id, type=contract.EVENT_TYPES[kind], kind=kind, fingerprint=fingerprint
+    )
+    assert out.body == head.encode() + raw + b"}}"
+    assert (out.message_id, out.routing_key, out.content_type, out.timestamp_s) == (
+        event_id,
+        f"{kind}.0",
+        "application/cloudevents+json",
+        1714979289,
+    )
+    assert list(out.headers.items()) == [
+        ("cloudEvents_specversion", "1.0"),
+        ("cloudEvents_id", event_id),
+        ("cloudEvents_source", "/aifi/stores/0"),
+        ("cloudEvents_type", contract.EVENT_TYPES[kind]),
+        ("cloudEvents_time", "2019-08-24T14:15:22Z"),
+        ("cloudEvents_subject", "string" if kind == "tracking" else GOLDEN_SESSION),
+        ("aifi_store_id", 0),
+        ("aifi_session_id", None if kind == "tracking" else GOLDEN_SESSION),
+        ("aifi_fingerprint", fingerprint),
+        ("aifi_http_x-request-id", "r-1"),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -38,6 +38,11 @@ DOCUMENTS: Final[dict[str, dict[str, Json]]] = {
 }
 MODELS: Final[dict[str, Model]] = {"entered": Transition, "left": Transition, "tracking": Tracking}
 KINDS: Final[dict[str, Kind]] = {"entered": "entered", "left": "exited", "tracking": "tracking"}
+NORMALIZERS: Final[dict[str, events.Normalizer[Any]]] = {
+    "entered": events.ENTERED,
+    "left": events.EXITED,
+    "tracking": events.TRACKING,
+}
 # The objects of each document that keep unknown fields, and the model that declares each.
 OPEN_OBJECTS: Final[dict[str, dict[tuple[str, ...], type[BaseModel]]]] = {
     "entered": {
@@ -183,14 +188,9 @@ def test_damaged_examples_are_parsed_or_refused_with_400_or_422(
 
 def normalized(name: str, raw: bytes) -> Outbound:
     """What the gateway publishes for a body it accepted (as handlers.Receiver does)."""
-    model = parse(raw, "application/json", MODELS[name])
-    receipt = events.Receipt(raw, TOKEN_NAME, RECEIVED_AT)
-    if isinstance(model, Transition):
-        event = events.from_transition(model, KINDS[name], receipt)
-    else:
-        assert isinstance(model, Tracking)
-        event = events.from_tracking(model, receipt)
-    return events.to_outbound(event, RECEIVED_AT)
+    normalizer = NORMALIZERS[name]
+    model = parse(raw, "application/json", normalizer.model)
+    return normalizer.build(model, events.Receipt(raw, TOKEN_NAME, RECEIVED_AT))
 
 
 def amqp_frame(outbound: Outbound) -> bytes:

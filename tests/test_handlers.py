@@ -141,6 +141,23 @@ async def test_session_null_falls_back_to_top_level_session_id(
     assert event["subject"] == event["data"]["sessionId"] == "top-level"
 
 
+async def test_listed_http_headers_ride_on_the_event_only(
+    amqp_url: str, tmp_path: Path, capture: Capture, examples: dict[str, bytes]
+) -> None:
+    settings = gateway_settings(
+        amqp_url, tmp_path, http={"forward_headers": ["X-Request-Id", "X-Absent"]}
+    )
+    async for client in started_client(settings):
+        await post(client, PATHS["tracking"], examples["tracking"], **{"X-Request-Id": "r-7"})
+        await post(client, PATHS["tracking"], b"{oops", **{"X-Request-Id": "r-8"})
+    event, kept = await capture.get(), await capture.get()
+    prefix = contract.FORWARDED_HEADER_PREFIX
+    forwarded = {name: v for name, v in event.headers.items() if name.startswith(prefix)}
+    assert forwarded == {"aifi_http_x-request-id": "r-7"}
+    assert kept.routing_key == "invalid.tracking"
+    assert contract.forwarded_header("X-Request-Id") not in kept.headers
+
+
 @pytest.mark.parametrize("authorization", [None, "Bearer wrong", "Basic dGVzdA==", "Bearer "])
 async def test_bad_or_missing_token_is_401_and_publishes_nothing(
     client: Client, capture: Capture, examples: dict[str, bytes], authorization: str | None
