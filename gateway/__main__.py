@@ -15,7 +15,7 @@ import orjson
 from core import asyncapi, logs
 from core.settings import Settings, SettingsError, load
 from gateway import openapi, spool, tail
-from gateway.workers import Supervisor, serve
+from gateway.processes import Supervisor, serve
 
 log = logging.getLogger("gateway")
 

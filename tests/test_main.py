@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from devtools.gatewayproc import GATEWAY_ARGV, child_environ
-from gateway.workers import GC_THRESHOLDS, quiet_gc
+from gateway.processes import GC_THRESHOLDS, quiet_gc
 from tests.support import CONFIG
 
 # The smallest pipe Linux makes: a larger output blocks in the writer until it is read.

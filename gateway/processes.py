@@ -1,12 +1,13 @@
 """Gateway processes: `serve` runs one; with `http.workers: N`, a `Supervisor` runs N of
 them sharing the port through SO_REUSEPORT.
 
-Each worker has its own spool directory (`<spool.dir>/worker-<i>`) and its own
-AMQP connection, so nothing is shared but the listening port. The parent only
-supervises: it restarts a worker that died (which recovers its own spool) and
-passes SIGTERM on for a graceful stop. A worker dies with its supervisor, so
-that a supervisor killed with SIGKILL leaves no worker holding a spool that
-its successor must recover.
+Each gateway process has its own spool directory (`<spool.dir>/worker-<i>`: the name
+predates this module and is kept, so that an upgrade recovers the spools already on disk)
+and its own AMQP connection, so nothing is shared but the listening port. The supervisor
+only supervises: it restarts a process that died (which recovers its own spool) and passes
+SIGTERM on for a graceful stop. A gateway process dies with its supervisor, so that a
+supervisor killed with SIGKILL leaves no process holding a spool that its successor must
+recover.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from gateway.app import create_app
 log = logging.getLogger(__name__)
 
 RESTART_DELAY_S: Final = 0.5
-# An orphaned worker stops gracefully, and is killed if that takes longer: the spool
+# An orphaned gateway process stops gracefully, and is killed if that takes longer: the spool
 # is a write-ahead log, so the next supervisor recovers it either way.
 ORPHAN_DEADLINE_S: Final = 2.0
 LINGERING_S: Final = 1.0
@@ -54,7 +55,7 @@ def quiet_gc() -> None:
 
 
 def serve(settings: Settings) -> None:
-    """One gateway process; with `http.workers` > 1 each worker shares the port (SO_REUSEPORT)."""
+    """One gateway process; with `http.workers` > 1 each of them shares the port (SO_REUSEPORT)."""
     import uvloop
 
     logs.configure(settings.log.level)
@@ -78,13 +79,14 @@ def serve(settings: Settings) -> None:
     )
 
 
-def worker_settings(settings: Settings, index: int) -> Settings:
+def process_settings(settings: Settings, index: int) -> Settings:
+    """The settings of gateway process `index`: its own spool directory."""
     spool = settings.spool.model_copy(update={"dir": settings.spool.dir / f"worker-{index}"})
     return settings.model_copy(update={"spool": spool})
 
 
-def run_worker(settings: Settings, supervisor_pid: int) -> None:
-    """A spawned worker. It lives in an importable module because spawn pickles its
+def run_process(settings: Settings, supervisor_pid: int) -> None:
+    """A spawned gateway process. It lives in an importable module because spawn pickles its
     target by name, and a child cannot import `__main__` of `python -m gateway`."""
     die_with_parent(supervisor_pid)
     serve(settings)
@@ -117,26 +119,28 @@ def watch_parent(signalled: bool) -> None:
     if not signalled:
         os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(ORPHAN_DEADLINE_S)
-    log.error("the graceful stop of an orphaned worker overran; killing it")
+    log.error("the graceful stop of an orphaned gateway process overran; killing it")
     os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Supervisor:
+    """Runs `http.workers` gateway processes, restarts one that dies, stops them on SIGTERM."""
+
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._context = multiprocessing.get_context("spawn")
-        self._workers: dict[int, BaseProcess] = {}
+        self._processes: dict[int, BaseProcess] = {}
         self._stopping = False
 
     def start(self, index: int) -> None:
         process = self._context.Process(
-            target=run_worker,
-            args=(worker_settings(self._settings, index), os.getpid()),
-            name=f"aifi-gateway-worker-{index}",
+            target=run_process,
+            args=(process_settings(self._settings, index), os.getpid()),
+            name=f"aifi-gateway-{index}",
         )
         process.start()
-        self._workers[index] = process
-        log.info("worker started", extra={"worker": index, "pid": process.pid})
+        self._processes[index] = process
+        log.info("gateway process started", extra={"process": index, "pid": process.pid})
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._stop)
@@ -149,24 +153,24 @@ class Supervisor:
         return self._join()
 
     def _restart_dead(self) -> None:
-        for index, process in list(self._workers.items()):
+        for index, process in list(self._processes.items()):
             if not process.is_alive() and not self._stopping:
                 log.error(
-                    "worker died; restarting it",
-                    extra={"worker": index, "exitcode": process.exitcode},
+                    "gateway process died; restarting it",
+                    extra={"process": index, "exitcode": process.exitcode},
                 )
                 self.start(index)
 
     def _stop(self, signum: int, frame: object) -> None:
         self._stopping = True
-        for process in self._workers.values():
+        for process in self._processes.values():
             if process.pid is not None and process.is_alive():
                 process.terminate()
 
     def _join(self) -> int:
         timeout_s = self._settings.http.shutdown_timeout_s + 5
-        for process in self._workers.values():
+        for process in self._processes.values():
             process.join(timeout_s)
-        # -SIGTERM: a worker stopped while still starting, before it could accept anything.
+        # -SIGTERM: a gateway process stopped while still starting, before it could accept anything.
         clean = (0, -signal.SIGTERM)
-        return 0 if all(p.exitcode in clean for p in self._workers.values()) else 1
+        return 0 if all(p.exitcode in clean for p in self._processes.values()) else 1

@@ -1,6 +1,7 @@
-"""`http.workers: 2`: two processes on one port, no event lost or duplicated across them; a
-worker killed with SIGKILL is restarted and recovers its own spool; a supervisor killed with
-SIGKILL takes its workers along, and its successor recovers every worker's spool."""
+"""`http.workers: 2`: two gateway processes on one port, no event lost or duplicated across
+them; a gateway process killed with SIGKILL is restarted and recovers its own spool; a
+supervisor killed with SIGKILL takes its processes along, and its successor recovers every
+process's spool."""
 
 from __future__ import annotations
 
@@ -37,19 +38,19 @@ from devtools.loadcheck import (
     until_answered,
 )
 from devtools.rabbitnode import free_port
-from gateway.workers import ORPHAN_DEADLINE_S, die_with_parent, worker_settings
+from gateway.processes import ORPHAN_DEADLINE_S, die_with_parent, process_settings
 from tests.support import AUTH, TOKEN, gateway_env, gateway_settings
 
 pytestmark = pytest.mark.slow  # a fault, fuzz or load suite: not in `make test-fast`
 
 LOAD = 2000
 CONCURRENCY = 64
-# How long orphaned workers may take to go, beyond their own deadline: a busy machine.
+# How long orphaned gateway processes may take to go, beyond their own deadline: a busy machine.
 ORPHAN_SLACK_S = 3.0
 
 
-def worker_pids(parent: int) -> list[int]:
-    """The spawned gateway workers of `parent` (not multiprocessing's resource tracker)."""
+def process_pids(parent: int) -> list[int]:
+    """The spawned gateway processes of `parent` (not multiprocessing's resource tracker)."""
     children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
     return [int(p) for p in children if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
 
@@ -65,12 +66,12 @@ def locked_spools(spool_dir: Path) -> int:
     return sum(lock.stat().st_ino in held for lock in spool_dir.glob("worker-*/lock"))
 
 
-def wait_for_workers(spool_dir: Path, count: int, timeout_s: float = 20.0) -> None:
-    """Until every worker holds its spool's lock, which it takes just before it listens:
+def wait_for_processes(spool_dir: Path, count: int, timeout_s: float = 20.0) -> None:
+    """Until every gateway process holds its spool's lock, which it takes just before it listens:
     the kernel spreads connections only over the sockets already listening."""
     deadline = time.monotonic() + timeout_s
     while locked_spools(spool_dir) < count:
-        assert time.monotonic() < deadline, "the workers did not all start"
+        assert time.monotonic() < deadline, "the gateway processes did not all start"
         time.sleep(0.05)
     time.sleep(0.5)
 
@@ -86,35 +87,35 @@ def wait_gone(pids: list[int], timeout_s: float) -> float:
 
 @pytest.fixture
 async def queue_name(amqp_url: str) -> AsyncIterator[str]:
-    name = await checker_queue(amqp_url, "workers")
+    name = await checker_queue(amqp_url, "processes")
     yield name
     await delete_queue(amqp_url, name)
 
 
 @pytest.fixture
-def two_workers(
+def two_processes(
     amqp_url: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[GatewayProcess]:
-    """`aifi-gateway` with two workers (or another entry point, given as the parameter)."""
+    """`aifi-gateway` with two gateway processes (or another entry point: the parameter)."""
     argv = getattr(request, "param", GATEWAY_ARGV)
     env = gateway_env(amqp_url, tmp_path / "spool", AIFI_HTTP_WORKERS="2")
     process = GatewayProcess(free_port(), env, tmp_path / "gateway.log", argv)
     try:
         process.start()
-        wait_for_workers(tmp_path / "spool", 2)
+        wait_for_processes(tmp_path / "spool", 2)
         yield process
     finally:
         process.stop()
 
 
-def test_each_worker_gets_a_spool_of_its_own(amqp_url: str, tmp_path: Path) -> None:
+def test_each_process_gets_a_spool_of_its_own(amqp_url: str, tmp_path: Path) -> None:
     settings: Settings = gateway_settings(amqp_url, tmp_path, http={"workers": 2})
-    dirs = {worker_settings(settings, i).spool.dir for i in range(2)}
+    dirs = {process_settings(settings, i).spool.dir for i in range(2)}
     assert dirs == {tmp_path / "spool" / "worker-0", tmp_path / "spool" / "worker-1"}
 
 
 async def post_webhooks(gateway: GatewayProcess, body: bytes, count: int) -> list[int]:
-    """`count` webhooks, each on a connection of its own (so both workers get some)."""
+    """`count` webhooks, each on a connection of its own (so both processes get some)."""
     url = f"{gateway.url}/webhooks/aifi/entered"
     statuses = []
     for _ in range(count):
@@ -127,27 +128,27 @@ async def post_webhooks(gateway: GatewayProcess, body: bytes, count: int) -> lis
 
 
 @pytest.mark.parametrize(
-    "two_workers",
+    "two_processes",
     [GATEWAY_ARGV, GATEWAY_MODULE_ARGV],
     ids=["aifi-gateway", "python-m-gateway"],
     indirect=True,
 )
-async def test_both_entry_points_run_workers_that_accept_webhooks(
-    two_workers: GatewayProcess, examples: dict[str, bytes], tmp_path: Path
+async def test_both_entry_points_run_processes_that_accept_webhooks(
+    two_processes: GatewayProcess, examples: dict[str, bytes], tmp_path: Path
 ) -> None:
-    assert await post_webhooks(two_workers, examples["entered"], 10) == [200] * 10
+    assert await post_webhooks(two_processes, examples["entered"], 10) == [200] * 10
     async with (
         aiohttp.ClientSession() as session,
-        session.get(f"{two_workers.url}/readyz") as response,
+        session.get(f"{two_processes.url}/readyz") as response,
     ):
         assert response.status == 200
-    assert "worker died" not in (tmp_path / "gateway.log").read_text()
+    assert "gateway process died" not in (tmp_path / "gateway.log").read_text()
 
 
 async def load_and_check(
     gateway: GatewayProcess, amqp_url: str, queue_name: str, during: Callable[[], None]
 ) -> Verdict:
-    run = f"workers-{uuid.uuid4().hex[:8]}"
+    run = f"processes-{uuid.uuid4().hex[:8]}"
     sent_markers = markers(run, LOAD)
     url = f"{gateway.url}/webhooks/aifi/entered"
     sent = Sent()
@@ -169,63 +170,63 @@ def watermarks(spool_dir: Path) -> list[int]:
     return [int((d / "confirmed").read_text()) for d in sorted(spool_dir.glob("worker-*"))]
 
 
-async def test_two_workers_share_the_load_without_loss_or_duplicates(
-    two_workers: GatewayProcess,
+async def test_two_processes_share_the_load_without_loss_or_duplicates(
+    two_processes: GatewayProcess,
     amqp_url: str,
     queue_name: str,
     tmp_path: Path,
     checker_report: Callable[[str, Verdict], None],
 ) -> None:
-    verdict = await load_and_check(two_workers, amqp_url, queue_name, lambda: None)
-    checker_report("two-workers", verdict)
+    verdict = await load_and_check(two_processes, amqp_url, queue_name, lambda: None)
+    checker_report("two-processes", verdict)
     assert not verdict.duplicated
     await asyncio.sleep(0.5)  # the relays checkpoint their watermark every 0.2 s
     marks = await asyncio.to_thread(watermarks, tmp_path / "spool")
     assert len(marks) == 2
-    assert all(m > 0 for m in marks), "a worker took no traffic"
+    assert all(m > 0 for m in marks), "a gateway process took no traffic"
 
 
-async def test_a_killed_worker_is_restarted_and_nothing_is_lost(
-    two_workers: GatewayProcess,
+async def test_a_killed_process_is_restarted_and_nothing_is_lost(
+    two_processes: GatewayProcess,
     amqp_url: str,
     queue_name: str,
     checker_report: Callable[[str, Verdict], None],
 ) -> None:
-    assert two_workers.process is not None
-    pids = worker_pids(two_workers.process.pid)
+    assert two_processes.process is not None
+    pids = process_pids(two_processes.process.pid)
     assert len(pids) == 2
     verdict = await load_and_check(
-        two_workers, amqp_url, queue_name, lambda: os.kill(pids[0], signal.SIGKILL)
+        two_processes, amqp_url, queue_name, lambda: os.kill(pids[0], signal.SIGKILL)
     )
-    checker_report("two-workers-one-killed", verdict)
+    checker_report("two-processes-one-killed", verdict)
     await asyncio.sleep(1.0)  # the supervisor looks every 0.5 s
-    replacement = set(worker_pids(two_workers.process.pid)) - set(pids)
-    assert len(replacement) == 1, "the killed worker was not restarted"
+    replacement = set(process_pids(two_processes.process.pid)) - set(pids)
+    assert len(replacement) == 1, "the killed gateway process was not restarted"
 
 
-async def test_a_killed_supervisor_takes_its_workers_along_and_a_restart_loses_nothing(
-    two_workers: GatewayProcess,
+async def test_a_killed_supervisor_takes_its_processes_along_and_a_restart_loses_nothing(
+    two_processes: GatewayProcess,
     amqp_url: str,
     queue_name: str,
     tmp_path: Path,
     checker_report: Callable[[str, Verdict], None],
 ) -> None:
-    assert two_workers.process is not None
-    pids = worker_pids(two_workers.process.pid)
+    assert two_processes.process is not None
+    pids = process_pids(two_processes.process.pid)
     run = f"supervisor-{uuid.uuid4().hex[:8]}"
     sent_markers = markers(run, LOAD + LOAD // 4)
-    url = f"{two_workers.url}/webhooks/aifi/entered"
+    url = f"{two_processes.url}/webhooks/aifi/entered"
     sent = Sent()
     load = asyncio.create_task(send_load(url, TOKEN, sent_markers[:LOAD], CONCURRENCY, sent))
     await until_answered(sent, LOAD // 4)
     assert not load.done()
-    two_workers.kill()
+    two_processes.kill()
     gone_s = await asyncio.to_thread(wait_gone, pids, ORPHAN_DEADLINE_S + ORPHAN_SLACK_S)
-    print(f"workers gone {gone_s:.2f} s after their supervisor's SIGKILL")
+    print(f"gateway processes gone {gone_s:.2f} s after their supervisor's SIGKILL")
     await load
-    await asyncio.to_thread(two_workers.start)
-    await asyncio.to_thread(wait_for_workers, tmp_path / "spool", 2)
-    # The successor takes webhooks too, and recovers what its predecessor's workers spooled.
+    await asyncio.to_thread(two_processes.start)
+    await asyncio.to_thread(wait_for_processes, tmp_path / "spool", 2)
+    # The successor takes webhooks too, and recovers what its predecessor's processes spooled.
     await send_load(url, TOKEN, sent_markers[LOAD:], CONCURRENCY, sent)
     arrived = await collect(amqp_url, queue_name, run, sent.acknowledged, timeout_s=60)
     verdict = classify(sent_markers, sent, arrived)
@@ -236,23 +237,23 @@ async def test_a_killed_supervisor_takes_its_workers_along_and_a_restart_loses_n
     assert verdict.acknowledged >= LOAD // 4 + LOAD // 4
 
 
-def test_sigterm_stops_every_worker_with_exit_code_0(two_workers: GatewayProcess) -> None:
-    assert two_workers.process is not None
-    pids = worker_pids(two_workers.process.pid)
-    assert two_workers.terminate() == 0
+def test_sigterm_stops_every_process_with_exit_code_0(two_processes: GatewayProcess) -> None:
+    assert two_processes.process is not None
+    pids = process_pids(two_processes.process.pid)
+    assert two_processes.terminate() == 0
     assert not any(map(is_alive, pids))
 
 
-def test_stop_leaves_no_process_of_the_gateway_alive(two_workers: GatewayProcess) -> None:
-    assert two_workers.process is not None
-    group = group_members(two_workers.process.pid)
-    assert len(group) == 4, "the supervisor, two workers and the resource tracker"
-    two_workers.stop()
+def test_stop_leaves_no_process_of_the_gateway_alive(two_processes: GatewayProcess) -> None:
+    assert two_processes.process is not None
+    group = group_members(two_processes.process.pid)
+    assert len(group) == 4, "the supervisor, two gateway processes and the resource tracker"
+    two_processes.stop()
     assert not any(map(is_alive, group))
 
 
-def stubborn_worker(report: multiprocessing.connection.Connection) -> None:
-    """A worker whose graceful stop never ends: it ignores SIGTERM."""
+def stubborn_process(report: multiprocessing.connection.Connection) -> None:
+    """A gateway process whose graceful stop never ends: it ignores SIGTERM."""
     die_with_parent(os.getppid())
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     report.send(os.getpid())
@@ -260,12 +261,12 @@ def stubborn_worker(report: multiprocessing.connection.Connection) -> None:
 
 
 def parent_of_stubborn(report: multiprocessing.connection.Connection) -> None:
-    worker = multiprocessing.get_context("spawn").Process(target=stubborn_worker, args=(report,))
-    worker.start()
-    worker.join()
+    child = multiprocessing.get_context("spawn").Process(target=stubborn_process, args=(report,))
+    child.start()
+    child.join()
 
 
-def test_an_orphaned_worker_that_will_not_stop_is_killed_at_its_deadline() -> None:
+def test_an_orphaned_process_that_will_not_stop_is_killed_at_its_deadline() -> None:
     # Forked, not spawned, from the test process: spawn would start multiprocessing's
     # resource tracker here, a child that outlives the test until the session ends.
     context = multiprocessing.get_context("fork")
@@ -274,7 +275,7 @@ def test_an_orphaned_worker_that_will_not_stop_is_killed_at_its_deadline() -> No
     parent.start()
     armed: list[int] = []
     try:
-        assert receiver.poll(30), "the worker did not arm itself"
+        assert receiver.poll(30), "the gateway process did not arm itself"
         armed.append(receiver.recv())
         parent.kill()
         wait_gone(armed, ORPHAN_DEADLINE_S + ORPHAN_SLACK_S)
@@ -287,9 +288,9 @@ def test_an_orphaned_worker_that_will_not_stop_is_killed_at_its_deadline() -> No
         sender.close()
 
 
-def test_a_worker_whose_parent_is_already_gone_stops_at_once() -> None:
+def test_a_process_whose_parent_is_already_gone_stops_at_once() -> None:
     context = multiprocessing.get_context("fork")  # no resource tracker left behind
-    worker = context.Process(target=die_with_parent, args=(os.getpid() + 1,))
-    worker.start()
-    worker.join(timeout=30)
-    assert worker.exitcode == -signal.SIGTERM
+    child = context.Process(target=die_with_parent, args=(os.getpid() + 1,))
+    child.start()
+    child.join(timeout=30)
+    assert child.exitcode == -signal.SIGTERM
