@@ -21,7 +21,7 @@ import orjson
 import uvloop
 
 from consumers import health, ledger
-from consumers.handler import Handler, HandlerError, load
+from consumers.handler import HandlerError, Handlers, load
 from consumers.health import ConsumerState
 from consumers.migrate import MigrationError, migrate
 from consumers.replay import replay
@@ -86,7 +86,7 @@ def consumer_settings(settings: Settings, name: str) -> ConsumerSettings:
 @contextlib.asynccontextmanager
 async def handler_for(
     consumer: ConsumerSettings, settings: Settings, state: ConsumerState, stop: asyncio.Event
-) -> AsyncIterator[Handler]:
+) -> AsyncIterator[Handlers]:
     """The consumer's own handler if it names one, else the presence ledger's."""
     if consumer.handler:
         yield load(consumer.handler)

@@ -1,4 +1,9 @@
-"""What a handler is: the coroutine a worker calls, and the two exceptions that steer settlement."""
+"""What a handler is: the coroutine a worker calls, and the two exceptions that steer settlement.
+
+`Handler` is the type of a downstream team's function, `async def handle(event: Event) -> None`,
+the one named in `config.yaml`. `Handlers` is what a worker is given: a `Handler` for one
+event and, optionally, a `BatchHandler` for several at once.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,8 @@ from dataclasses import dataclass
 
 from core.contract import Event
 
-HandleOne = Callable[[Event], Awaitable[None]]
-HandleMany = Callable[[Sequence[Event]], Awaitable[None]]
+Handler = Callable[[Event], Awaitable[None]]
+BatchHandler = Callable[[Sequence[Event]], Awaitable[None]]
 
 
 class RetryLater(Exception):
@@ -26,8 +31,8 @@ class HandlerError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Handler:
-    """How a worker applies events.
+class Handlers:
+    """The handlers a worker applies events with.
 
     `one` applies a single event. `many`, if given, applies several all or nothing (one
     transaction, say): when it raises, none of them had an effect, so the worker falls back
@@ -36,11 +41,11 @@ class Handler:
     `one` may run concurrently for up to `prefetch` events.
     """
 
-    one: HandleOne
-    many: HandleMany | None = None
+    one: Handler
+    many: BatchHandler | None = None
 
 
-def load(spec: str) -> Handler:
+def load(spec: str) -> Handlers:
     """The handler named `module:attribute`, e.g. `consumers.examples.print_handler:handle`."""
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
@@ -52,4 +57,4 @@ def load(spec: str) -> Handler:
     function = getattr(module, attribute, None)
     if not inspect.iscoroutinefunction(function):
         raise HandlerError(f"handler {spec!r} is not an `async def` function")
-    return Handler(one=function)
+    return Handlers(one=function)

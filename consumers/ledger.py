@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import orjson
 
-from consumers.handler import Handler, Reject
+from consumers.handler import Handlers, Reject
 from core.contract import Event, Kind
 from core.settings import LedgerSettings
 from core.times import utc
@@ -400,9 +400,9 @@ class Ledger:
                     log.info("forgot processed event ids", extra={"count": removed})
             await asyncio.sleep(interval_s)
 
-    def handler(self) -> Handler:
+    def handler(self) -> Handlers:
         """The built-in workers' handler: batches in one transaction, acked after the commit."""
-        return Handler(one=self.apply_one, many=self.apply_many)
+        return Handlers(one=self.apply_one, many=self.apply_many)
 
 
 @contextlib.asynccontextmanager

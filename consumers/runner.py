@@ -12,7 +12,7 @@ from typing import Final
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from consumers.handler import Handler, Reject, RetryLater
+from consumers.handler import Handlers, Reject, RetryLater
 from consumers.health import ConsumerState
 from consumers.settlement import ACK_GRACE_S, Settler, describe
 from consumers.topology import TopologyError, declare
@@ -97,7 +97,7 @@ class Worker:
         name: str,
         settings: ConsumerSettings,
         amqp: AmqpSettings,
-        handler: Handler,
+        handler: Handlers,
         state: ConsumerState | None = None,
     ) -> None:
         self.name = name

@@ -18,8 +18,8 @@ from gateway.delivery import ConfirmedDelivery, Delivery, SpooledDelivery
 from gateway.handlers import (
     GATEWAY,
     Gateway,
-    Handler,
     Receiver,
+    RequestHandler,
     healthz,
     metrics,
     problem,
@@ -94,7 +94,7 @@ def http_problem(request: web.Request, exc: web.HTTPException) -> web.Response:
 
 
 @web.middleware
-async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def json_errors(request: web.Request, handler: RequestHandler) -> web.StreamResponse:
     """Every error answer is a JSON problem, even aiohttp's own 404 and 405."""
     try:
         return await handler(request)

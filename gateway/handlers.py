@@ -29,7 +29,7 @@ OK_BODY: Final = b'"ok"'
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 JSON_MEDIA_TYPE: Final = "application/json"
 RETRY_AFTER_S: Final = 5
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+RequestHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True, slots=True)

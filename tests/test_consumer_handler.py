@@ -5,15 +5,22 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from consumers import Event, testing
+from consumers import Event, Handler, testing
 from consumers.examples import print_handler
-from consumers.handler import HandlerError, Reject, load
+from consumers.handler import HandlerError, Handlers, Reject, load
 
 
 def test_a_handler_is_loaded_by_module_and_attribute() -> None:
     handler = load("consumers.examples.print_handler:handle")
     assert handler.one is print_handler.handle
     assert handler.many is None
+
+
+def test_the_public_handler_type_is_the_function_a_team_writes() -> None:
+    # Checked by mypy: `from consumers import Handler` types `async def handle(event)`, and
+    # a worker is given `Handlers` of it.
+    handle: Handler = print_handler.handle
+    assert load("consumers.examples.print_handler:handle") == Handlers(one=handle)
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import yaml
 from aio_pika.abc import AbstractChannel
 
 from consumers import testing, topology
-from consumers.handler import Handler, Reject
+from consumers.handler import Handlers, Reject
 from consumers.replay import replay
 from consumers.runner import Worker
 from consumers.settlement import ATTEMPTS_HEADER, REPLAYS_HEADER
@@ -56,7 +56,7 @@ async def test_replay_moves_dead_letters_back_once_the_cause_is_fixed(
     name, settings = scratch.consumer(f"entered.{store}")
     amqp = AmqpSettings(urls=(amqp_url,))
     handler = Flaky()
-    worker = Worker(name, settings, amqp, Handler(one=handler))
+    worker = Worker(name, settings, amqp, Handlers(one=handler))
     event = testing.transition("entered", store, "s1")
     async with testing.running(worker):
         await testing.publish(channel, [event])
@@ -97,7 +97,7 @@ async def test_a_message_that_dies_again_is_not_replayed_twice_in_one_run(
     amqp = AmqpSettings(urls=(amqp_url,))
     await topology.declare(channel, name, settings)
     await bury(channel, name, 5)
-    worker = Worker(name, settings, amqp, Handler(one=Flaky()))  # never fixed
+    worker = Worker(name, settings, amqp, Handlers(one=Flaky()))  # never fixed
     async with testing.running(worker):
         assert await replay(name, settings, amqp) == 5
         await testing.eventually(lambda: worker.state.dead_lettered == 5, what="deaths")

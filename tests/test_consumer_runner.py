@@ -18,7 +18,7 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from consumers import health, ledger, testing, topology
-from consumers.handler import Handler, Reject, RetryLater
+from consumers.handler import Handlers, Reject, RetryLater
 from consumers.ledger import Ledger, LedgerDB
 from consumers.runner import HandlerTimeout, Worker
 from consumers.settlement import ATTEMPTS_HEADER, REASON_HEADER
@@ -55,7 +55,7 @@ async def presence(tmp_path: Path) -> AsyncIterator[Ledger]:
         yield opened
 
 
-def worker(url: str, name: str, settings: ConsumerSettings, handler: Handler) -> Worker:
+def worker(url: str, name: str, settings: ConsumerSettings, handler: Handlers) -> Worker:
     return Worker(name, settings, AmqpSettings(urls=(url,), reconnect_max_s=0.5), handler)
 
 
@@ -169,7 +169,7 @@ async def test_a_poison_message_is_dead_lettered_after_max_attempts_with_its_rea
 ) -> None:
     name, settings = scratch.consumer(f"entered.{store}")
     handler = Recorder(*(RetryLater("downstream is down") for _ in range(5)))
-    consumer = worker(amqp_url, name, settings, Handler(one=handler))
+    consumer = worker(amqp_url, name, settings, Handlers(one=handler))
     event = testing.transition("entered", store, "s1")
     async with testing.running(consumer):
         await testing.publish(channel, [event])
@@ -192,7 +192,7 @@ async def test_a_transient_failure_succeeds_on_retry(
 ) -> None:
     name, settings = scratch.consumer(f"entered.{store}")
     handler = Recorder(RetryLater("busy"), RuntimeError("a bug that went away"))
-    consumer = worker(amqp_url, name, settings, Handler(one=handler))
+    consumer = worker(amqp_url, name, settings, Handlers(one=handler))
     async with testing.running(consumer):
         await testing.publish(channel, [testing.transition("entered", store, "s1")])
         await testing.eventually(lambda: consumer.state.acked == 1, what="the ack")
@@ -207,7 +207,7 @@ async def test_reject_and_invalid_bodies_are_dead_lettered_at_once(
 ) -> None:
     name, settings = scratch.consumer(f"entered.{store}")
     handler = Recorder(Reject("unknown store"))
-    consumer = worker(amqp_url, name, settings, Handler(one=handler))
+    consumer = worker(amqp_url, name, settings, Handlers(one=handler))
     exchange = await channel.get_exchange(contract.EXCHANGE)
     async with testing.running(consumer):
         junk = aio_pika.Message(b"{not json", message_id="junk")
@@ -254,7 +254,7 @@ async def test_a_copy_the_broker_cannot_route_is_requeued_until_the_delivery_lim
     (reject, counted by the delivery limit), and the broker dead-letters it at the limit."""
     name, settings = scratch.consumer(f"entered.{store}", delivery_limit=2)
     handler = Recorder(*(RetryLater("still down") for _ in range(10)))
-    consumer = worker(amqp_url, name, settings, Handler(one=handler))
+    consumer = worker(amqp_url, name, settings, Handlers(one=handler))
     async with testing.running(consumer):
         await channel.queue_delete(delay_queue_name(name, 50), if_unused=False, if_empty=False)
         await testing.publish(channel, [testing.transition("entered", store, "s1")])
@@ -279,7 +279,7 @@ async def test_stopping_settles_every_delivery_in_hand(
         channel, [testing.transition("entered", store, f"s{i}") for i in range(50)]
     )
     handler = Recorder(delay_s=0.2)
-    consumer = worker(amqp_url, name, settings, Handler(one=handler))
+    consumer = worker(amqp_url, name, settings, Handlers(one=handler))
     async with testing.running(consumer):
         await testing.eventually(lambda: len(handler.calls) > 0, what="the first call")
     # Stopped while 16 handlers were running: each finished and was acked, none came back.
@@ -349,7 +349,7 @@ async def test_consuming_resumes_after_the_broker_is_killed_and_restarted(
     assert stats["occupancy"] == len(before) + len(after)  # ...and counted once
 
 
-def slowed(handler: Handler) -> Handler:
+def slowed(handler: Handlers) -> Handlers:
     """The ledger behind a downstream that takes 10 ms a batch: a stream long enough to crash
     the broker in the middle of."""
     assert handler.many is not None
@@ -359,7 +359,7 @@ def slowed(handler: Handler) -> Handler:
         await asyncio.sleep(0.01)
         await apply_many(events)
 
-    return Handler(one=handler.one, many=many)
+    return Handlers(one=handler.one, many=many)
 
 
 async def processed_at_least(presence: Ledger, count: int) -> bool:
@@ -371,7 +371,7 @@ async def test_a_handler_that_runs_too_long_is_retried_then_dead_lettered(
 ) -> None:
     name, settings = scratch.consumer(f"entered.{store}", handler_timeout_s=0.2)
     handler = Recorder(delay_s=30)  # far beyond its timeout, every time
-    consumer = worker(amqp_url, name, settings, Handler(one=handler))
+    consumer = worker(amqp_url, name, settings, Handlers(one=handler))
     async with testing.running(consumer):
         await testing.publish(channel, [testing.transition("entered", store, "s1")])
         await testing.eventually(lambda: consumer.state.dead_lettered == 1, what="dead letter")
@@ -420,7 +420,7 @@ async def test_a_queue_deleted_under_a_worker_is_declared_again_and_consumed(
         # After the cancel the worker moves on to the next URL, which holds it while the
         # test looks at /healthz.
         amqp = AmqpSettings(urls=(amqp_url, stalled_url), reconnect_max_s=0.5)
-        consumer = Worker(name, settings, amqp, Handler(one=handler))
+        consumer = Worker(name, settings, amqp, Handlers(one=handler))
         async with health.serving(consumer.state, "127.0.0.1", port), testing.running(consumer):
             await testing.publish(channel, [first])
             await testing.eventually(lambda: consumer.state.acked == 1, what="the first ack")
