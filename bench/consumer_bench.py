@@ -34,6 +34,8 @@ from consumers import ledger, testing, topology
 from consumers.ledger import LedgerDB
 from consumers.runner import Worker
 from core.settings import AmqpSettings, ConsumerSettings, LedgerSettings
+from tests.support import broker
+from tests.support.consumer import Scratch
 
 TIMEOUT_S: Final = 300.0
 
@@ -58,7 +60,7 @@ async def scratch_queues(
     url: str, settings: ConsumerSettings, count: int
 ) -> AsyncIterator[tuple[int, list[str]]]:
     """A fresh store id and `count` worker queues bound to its entries; deleted afterwards."""
-    made = testing.Scratch(url, settings)
+    made = Scratch(url, settings)
     store = random.randrange(10**9, 10**10)
     consumers = [made.consumer(f"entered.{store}") for _ in range(count)]
     try:
@@ -75,7 +77,7 @@ async def fill(url: str, store: int, count: int) -> None:
     events = [testing.transition("entered", store, f"b{i}") for i in range(count)]
     connection = await aio_pika.connect(url)
     async with connection, connection.channel() as channel:
-        await testing.publish(channel, events)
+        await broker.publish(channel, events)
 
 
 async def bare(url: str, name: str, prefetch: int, count: int) -> float:

@@ -14,8 +14,8 @@ from typing import Final
 
 from aio_pika.abc import AbstractChannel
 
-from consumers import testing
 from core.amqp import declare_topology
+from tests.support import broker
 
 POLL_S: Final = 0.05
 QUEUE_PREFIX: Final = "bench.e2e."
@@ -118,7 +118,7 @@ class EventQueue:
 
     async def count(self) -> int:
         """Messages in the queue now (no consumer, so every one routed and not purged)."""
-        return await testing.depth(self._channel, self.name)
+        return await broker.depth(self._channel, self.name)
 
     async def wait_for(self, target: int, timeout_s: float, quiet_s: float) -> Arrival:
         """Poll until `target` events arrived, none came for `quiet_s`, or `timeout_s` passed."""

@@ -14,8 +14,9 @@ from typing import Final
 import aiohttp
 
 from bench import LOOPBACK, ROOT
-from devtools.gatewayproc import BIN, GATEWAY_COMMAND, child_environ
 from devtools.rabbitnode import free_port
+from devtools.stack import BIN, GATEWAY_COMMAND
+from tests.support.processes import child_environ
 
 START_TIMEOUT_S: Final = 30.0
 # Above the gateway's default http.shutdown_timeout_s, so a SIGTERM drain is never cut short.

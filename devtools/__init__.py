@@ -1,1 +1,2 @@
-"""Developer tooling: local RabbitMQ nodes for development, tests and fault injection."""
+"""Developer tools: private RabbitMQ nodes (for development, the tests and fault
+injection) and the `make run` stack. Test support lives in `tests/support/`."""

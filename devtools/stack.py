@@ -30,7 +30,6 @@ from urllib.parse import urlsplit
 
 from consumers.__main__ import BUILT_IN, consumer_settings
 from core.settings import Settings, load
-from devtools.gatewayproc import CONSUMER_COMMAND, GATEWAY_COMMAND
 from devtools.rabbitnode import (
     DEFAULT_NAME,
     broker_for,
@@ -39,6 +38,10 @@ from devtools.rabbitnode import (
 )
 
 BIN = Path(sys.executable).parent
+# The programs the stack runs (entry points of pyproject.toml); the tests run them as
+# processes too, and docker-compose.yml must run these (tests/test_compose.py checks).
+GATEWAY_COMMAND = ("aifi-gateway",)
+CONSUMER_COMMAND = ("aifi-consumer",)
 DATA_DIR = Path("data")
 TOKEN_FILE = DATA_DIR / "dev-token"
 LOCK_FILE = DATA_DIR / "stack.lock"

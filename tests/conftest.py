@@ -19,12 +19,13 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from consumers import testing
 from core.amqp import declare_topology
-from core.settings import Settings
-from devtools.loadcheck import Verdict
+from core.settings import ConsumerSettings, Settings
 from devtools.rabbitnode import Node, NodeSpec, ensure_installed, free_port
-from tests.support import Capture, gateway_settings, started_client
+from tests.support.broker import Capture
+from tests.support.consumer import Scratch
+from tests.support.gateway import gateway_settings, started_client
+from tests.support.loadcheck import Verdict
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -92,9 +93,16 @@ def store() -> int:
 
 
 @pytest.fixture
-async def scratch(amqp_url: str, request: pytest.FixtureRequest) -> AsyncIterator[testing.Scratch]:
-    """Queues of a consumer of this test's own, with its module's `BASE` settings."""
-    made = testing.Scratch(amqp_url, request.module.BASE)
+def consumer_base() -> ConsumerSettings:
+    """The settings `scratch` makes consumers from; a module overrides this fixture to
+    give its consumers other settings (short retries, say)."""
+    return ConsumerSettings()
+
+
+@pytest.fixture
+async def scratch(amqp_url: str, consumer_base: ConsumerSettings) -> AsyncIterator[Scratch]:
+    """Consumers of this test's own, made from `consumer_base`; their queues are deleted after."""
+    made = Scratch(amqp_url, consumer_base)
     yield made
     await made.delete()
 

@@ -6,7 +6,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tests.support import AUTH
+from tests.support.gateway import AUTH
 
 Client = TestClient[web.Request, web.Application]
 ENTERED = "/webhooks/aifi/entered"

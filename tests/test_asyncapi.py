@@ -15,7 +15,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from core import asyncapi, contract
-from tests.support import AUTH, Capture
+from tests.support.broker import Capture
+from tests.support.gateway import AUTH
 
 Client = TestClient[web.Request, web.Application]
 ASYNCAPI_CLI = Path(__file__).resolve().parent.parent / "node_modules" / ".bin" / "asyncapi"

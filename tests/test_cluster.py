@@ -21,17 +21,10 @@ import aio_pika
 import pytest
 
 from core import contract
-from devtools.gatewayproc import GatewayProcess
-from devtools.loadcheck import (
-    Verdict,
-    checker_queue,
-    classify,
-    collect,
-    markers,
-    send_load,
-)
 from devtools.rabbitnode import Node, NodeSpec, free_port
-from tests.support import TOKEN, gateway_env
+from tests.support.gateway import TOKEN, gateway_env
+from tests.support.loadcheck import Verdict, checker_queue, classify, collect, markers, send_load
+from tests.support.processes import GatewayProcess
 
 pytestmark = pytest.mark.cluster
 

@@ -15,7 +15,7 @@ import yaml
 
 from consumers.__main__ import BUILT_IN
 from core.settings import load
-from devtools.gatewayproc import CONSUMER_COMMAND, GATEWAY_COMMAND
+from devtools.stack import CONSUMER_COMMAND, GATEWAY_COMMAND
 
 ROOT = Path(__file__).resolve().parent.parent
 # What must never reach a build context: secrets, local state, history, caches, results.
@@ -33,7 +33,7 @@ KEPT_OUT = [
     ".pytest_cache/v/x",
     "gateway/__pycache__/app.cpython-311.pyc",
     "bench/results/latest.json",
-    "tests/support.py",
+    "tests/support/broker.py",
     "build/lib/gateway/app.py",
     "aifi_gateway.egg-info/PKG-INFO",
 ]

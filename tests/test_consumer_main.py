@@ -21,11 +21,23 @@ from consumers import testing, topology
 from consumers.ledger import LedgerDB
 from consumers.topology import dead_queue_name, queue_name
 from core.settings import ConsumerSettings, LedgerSettings
-from devtools.gatewayproc import BIN, CONSUMER_COMMAND, child_environ
 from devtools.rabbitnode import free_port
+from devtools.stack import BIN, CONSUMER_COMMAND
+from tests.support import broker
+from tests.support.consumer import Scratch
+from tests.support.processes import child_environ
+from tests.support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ConsumerSettings(prefetch=64, max_attempts=3, retry_base_ms=50, retry_max_ms=100)
+
+
+@pytest.fixture
+def consumer_base() -> ConsumerSettings:
+    """The settings `scratch` makes this module's consumers from."""
+    return BASE
+
+
 COUNT = 2000  # events in a stream that a worker is stopped in the middle of
 Launcher = Callable[[dict[str, ConsumerSettings]], "WorkerProcess"]
 
@@ -114,47 +126,47 @@ def launcher(
 
 
 async def exited(process: subprocess.Popen[bytes], timeout_s: float = 15.0) -> int:
-    await testing.eventually(lambda: process.poll() is not None, timeout_s, "the process to exit")
+    await eventually(lambda: process.poll() is not None, timeout_s, "the process to exit")
     return process.wait()
 
 
 async def test_sigkill_mid_batch_loses_no_event_and_counts_none_twice(
-    channel: AbstractChannel, scratch: testing.Scratch, launcher: Launcher, store: int
+    channel: AbstractChannel, scratch: Scratch, launcher: Launcher, store: int
 ) -> None:
     name, settings = scratch.consumer(f"entered.{store}", f"exited.{store}")
     await topology.declare(channel, name, settings)
     entries = [testing.transition("entered", store, f"s{i}") for i in range(1800)]
     twins = [testing.transition("exited", store, f"s{i // 2}") for i in range(1200)]
-    await testing.publish(channel, entries + twins)
+    await broker.publish(channel, entries + twins)
     worker = launcher({name: settings})
     first = worker.start(name)
-    await testing.eventually(lambda: worker.processed() >= 300, what="progress")
+    await eventually(lambda: worker.processed() >= 300, what="progress")
     first.kill()
     assert await exited(first) == -signal.SIGKILL
     assert worker.processed() < len(entries) + len(twins)  # killed mid-stream
     second = worker.start(name)
-    await testing.eventually(lambda: worker.processed() == 3000, 30, "every event")
+    await eventually(lambda: worker.processed() == 3000, 30, "every event")
     second.send_signal(signal.SIGTERM)
     assert await exited(second) == 0
     assert worker.stopped(1)["redelivered"] > 0  # deliveries in hand at the kill came back
     assert worker.query("SELECT sum(persons_entered), sum(persons_exited) FROM visits") == [
         (1800, 1200)
     ]
-    assert await testing.depth(channel, queue_name(name)) == 0
-    assert await testing.depth(channel, dead_queue_name(name)) == 0
+    assert await broker.depth(channel, queue_name(name)) == 0
+    assert await broker.depth(channel, dead_queue_name(name)) == 0
 
 
 async def test_sigterm_mid_batch_settles_what_is_in_hand_and_exits_0(
-    channel: AbstractChannel, scratch: testing.Scratch, launcher: Launcher, store: int
+    channel: AbstractChannel, scratch: Scratch, launcher: Launcher, store: int
 ) -> None:
     name, settings = scratch.consumer(f"entered.{store}")
     await topology.declare(channel, name, settings)
-    await testing.publish(
+    await broker.publish(
         channel, [testing.transition("entered", store, f"s{i}") for i in range(COUNT)]
     )
     worker = launcher({name: settings})
     process = worker.start(name)
-    await testing.eventually(lambda: worker.processed() >= 300, what="progress")
+    await eventually(lambda: worker.processed() >= 300, what="progress")
     process.send_signal(signal.SIGTERM)
     assert await exited(process) == 0
     done, stopped = worker.processed(), worker.stopped(0)
@@ -162,7 +174,7 @@ async def test_sigterm_mid_batch_settles_what_is_in_hand_and_exits_0(
     # Every delivery it took in hand was applied and acked; none was left to the broker.
     assert stopped["received"] == stopped["acked"] == done
     assert "stopping: settling deliveries in hand" in [m["message"] for m in worker.log_lines(0)]
-    remaining = await testing.drain(channel, queue_name(name))
+    remaining = await broker.drain(channel, queue_name(name))
     processed_ids = {row[0] for row in worker.query("SELECT event_id FROM processed")}
     assert not processed_ids & {message.message_id for message in remaining}
     assert len(remaining) == COUNT - done
@@ -190,7 +202,7 @@ async def healthz(port: int) -> tuple[int, dict[str, Any]] | None:
 
 
 async def test_a_handler_named_in_the_config_runs_and_reports_its_health(
-    channel: AbstractChannel, scratch: testing.Scratch, launcher: Launcher, store: int
+    channel: AbstractChannel, scratch: Scratch, launcher: Launcher, store: int
 ) -> None:
     port = free_port()
     name, settings = scratch.consumer(
@@ -201,10 +213,10 @@ async def test_a_handler_named_in_the_config_runs_and_reports_its_health(
     )
     worker = launcher({name: settings})
     process = worker.start(name)
-    await testing.eventually(lambda: consuming(port), what="the worker to consume")
+    await eventually(lambda: consuming(port), what="the worker to consume")
     entries = [testing.transition("entered", store, f"s{i}") for i in range(3)]
-    await testing.publish(channel, [*entries, testing.tracking(store, "u-1", None)])
-    await testing.eventually(lambda: settled(port, acked=3, dead_lettered=1), what="settlement")
+    await broker.publish(channel, [*entries, testing.tracking(store, "u-1", None)])
+    await eventually(lambda: settled(port, acked=3, dead_lettered=1), what="settlement")
     process.send_signal(signal.SIGTERM)
     assert await exited(process) == 0
     assert process.stdout is not None
@@ -266,14 +278,14 @@ def retries(worker: WorkerProcess) -> int:
 
 
 async def test_a_worker_waits_for_a_locked_ledger_says_so_and_proceeds_once_released(
-    channel: AbstractChannel, scratch: testing.Scratch, launcher: Launcher, store: int
+    channel: AbstractChannel, scratch: Scratch, launcher: Launcher, store: int
 ) -> None:
     port = free_port()
     name, settings = scratch.consumer(f"entered.{store}", health_port=port)
     worker = locked_ledger_worker(launcher, name, settings)
     with locked(worker.db) as holder:
         process = worker.start(name)
-        await testing.eventually(lambda: retries(worker) >= 3, what="the worker to retry")
+        await eventually(lambda: retries(worker) >= 3, what="the worker to retry")
         answer = await healthz(port)
         assert answer is not None
         status, body = answer
@@ -281,23 +293,23 @@ async def test_a_worker_waits_for_a_locked_ledger_says_so_and_proceeds_once_rele
         assert body["starting"].startswith("opening ledger: database is locked, retrying in ")
         assert process.poll() is None
         holder.execute("ROLLBACK")
-    await testing.eventually(lambda: consuming(port), what="the worker to consume")
+    await eventually(lambda: consuming(port), what="the worker to consume")
     assert await settled(port, starting=None)
-    await testing.publish(channel, [testing.transition("entered", store, "s1")])
-    await testing.eventually(lambda: worker.processed() == 1, what="the event applied")
+    await broker.publish(channel, [testing.transition("entered", store, "s1")])
+    await eventually(lambda: worker.processed() == 1, what="the event applied")
     process.send_signal(signal.SIGTERM)
     assert await exited(process) == 0
     assert "ledger open" in worker.messages(0)
 
 
 async def test_a_worker_stopped_while_its_ledger_is_locked_exits_0(
-    scratch: testing.Scratch, launcher: Launcher, store: int
+    scratch: Scratch, launcher: Launcher, store: int
 ) -> None:
     name, settings = scratch.consumer(f"entered.{store}")
     worker = locked_ledger_worker(launcher, name, settings)
     with locked(worker.db):
         process = worker.start(name)
-        await testing.eventually(lambda: retries(worker) >= 1, what="the worker to retry")
+        await eventually(lambda: retries(worker) >= 1, what="the worker to retry")
         process.send_signal(signal.SIGTERM)
         assert await exited(process) == 0
     assert worker.stopped(0)["consuming"] is False
@@ -305,7 +317,7 @@ async def test_a_worker_stopped_while_its_ledger_is_locked_exits_0(
 
 
 async def test_a_ledger_that_cannot_be_opened_exits_1_naming_it(
-    scratch: testing.Scratch, launcher: Launcher, store: int
+    scratch: Scratch, launcher: Launcher, store: int
 ) -> None:
     name, settings = scratch.consumer(f"entered.{store}")
     worker = launcher({name: settings})

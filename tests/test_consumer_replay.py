@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import orjson
+import pytest
 import yaml
 from aio_pika.abc import AbstractChannel
 
@@ -17,11 +18,21 @@ from consumers.settlement import ATTEMPTS_HEADER, REPLAYS_HEADER
 from consumers.topology import dead_queue_name, queue_name
 from core.contract import Event
 from core.settings import AmqpSettings, ConsumerSettings
-from devtools.gatewayproc import BIN, CONSUMER_COMMAND, child_environ
 from devtools.rabbitnode import free_port
+from devtools.stack import BIN, CONSUMER_COMMAND
+from tests.support import broker
+from tests.support.consumer import Scratch, running
+from tests.support.processes import child_environ
+from tests.support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ConsumerSettings(prefetch=8, max_attempts=2, retry_base_ms=50, retry_max_ms=50)
+
+
+@pytest.fixture
+def consumer_base() -> ConsumerSettings:
+    """The settings `scratch` makes this module's consumers from."""
+    return BASE
 
 
 class Flaky:
@@ -43,7 +54,7 @@ async def bury(channel: AbstractChannel, name: str, count: int) -> list[str]:
     ids = []
     for i in range(count):
         outbound = testing.transition("entered", 1, f"s{i}")
-        message = testing.message(outbound)
+        message = broker.message(outbound)
         message.headers[ATTEMPTS_HEADER] = 5
         await dead.publish(message, name)
         ids.append(outbound.message_id)
@@ -51,26 +62,26 @@ async def bury(channel: AbstractChannel, name: str, count: int) -> list[str]:
 
 
 async def test_replay_moves_dead_letters_back_once_the_cause_is_fixed(
-    amqp_url: str, channel: AbstractChannel, scratch: testing.Scratch, store: int
+    amqp_url: str, channel: AbstractChannel, scratch: Scratch, store: int
 ) -> None:
     name, settings = scratch.consumer(f"entered.{store}")
     amqp = AmqpSettings(urls=(amqp_url,))
     handler = Flaky()
     worker = Worker(name, settings, amqp, Handlers(one=handler))
     event = testing.transition("entered", store, "s1")
-    async with testing.running(worker):
-        await testing.publish(channel, [event])
-        await testing.eventually(lambda: worker.state.dead_lettered == 1, what="the dead letter")
+    async with running(worker):
+        await broker.publish(channel, [event])
+        await eventually(lambda: worker.state.dead_lettered == 1, what="the dead letter")
         handler.fixed = True
         assert await replay(name, settings, amqp) == 1
-        await testing.eventually(lambda: worker.state.acked == 1, what="the second try")
+        await eventually(lambda: worker.state.acked == 1, what="the second try")
     [again] = handler.handled
     assert again.id == event.message_id
-    assert await testing.depth(channel, dead_queue_name(name)) == 0
+    assert await broker.depth(channel, dead_queue_name(name)) == 0
 
 
 async def test_replay_stops_at_its_limit(
-    amqp_url: str, channel: AbstractChannel, scratch: testing.Scratch, store: int
+    amqp_url: str, channel: AbstractChannel, scratch: Scratch, store: int
 ) -> None:
     name, settings = scratch.consumer(f"entered.{store}")
     await topology.declare(channel, name, settings)
@@ -78,7 +89,7 @@ async def test_replay_stops_at_its_limit(
     # The first URL answers nothing: replay moves on to the next, as the workers do.
     amqp = AmqpSettings(urls=(f"amqp://guest:guest@127.0.0.1:{free_port()}/", amqp_url))
     assert await replay(name, settings, amqp, limit=2) == 2
-    assert await testing.depth(channel, dead_queue_name(name)) == 1
+    assert await broker.depth(channel, dead_queue_name(name)) == 1
     main = await channel.get_queue(queue_name(name))
     back = [await main.get(), await main.get()]
     assert [m.message_id for m in back] == ids[:2]
@@ -91,23 +102,23 @@ async def test_replay_stops_at_its_limit(
 
 
 async def test_a_message_that_dies_again_is_not_replayed_twice_in_one_run(
-    amqp_url: str, channel: AbstractChannel, scratch: testing.Scratch, store: int
+    amqp_url: str, channel: AbstractChannel, scratch: Scratch, store: int
 ) -> None:
     name, settings = scratch.consumer(f"entered.{store}")
     amqp = AmqpSettings(urls=(amqp_url,))
     await topology.declare(channel, name, settings)
     await bury(channel, name, 5)
     worker = Worker(name, settings, amqp, Handlers(one=Flaky()))  # never fixed
-    async with testing.running(worker):
+    async with running(worker):
         assert await replay(name, settings, amqp) == 5
-        await testing.eventually(lambda: worker.state.dead_lettered == 5, what="deaths")
-    assert await testing.depth(channel, dead_queue_name(name)) == 5
+        await eventually(lambda: worker.state.dead_lettered == 5, what="deaths")
+    assert await broker.depth(channel, dead_queue_name(name)) == 5
 
 
 async def test_the_replay_command_prints_what_it_moved(
     amqp_url: str,
     channel: AbstractChannel,
-    scratch: testing.Scratch,
+    scratch: Scratch,
     store: int,
     tmp_path: Path,
 ) -> None:
@@ -132,5 +143,5 @@ async def test_the_replay_command_prints_what_it_moved(
     stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 0, stderr
     assert orjson.loads(stdout) == {"consumer": name, "moved": 1}
-    assert await testing.depth(channel, dead_queue_name(name)) == 1
-    assert await testing.depth(channel, queue_name(name)) == 1
+    assert await broker.depth(channel, dead_queue_name(name)) == 1
+    assert await broker.depth(channel, queue_name(name)) == 1

@@ -28,10 +28,19 @@ from core.amqp import declare_topology
 from core.contract import Event, Outbound
 from core.settings import AmqpSettings, ConsumerSettings, LedgerSettings
 from devtools.rabbitnode import Node, NodeSpec, free_port
+from tests.support import broker
+from tests.support.consumer import Scratch, running
+from tests.support.waiting import eventually
 
 BASE = ConsumerSettings(
     prefetch=16, max_attempts=3, retry_base_ms=50, retry_max_ms=100, linger_ms=1
 )
+
+
+@pytest.fixture
+def consumer_base() -> ConsumerSettings:
+    """The settings `scratch` makes this module's consumers from."""
+    return BASE
 
 
 class Recorder:
@@ -85,7 +94,7 @@ def without_session(outbound: Outbound) -> Outbound:
 async def test_twins_and_a_redelivery_through_the_broker(
     amqp_url: str,
     channel: AbstractChannel,
-    scratch: testing.Scratch,
+    scratch: Scratch,
     presence: Ledger,
     store: int,
 ) -> None:
@@ -93,9 +102,9 @@ async def test_twins_and_a_redelivery_through_the_broker(
     entered = testing.transition("entered", store, "s1")
     twins = [testing.transition("exited", store, "s1") for _ in range(2)]
     consumer = worker(amqp_url, name, settings, presence.handler())
-    async with testing.running(consumer):
-        await testing.publish(channel, [entered, entered, *twins])
-        await testing.eventually(lambda: consumer.state.acked == 4, what="4 acks")
+    async with running(consumer):
+        await broker.publish(channel, [entered, entered, *twins])
+        await eventually(lambda: consumer.state.acked == 4, what="4 acks")
     visit = await presence.call(LedgerDB.visit, "s1")
     assert (visit["personsEntered"], visit["personsExited"]) == (1, 2)
     assert await presence.call(LedgerDB.processed) == 3
@@ -113,7 +122,7 @@ async def test_twins_and_a_redelivery_through_the_broker(
 async def test_every_order_of_entry_and_exits_ends_the_same(
     amqp_url: str,
     channel: AbstractChannel,
-    scratch: testing.Scratch,
+    scratch: Scratch,
     presence: Ledger,
     store: int,
     turns: list[list[str]],
@@ -122,7 +131,7 @@ async def test_every_order_of_entry_and_exits_ends_the_same(
     queues = {kind: scratch.consumer(f"{kind}.{store}") for kind in ("entered", "exited")}
     for name, settings in queues.values():
         await topology.declare(channel, name, settings)
-    await testing.publish(
+    await broker.publish(
         channel,
         [
             testing.transition("exited", store, "s1", timeOfOrigin="2024-05-01T12:30:00Z"),
@@ -157,23 +166,23 @@ async def test_every_order_of_entry_and_exits_ends_the_same(
 async def run_until_acked(workers: dict[str, Worker], acks: dict[str, int]) -> None:
     async with contextlib.AsyncExitStack() as stack:
         for each in workers.values():
-            await stack.enter_async_context(testing.running(each))
-        await testing.eventually(
+            await stack.enter_async_context(running(each))
+        await eventually(
             lambda: all(w.state.acked == acks[k] for k, w in workers.items()),
             what=f"{sorted(workers)} to be processed",
         )
 
 
 async def test_a_poison_message_is_dead_lettered_after_max_attempts_with_its_reason(
-    amqp_url: str, channel: AbstractChannel, scratch: testing.Scratch, store: int
+    amqp_url: str, channel: AbstractChannel, scratch: Scratch, store: int
 ) -> None:
     name, settings = scratch.consumer(f"entered.{store}")
     handler = Recorder(*(RetryLater("downstream is down") for _ in range(5)))
     consumer = worker(amqp_url, name, settings, Handlers(one=handler))
     event = testing.transition("entered", store, "s1")
-    async with testing.running(consumer):
-        await testing.publish(channel, [event])
-        await testing.eventually(lambda: consumer.state.dead_lettered == 1, what="dead letter")
+    async with running(consumer):
+        await broker.publish(channel, [event])
+        await eventually(lambda: consumer.state.dead_lettered == 1, what="dead letter")
     [dead] = await dead_letters(channel, name)
     assert dead.body == event.body
     assert dead.message_id == event.message_id
@@ -188,32 +197,32 @@ async def test_a_poison_message_is_dead_lettered_after_max_attempts_with_its_rea
 
 
 async def test_a_transient_failure_succeeds_on_retry(
-    amqp_url: str, channel: AbstractChannel, scratch: testing.Scratch, store: int
+    amqp_url: str, channel: AbstractChannel, scratch: Scratch, store: int
 ) -> None:
     name, settings = scratch.consumer(f"entered.{store}")
     handler = Recorder(RetryLater("busy"), RuntimeError("a bug that went away"))
     consumer = worker(amqp_url, name, settings, Handlers(one=handler))
-    async with testing.running(consumer):
-        await testing.publish(channel, [testing.transition("entered", store, "s1")])
-        await testing.eventually(lambda: consumer.state.acked == 1, what="the ack")
+    async with running(consumer):
+        await broker.publish(channel, [testing.transition("entered", store, "s1")])
+        await eventually(lambda: consumer.state.acked == 1, what="the ack")
     assert len(handler.calls) == 3
     assert (consumer.state.retried, consumer.state.dead_lettered) == (2, 0)
     assert await dead_letters(channel, name) == []
-    assert await testing.depth(channel, queue_name(name)) == 0
+    assert await broker.depth(channel, queue_name(name)) == 0
 
 
 async def test_reject_and_invalid_bodies_are_dead_lettered_at_once(
-    amqp_url: str, channel: AbstractChannel, scratch: testing.Scratch, store: int
+    amqp_url: str, channel: AbstractChannel, scratch: Scratch, store: int
 ) -> None:
     name, settings = scratch.consumer(f"entered.{store}")
     handler = Recorder(Reject("unknown store"))
     consumer = worker(amqp_url, name, settings, Handlers(one=handler))
     exchange = await channel.get_exchange(contract.EXCHANGE)
-    async with testing.running(consumer):
+    async with running(consumer):
         junk = aio_pika.Message(b"{not json", message_id="junk")
         await exchange.publish(junk, f"entered.{store}")
-        await testing.publish(channel, [testing.transition("entered", store, "s1")])
-        await testing.eventually(lambda: consumer.state.dead_lettered == 2, what="dead letters")
+        await broker.publish(channel, [testing.transition("entered", store, "s1")])
+        await eventually(lambda: consumer.state.dead_lettered == 2, what="dead letters")
     reasons = {
         m.message_id: (m.headers[ATTEMPTS_HEADER], str(m.headers[REASON_HEADER]))
         for m in await dead_letters(channel, name)
@@ -227,7 +236,7 @@ async def test_reject_and_invalid_bodies_are_dead_lettered_at_once(
 async def test_one_poison_event_does_not_hold_back_its_batch(
     amqp_url: str,
     channel: AbstractChannel,
-    scratch: testing.Scratch,
+    scratch: Scratch,
     presence: Ledger,
     store: int,
 ) -> None:
@@ -235,10 +244,10 @@ async def test_one_poison_event_does_not_hold_back_its_batch(
     await topology.declare(channel, name, settings)
     good = [testing.transition("entered", store, f"s{i}") for i in range(10)]
     poison = without_session(testing.transition("entered", store, "s-poison"))
-    await testing.publish(channel, [*good[:5], poison, *good[5:]])
+    await broker.publish(channel, [*good[:5], poison, *good[5:]])
     consumer = worker(amqp_url, name, settings, presence.handler())
-    async with testing.running(consumer):
-        await testing.eventually(lambda: consumer.state.acked + consumer.state.dead_lettered == 11)
+    async with running(consumer):
+        await eventually(lambda: consumer.state.acked + consumer.state.dead_lettered == 11)
     assert consumer.state.batches < 11  # the events did arrive together
     assert (consumer.state.acked, consumer.state.dead_lettered) == (10, 1)
     assert await presence.call(LedgerDB.processed) == 10
@@ -248,17 +257,17 @@ async def test_one_poison_event_does_not_hold_back_its_batch(
 
 
 async def test_a_copy_the_broker_cannot_route_is_requeued_until_the_delivery_limit(
-    amqp_url: str, channel: AbstractChannel, scratch: testing.Scratch, store: int
+    amqp_url: str, channel: AbstractChannel, scratch: Scratch, store: int
 ) -> None:
     """Nothing is dropped: with no delay queue to take the retry, the original goes back
     (reject, counted by the delivery limit), and the broker dead-letters it at the limit."""
     name, settings = scratch.consumer(f"entered.{store}", delivery_limit=2)
     handler = Recorder(*(RetryLater("still down") for _ in range(10)))
     consumer = worker(amqp_url, name, settings, Handlers(one=handler))
-    async with testing.running(consumer):
+    async with running(consumer):
         await channel.queue_delete(delay_queue_name(name, 50), if_unused=False, if_empty=False)
-        await testing.publish(channel, [testing.transition("entered", store, "s1")])
-        await testing.eventually(lambda: dead_letters_waiting(channel, name), what="dead letter")
+        await broker.publish(channel, [testing.transition("entered", store, "s1")])
+        await eventually(lambda: dead_letters_waiting(channel, name), what="dead letter")
     assert consumer.state.requeued == 3  # delivered, then redelivered twice: the limit is 2
     assert len(handler.calls) == 3
     [dead] = await dead_letters(channel, name)
@@ -267,24 +276,24 @@ async def test_a_copy_the_broker_cannot_route_is_requeued_until_the_delivery_lim
 
 
 async def dead_letters_waiting(channel: AbstractChannel, name: str) -> bool:
-    return await testing.depth(channel, dead_queue_name(name)) > 0
+    return await broker.depth(channel, dead_queue_name(name)) > 0
 
 
 async def test_stopping_settles_every_delivery_in_hand(
-    amqp_url: str, channel: AbstractChannel, scratch: testing.Scratch, store: int
+    amqp_url: str, channel: AbstractChannel, scratch: Scratch, store: int
 ) -> None:
     name, settings = scratch.consumer(f"entered.{store}")
     await topology.declare(channel, name, settings)
-    await testing.publish(
+    await broker.publish(
         channel, [testing.transition("entered", store, f"s{i}") for i in range(50)]
     )
     handler = Recorder(delay_s=0.2)
     consumer = worker(amqp_url, name, settings, Handlers(one=handler))
-    async with testing.running(consumer):
-        await testing.eventually(lambda: len(handler.calls) > 0, what="the first call")
+    async with running(consumer):
+        await eventually(lambda: len(handler.calls) > 0, what="the first call")
     # Stopped while 16 handlers were running: each finished and was acked, none came back.
     assert consumer.state.acked == len(handler.calls) == settings.prefetch
-    assert await testing.depth(channel, queue_name(name)) == 50 - settings.prefetch
+    assert await broker.depth(channel, queue_name(name)) == 50 - settings.prefetch
     rest = await channel.get_queue(queue_name(name))
     redelivered = []
     while (message := await rest.get(fail=False)) is not None:
@@ -309,7 +318,7 @@ async def publish_to(url: str, outbounds: list[Outbound]) -> None:
     connection = await aio_pika.connect(url)
     async with connection, connection.channel() as channel:
         await declare_topology(channel)
-        await testing.publish(channel, outbounds)
+        await broker.publish(channel, outbounds)
 
 
 async def healthz(port: int) -> tuple[int, dict[str, Any]]:
@@ -328,16 +337,16 @@ async def test_consuming_resumes_after_the_broker_is_killed_and_restarted(
     consumer = worker(private_node.url, name, settings, slowed(presence.handler()))
     before = [testing.transition("entered", store, f"a{i}") for i in range(3000)]
     after = [testing.transition("entered", store, f"b{i}") for i in range(1000)]
-    async with health.serving(consumer.state, "127.0.0.1", port), testing.running(consumer):
+    async with health.serving(consumer.state, "127.0.0.1", port), running(consumer):
         await publish_to(private_node.url, before)
-        await testing.eventually(lambda: processed_at_least(presence, 200), what="progress")
+        await eventually(lambda: processed_at_least(presence, 200), what="progress")
         await asyncio.to_thread(private_node.kill)
         assert await presence.call(LedgerDB.processed) < len(before)  # killed mid-stream
-        await testing.eventually(lambda: not consumer.state.connected, what="the loss")
+        await eventually(lambda: not consumer.state.connected, what="the loss")
         assert (await healthz(port))[0] == 503
         await asyncio.to_thread(private_node.start)
         await publish_to(private_node.url, after)
-        await testing.eventually(
+        await eventually(
             lambda: processed_at_least(presence, len(before) + len(after)), 30, "every event"
         )
         status, body = await healthz(port)
@@ -367,14 +376,14 @@ async def processed_at_least(presence: Ledger, count: int) -> bool:
 
 
 async def test_a_handler_that_runs_too_long_is_retried_then_dead_lettered(
-    amqp_url: str, channel: AbstractChannel, scratch: testing.Scratch, store: int
+    amqp_url: str, channel: AbstractChannel, scratch: Scratch, store: int
 ) -> None:
     name, settings = scratch.consumer(f"entered.{store}", handler_timeout_s=0.2)
     handler = Recorder(delay_s=30)  # far beyond its timeout, every time
     consumer = worker(amqp_url, name, settings, Handlers(one=handler))
-    async with testing.running(consumer):
-        await testing.publish(channel, [testing.transition("entered", store, "s1")])
-        await testing.eventually(lambda: consumer.state.dead_lettered == 1, what="dead letter")
+    async with running(consumer):
+        await broker.publish(channel, [testing.transition("entered", store, "s1")])
+        await eventually(lambda: consumer.state.dead_lettered == 1, what="dead letter")
     [dead] = await dead_letters(channel, name)
     assert dead.headers[ATTEMPTS_HEADER] == settings.max_attempts == 3
     assert str(dead.headers[REASON_HEADER]).startswith(HandlerTimeout.__name__)
@@ -409,7 +418,7 @@ class Stall:
 
 
 async def test_a_queue_deleted_under_a_worker_is_declared_again_and_consumed(
-    amqp_url: str, channel: AbstractChannel, scratch: testing.Scratch, store: int
+    amqp_url: str, channel: AbstractChannel, scratch: Scratch, store: int
 ) -> None:
     """The broker cancels the consumer of a deleted queue and keeps the channel open: the
     worker must notice, report it, and consume again rather than wait forever."""
@@ -421,19 +430,19 @@ async def test_a_queue_deleted_under_a_worker_is_declared_again_and_consumed(
         # test looks at /healthz.
         amqp = AmqpSettings(urls=(amqp_url, stalled_url), reconnect_max_s=0.5)
         consumer = Worker(name, settings, amqp, Handlers(one=handler))
-        async with health.serving(consumer.state, "127.0.0.1", port), testing.running(consumer):
-            await testing.publish(channel, [first])
-            await testing.eventually(lambda: consumer.state.acked == 1, what="the first ack")
+        async with health.serving(consumer.state, "127.0.0.1", port), running(consumer):
+            await broker.publish(channel, [first])
+            await eventually(lambda: consumer.state.acked == 1, what="the first ack")
             await channel.queue_delete(queue_name(name), if_unused=False, if_empty=False)
-            await testing.eventually(lambda: stall.connections > 0, what="the worker to move on")
+            await eventually(lambda: stall.connections > 0, what="the worker to move on")
             status, body = await healthz(port)
             assert (status, body["consuming"]) == (503, False)
             assert str(body["last_error"]).startswith("ConsumerCancelled")
             assert body["cancels"] == 1
             stall.released.set()
-            await testing.eventually(lambda: consumer.state.consuming, what="consuming again")
-            await testing.publish(channel, [second])  # routed: the queue is back, bound
-            await testing.eventually(lambda: consumer.state.acked == 2, what="the second ack")
+            await eventually(lambda: consumer.state.consuming, what="consuming again")
+            await broker.publish(channel, [second])  # routed: the queue is back, bound
+            await eventually(lambda: consumer.state.acked == 2, what="the second ack")
             status, body = await healthz(port)
     assert (status, body["consuming"]) == (200, True)
     assert [call[0] for call in handler.calls] == [first.message_id, second.message_id]

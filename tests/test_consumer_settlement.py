@@ -10,7 +10,7 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from consumers import testing, topology
+from consumers import topology
 from consumers.handler import Reject, RetryLater
 from consumers.health import ConsumerState
 from consumers.settlement import (
@@ -28,6 +28,9 @@ from consumers.settlement import (
 )
 from consumers.topology import Topology, queue_name
 from core.settings import ConsumerSettings
+from tests.support import broker
+from tests.support.consumer import Scratch
+from tests.support.waiting import eventually
 
 
 @pytest.fixture
@@ -35,7 +38,7 @@ async def received(
     amqp_url: str, channel: AbstractChannel
 ) -> AsyncIterator[AbstractIncomingMessage]:
     """A message as a worker receives it, with our headers and the broker's."""
-    scratch = testing.Scratch(amqp_url, ConsumerSettings(delivery_limit=5))
+    scratch = Scratch(amqp_url, ConsumerSettings(delivery_limit=5))
     store = random.randrange(10**6, 10**9)
     name, settings = scratch.consumer(f"entered.{store}")
     await topology.declare(channel, name, settings)
@@ -59,7 +62,7 @@ async def received(
         name,
     )
     queue = await channel.get_queue(queue_name(name))
-    await testing.eventually(lambda: waiting(channel, queue.name), what="routing")
+    await eventually(lambda: waiting(channel, queue.name), what="routing")
     first = await queue.get()
     await first.reject(requeue=True)  # so that the broker adds x-delivery-count
     message = await queue.get()
@@ -69,7 +72,7 @@ async def received(
 
 
 async def waiting(channel: AbstractChannel, queue: str) -> bool:
-    return await testing.depth(channel, queue) > 0
+    return await broker.depth(channel, queue) > 0
 
 
 def test_describe_names_the_exception_and_is_bounded() -> None:

@@ -20,8 +20,17 @@ from consumers.topology import (
 from core import contract
 from core.amqp import UNROUTED_ARGUMENTS
 from core.settings import ConsumerSettings
+from tests.support import broker
+from tests.support.consumer import Scratch
+from tests.support.waiting import eventually
 
 BASE = ConsumerSettings(max_attempts=3, retry_base_ms=50, retry_max_ms=100, delivery_limit=2)
+
+
+@pytest.fixture
+def consumer_base() -> ConsumerSettings:
+    """The settings `scratch` makes this module's consumers from."""
+    return BASE
 
 
 def test_one_delay_queue_per_distinct_backoff_step() -> None:
@@ -53,12 +62,12 @@ def test_the_main_queue_dead_letters_at_least_once() -> None:
 
 
 async def test_declaring_twice_is_harmless_and_bindings_select_the_events(
-    channel: AbstractChannel, scratch: testing.Scratch, store: int
+    channel: AbstractChannel, scratch: Scratch, store: int
 ) -> None:
     name, settings = scratch.consumer(f"entered.{store}")
     await topology.declare(channel, name, settings)
     await topology.declare(channel, name, settings)
-    await testing.publish(
+    await broker.publish(
         channel,
         [
             testing.transition("entered", store, "s1"),
@@ -66,25 +75,25 @@ async def test_declaring_twice_is_harmless_and_bindings_select_the_events(
             testing.transition("entered", store + 1, "s2"),
         ],
     )
-    await testing.eventually(lambda: depth_is(channel, queue_name(name), 1), what="routing")
+    await eventually(lambda: depth_is(channel, queue_name(name), 1), what="routing")
     message = await (await channel.get_queue(queue_name(name))).get()
     assert message.routing_key == f"entered.{store}"
     await message.ack()
 
 
 async def test_the_default_binding_is_the_name_followed_by_anything(
-    channel: AbstractChannel, scratch: testing.Scratch, store: int
+    channel: AbstractChannel, scratch: Scratch, store: int
 ) -> None:
     name, settings = scratch.consumer()
     assert topology.bindings(name, settings) == (f"{name}.#",)
     await topology.declare(channel, name, settings)
     exchange = await channel.get_exchange("aifi.events")
     await exchange.publish(aio_pika.Message(b"x"), f"{name}.{store}")
-    await testing.eventually(lambda: depth_is(channel, queue_name(name), 1), what="routing")
+    await eventually(lambda: depth_is(channel, queue_name(name), 1), what="routing")
 
 
 async def test_a_delayed_message_comes_back_to_its_own_queue_only(
-    channel: AbstractChannel, scratch: testing.Scratch, store: int
+    channel: AbstractChannel, scratch: Scratch, store: int
 ) -> None:
     """Both consumers bind the same key: a retry must reach the one that failed it, only."""
     (mine, settings), (other, _) = (scratch.consumer(f"entered.{store}") for _ in range(2))
@@ -92,30 +101,30 @@ async def test_a_delayed_message_comes_back_to_its_own_queue_only(
         await topology.declare(channel, name, settings)
     delay = await channel.get_exchange(DELAY_EXCHANGE)
     await delay.publish(aio_pika.Message(b"x", message_id="m1"), delay_key(mine, 50))
-    assert await testing.depth(channel, queue_name(mine)) == 0  # not before its delay
-    await testing.eventually(lambda: depth_is(channel, queue_name(mine), 1), what="the retry")
-    assert await testing.depth(channel, queue_name(other)) == 0
+    assert await broker.depth(channel, queue_name(mine)) == 0  # not before its delay
+    await eventually(lambda: depth_is(channel, queue_name(mine), 1), what="the retry")
+    assert await broker.depth(channel, queue_name(other)) == 0
 
 
 async def test_the_delivery_limit_sends_a_message_to_the_dead_letter_queue(
-    channel: AbstractChannel, scratch: testing.Scratch, store: int
+    channel: AbstractChannel, scratch: Scratch, store: int
 ) -> None:
     name, settings = scratch.consumer(f"entered.{store}")  # delivery limit 2
     await topology.declare(channel, name, settings)
-    await testing.publish(channel, [testing.transition("entered", store, "s1")])
+    await broker.publish(channel, [testing.transition("entered", store, "s1")])
     queue = await channel.get_queue(queue_name(name))
-    await testing.eventually(lambda: depth_is(channel, queue_name(name), 1), what="routing")
+    await eventually(lambda: depth_is(channel, queue_name(name), 1), what="routing")
     for _ in range(3):
         message = await queue.get()
         await message.reject(requeue=True)
-    await testing.eventually(lambda: depth_is(channel, dead_queue_name(name), 1), what="death")
+    await eventually(lambda: depth_is(channel, dead_queue_name(name), 1), what="death")
     dead = await (await channel.get_queue(dead_queue_name(name))).get()
     assert dead.headers["x-first-death-reason"] == "delivery_limit"
     await dead.ack()
 
 
 async def test_changed_queue_arguments_are_a_clear_error(
-    amqp_url: str, channel: AbstractChannel, scratch: testing.Scratch, store: int
+    amqp_url: str, channel: AbstractChannel, scratch: Scratch, store: int
 ) -> None:
     name, settings = scratch.consumer(f"entered.{store}")
     await topology.declare(channel, name, settings)
@@ -127,7 +136,7 @@ async def test_changed_queue_arguments_are_a_clear_error(
 
 
 async def depth_is(channel: AbstractChannel, queue: str, count: int) -> bool:
-    return await testing.depth(channel, queue) == count
+    return await broker.depth(channel, queue) == count
 
 
 RETURNS = 25  # past RabbitMQ 4.x's default delivery limit of 20
@@ -142,7 +151,7 @@ async def return_repeatedly(channel: AbstractChannel, queue: str, times: int) ->
 
 
 async def test_a_dead_letter_returned_many_times_is_kept(
-    channel: AbstractChannel, scratch: testing.Scratch, store: int
+    channel: AbstractChannel, scratch: Scratch, store: int
 ) -> None:
     """A failed replay or an operator peeking with requeue returns a dead letter; RabbitMQ
     4.x deletes it past 20 returns unless the queue states its own limit."""

@@ -11,7 +11,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from core import contract
-from tests.support import AUTH, Capture, gateway_settings, started_client
+from tests.support.broker import Capture
+from tests.support.gateway import AUTH, gateway_settings, started_client
 
 Client = TestClient[web.Request, web.Application]
 ENTERED = "/webhooks/aifi/entered"

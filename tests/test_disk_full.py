@@ -21,8 +21,9 @@ import aiohttp
 import orjson
 import pytest
 
-from devtools.gatewayproc import GatewayProcess
-from devtools.loadcheck import (
+from devtools.rabbitnode import free_port
+from tests.support.gateway import TOKEN, gateway_env
+from tests.support.loadcheck import (
     EXAMPLE,
     Sent,
     checker_queue,
@@ -32,8 +33,7 @@ from devtools.loadcheck import (
     marked_body,
     markers,
 )
-from devtools.rabbitnode import free_port
-from tests.support import TOKEN, gateway_env
+from tests.support.processes import GatewayProcess
 
 DISK_SIZE = "2m"
 # An `entered` record takes about 3 KiB on disk: 2 MiB hold some 700, so the disk is

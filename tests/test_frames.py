@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Final
 
 import pamqp.body
@@ -16,6 +15,7 @@ from core import contract
 from core.contract import Headers, Outbound
 from gateway import frames
 from gateway.frames import PublishEncoder
+from tests.support import broker
 
 CHANNEL: Final = 7
 MAX_BODY_BYTES: Final = 1024  # small, so bodies span several frames
@@ -37,14 +37,9 @@ outbounds = st.builds(
 
 
 def pamqp_frames(outbound: Outbound) -> bytes:
-    """What aiormq's `basic_publish` writes for `outbound` (see `aiormq.Channel._split_body`)."""
-    properties = pamqp.commands.Basic.Properties(
-        content_type=outbound.content_type,
-        delivery_mode=2,
-        message_id=outbound.message_id,
-        timestamp=datetime.fromtimestamp(outbound.timestamp_s, UTC),
-        headers=dict(outbound.headers),
-    )
+    """What aio-pika writes when the tests publish `outbound` (`broker.message`), through
+    aiormq's `basic_publish` (see `aiormq.Channel._split_body`)."""
+    properties = broker.message(outbound).properties
     method = pamqp.commands.Basic.Publish(
         exchange=contract.EXCHANGE, routing_key=outbound.routing_key, mandatory=True
     )

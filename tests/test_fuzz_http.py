@@ -50,9 +50,10 @@ from core import contract
 from core.amqp import declare_topology
 from core.contract import Event
 from core.settings import LedgerSettings
-from devtools.gatewayproc import GatewayProcess
 from devtools.rabbitnode import free_port
-from tests.support import AUTH, TOKEN, TOKEN_NAME, Capture, Client, token_name_of
+from tests.support.broker import Capture, token_name_of
+from tests.support.gateway import AUTH, TOKEN, TOKEN_NAME, Client
+from tests.support.processes import GatewayProcess
 from tests.test_fuzz_models import (
     CLEAN_TEXT,
     DOCUMENTS,

@@ -24,7 +24,7 @@ from gateway import events
 from gateway.frames import PublishEncoder
 from gateway.handlers import Rejection, parse
 from gateway.models import Customer, Payment, Session, Shopper, Store, Tracking, Transition
-from tests.support import TOKEN_NAME
+from tests.support.gateway import TOKEN_NAME
 
 pytestmark = pytest.mark.slow  # a fault, fuzz or load suite: not in `make test-fast`
 

@@ -18,7 +18,8 @@ from aiohttp.test_utils import TestClient
 
 from core import contract
 from core.settings import Settings
-from tests.support import AUTH, TOKEN, TOKEN_NAME, Capture, gateway_settings, started_client
+from tests.support.broker import Capture
+from tests.support.gateway import AUTH, TOKEN, TOKEN_NAME, gateway_settings, started_client
 
 Client = TestClient[web.Request, web.Application]
 PATHS = {

@@ -1,5 +1,6 @@
 """The import graph: `core` below both, `gateway` and `consumers` never importing each
-other, and a consumer process that does not load the gateway's HTTP side."""
+other, `devtools` importing no test support, and a consumer process that does not load the
+gateway's HTTP side."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ ALLOWED: Final = {
     "core": {"core"},
     "gateway": {"core", "gateway"},
     "consumers": {"core", "consumers"},
+    # Developer tools run the product; test support (tests/support) builds on them, not the
+    # other way round.
+    "devtools": {"core", "gateway", "consumers", "devtools"},
 }
 PROJECT: Final = frozenset({"core", "gateway", "consumers", "devtools", "tests", "bench"})
 

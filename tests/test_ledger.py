@@ -25,7 +25,7 @@ from consumers.handler import Reject
 from consumers.ledger import LedgerDB, LedgerError
 from core.contract import Event
 from core.settings import LedgerSettings
-from devtools.gatewayproc import child_environ
+from tests.support.processes import child_environ
 
 ROOT = Path(__file__).resolve().parent.parent
 STORE = 42

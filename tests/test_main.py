@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from devtools.gatewayproc import GATEWAY_ARGV, child_environ
 from gateway.processes import GC_THRESHOLDS, quiet_gc
-from tests.support import CONFIG
+from tests.support.gateway import CONFIG
+from tests.support.processes import GATEWAY_ARGV, child_environ
 
 # The smallest pipe Linux makes: a larger output blocks in the writer until it is read.
 PIPE_BYTES = 4096

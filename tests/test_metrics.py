@@ -6,7 +6,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import AUTH, Capture
+from tests.support.broker import Capture
+from tests.support.gateway import AUTH
 
 Client = TestClient[web.Request, web.Application]
 

@@ -17,14 +17,26 @@ import pytest
 import yaml
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from consumers import testing, topology
+from consumers import topology
 from consumers.migrate import HOLDING_ARGUMENTS, HOLDING_SUFFIX, MigrationError, migrate
 from consumers.topology import DEAD_EXCHANGE, dead_queue_name
 from core.settings import AmqpSettings, ConsumerSettings
-from devtools.gatewayproc import BIN, CONSUMER_COMMAND, child_environ
+from devtools.stack import BIN, CONSUMER_COMMAND
+from tests.support import broker
+from tests.support.consumer import Scratch
+from tests.support.processes import child_environ
+from tests.support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ConsumerSettings(max_attempts=2, retry_base_ms=50, retry_max_ms=50)
+
+
+@pytest.fixture
+def consumer_base() -> ConsumerSettings:
+    """The settings `scratch` makes this module's consumers from."""
+    return BASE
+
+
 # How the previous release declared `aifi.<name>.dead`: no delivery limit.
 OLD_DEAD_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum"}
 STAMP = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -61,7 +73,7 @@ def assert_intact(found: list[AbstractIncomingMessage], numbers: range) -> None:
 
 @pytest.fixture
 async def old_dead_queue(
-    channel: AbstractChannel, scratch: testing.Scratch, store: int
+    channel: AbstractChannel, scratch: Scratch, store: int
 ) -> AsyncIterator[tuple[str, ConsumerSettings]]:
     """A consumer whose dead-letter queue an earlier release declared; its holding queue is
     deleted afterwards, whatever the test left."""
@@ -102,15 +114,15 @@ async def test_old_arguments_are_replaced_and_every_message_is_kept(
     assert await migrate(amqp, {name: settings}) == {dead_queue_name(name): count}
     # The queues that did not exist are not made; those that differed now match.
     await topology.declare(channel, name, settings)
-    assert_intact(await testing.drain(channel, dead_queue_name(name)), range(count))
+    assert_intact(await broker.drain(channel, dead_queue_name(name)), range(count))
     assert not await exists(amqp_url, dead_queue_name(name) + HOLDING_SUFFIX)
     await bury(channel, name, range(1))  # the binding was applied again
-    await testing.eventually(lambda: depth_is(channel, dead_queue_name(name), 1), what="routing")
+    await eventually(lambda: depth_is(channel, dead_queue_name(name), 1), what="routing")
     assert await migrate(amqp, {name: settings}) == {}  # nothing differs any more
 
 
 async def depth_is(channel: AbstractChannel, queue: str, count: int) -> bool:
-    return await testing.depth(channel, queue) == count
+    return await broker.depth(channel, queue) == count
 
 
 @pytest.mark.parametrize("old_queue_gone", [False, True], ids=["mid-move", "old-queue-gone"])
@@ -136,7 +148,7 @@ async def test_a_migration_interrupted_is_finished_by_running_it_again(
     amqp = AmqpSettings(urls=(amqp_url,))
     assert await migrate(amqp, {name: settings}) == {dead_queue_name(name): len(moved)}
     await topology.declare(channel, name, settings)
-    assert_intact(await testing.drain(channel, dead_queue_name(name)), moved)
+    assert_intact(await broker.drain(channel, dead_queue_name(name)), moved)
     assert not await exists(amqp_url, holding.name)
 
 
@@ -152,7 +164,7 @@ async def test_a_queue_with_consumers_is_not_migrated(
         with pytest.raises(MigrationError, match="stop its workers"):
             await migrate(AmqpSettings(urls=(amqp_url,)), {name: settings})
     assert not await exists(amqp_url, dead_queue_name(name) + HOLDING_SUFFIX)
-    assert await testing.depth(channel, dead_queue_name(name)) == 2  # given back, untouched
+    assert await broker.depth(channel, dead_queue_name(name)) == 2  # given back, untouched
 
 
 async def hold(_: AbstractIncomingMessage) -> None:
@@ -190,4 +202,4 @@ async def test_the_migrate_command_prints_what_it_moved(
     assert process.returncode == 0, stderr
     assert orjson.loads(stdout) == {"migrated": {dead_queue_name(name): 2}}
     await topology.declare(channel, name, settings)
-    assert await testing.depth(channel, dead_queue_name(name)) == 2
+    assert await broker.depth(channel, dead_queue_name(name)) == 2

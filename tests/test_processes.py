@@ -19,14 +19,10 @@ import aiohttp
 import pytest
 
 from core.settings import Settings
-from devtools.gatewayproc import (
-    GATEWAY_ARGV,
-    GATEWAY_MODULE_ARGV,
-    GatewayProcess,
-    group_members,
-    is_alive,
-)
-from devtools.loadcheck import (
+from devtools.rabbitnode import free_port
+from gateway.processes import ORPHAN_DEADLINE_S, die_with_parent, process_settings
+from tests.support.gateway import AUTH, TOKEN, gateway_env, gateway_settings
+from tests.support.loadcheck import (
     Sent,
     Verdict,
     checker_queue,
@@ -37,9 +33,13 @@ from devtools.loadcheck import (
     send_load,
     until_answered,
 )
-from devtools.rabbitnode import free_port
-from gateway.processes import ORPHAN_DEADLINE_S, die_with_parent, process_settings
-from tests.support import AUTH, TOKEN, gateway_env, gateway_settings
+from tests.support.processes import (
+    GATEWAY_ARGV,
+    GATEWAY_MODULE_ARGV,
+    GatewayProcess,
+    group_members,
+    is_alive,
+)
 
 pytestmark = pytest.mark.slow  # a fault, fuzz or load suite: not in `make test-fast`
 

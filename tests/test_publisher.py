@@ -24,7 +24,7 @@ from core.contract import Outbound
 from core.settings import AmqpSettings
 from devtools.rabbitnode import LOOPBACK, free_port
 from gateway.publisher import Publisher, PublishError, Unencodable
-from tests.support import Capture, capturable
+from tests.support.broker import Capture, capturable
 
 
 def outbound(n: int, routing_key: str = "invalid.entered", content_type: str = "x") -> Outbound:

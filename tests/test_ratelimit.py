@@ -10,7 +10,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from gateway.ratelimit import RateLimiter
-from tests.support import AUTH, Capture, gateway_settings, started_client
+from tests.support.broker import Capture
+from tests.support.gateway import AUTH, gateway_settings, started_client
 
 Client = TestClient[web.Request, web.Application]
 

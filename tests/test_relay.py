@@ -22,7 +22,7 @@ from gateway import spool
 from gateway.publisher import Publisher, PublishError, Unencodable
 from gateway.relay import Relay
 from gateway.spool import Spool
-from tests.support import Capture, capturable
+from tests.support.broker import Capture, capturable
 
 NODE_MAX_MESSAGE_BYTES: Final = 64 * 1024
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from devtools.gatewayproc import GatewayProcess
 from devtools.rabbitnode import free_port
-from tests.support import AUTH, TOKEN, gateway_env
+from tests.support.gateway import AUTH, TOKEN, gateway_env
+from tests.support.processes import GatewayProcess
 
 pytestmark = pytest.mark.slow  # a fault, fuzz or load suite: not in `make test-fast`
 

@@ -20,9 +20,9 @@ import pytest
 
 from core.settings import load
 from devtools import stack
-from devtools.gatewayproc import child_environ
 from devtools.rabbitnode import Node, NodeSpec, amqp_reachable, ensure_installed, free_port
-from tests.support import CONFIG
+from tests.support.gateway import CONFIG
+from tests.support.processes import child_environ
 
 ROOT = Path(__file__).resolve().parent.parent
 UP_TIMEOUT_S = 180.0

@@ -17,8 +17,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from devtools.gatewayproc import GatewayProcess
-from devtools.loadcheck import (
+from devtools.rabbitnode import Node, NodeSpec, free_port
+from tests.support.gateway import TOKEN, gateway_env
+from tests.support.loadcheck import (
     Sent,
     Verdict,
     checker_queue,
@@ -29,8 +30,7 @@ from devtools.loadcheck import (
     send_load,
     until_answered,
 )
-from devtools.rabbitnode import Node, NodeSpec, free_port
-from tests.support import TOKEN, gateway_env
+from tests.support.processes import GatewayProcess
 
 pytestmark = pytest.mark.slow  # a fault, fuzz or load suite: not in `make test-fast`
 

@@ -24,7 +24,7 @@ from aiormq.abc import FieldTable
 from core import contract
 from core.amqp import declare_topology
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "entered.json"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "entered.json"
 
 
 def marked_body(template: dict[str, Any], marker: str) -> bytes:

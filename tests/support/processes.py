@@ -1,6 +1,7 @@
-"""A gateway in a subprocess, for fault tests and benchmarks: start, SIGKILL, SIGTERM.
+"""A gateway in a subprocess, for the fault tests: start, SIGKILL, SIGTERM; and the process
+groups and environment of any child a test starts.
 
-Each start is a process group of its own (the gateway, its workers and multiprocessing's
+Each start is a process group of its own (the gateway, its processes and multiprocessing's
 resource tracker), and `stop` kills every group it started, so nothing outlives a test."""
 
 from __future__ import annotations
@@ -15,10 +16,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
-# The commands the tests run as processes; docker-compose.yml must use these (a test checks).
-GATEWAY_COMMAND = ("aifi-gateway",)
-CONSUMER_COMMAND = ("aifi-consumer",)
+from devtools.stack import BIN, GATEWAY_COMMAND
+
 GATEWAY_ARGV = (str(BIN / GATEWAY_COMMAND[0]), *GATEWAY_COMMAND[1:])
 # The same gateway through its other entry point.
 GATEWAY_MODULE_ARGV = (sys.executable, "-m", "gateway")
@@ -65,7 +64,7 @@ def kill_group(pgid: int, timeout_s: float = 10.0) -> None:
 
 class GatewayProcess:
     """One gateway (`aifi-gateway`, or `argv`) on a loopback port, with its settings in
-    `env`; started as a process group of its own, with its workers if it has any."""
+    `env`; started as a process group of its own, with its gateway processes if it has any."""
 
     def __init__(
         self,
@@ -111,7 +110,7 @@ class GatewayProcess:
 
     def kill(self) -> None:
         """SIGKILL of the gateway process alone: a crash, with no chance to flush or drain
-        anything (its workers, if any, are left to notice it)."""
+        anything (its gateway processes, if any, are left to notice it)."""
         assert self.process is not None
         self.process.kill()
         self.process.wait(timeout=10)
