@@ -140,7 +140,8 @@ class Supervisor:
         )
         process.start()
         self._processes[index] = process
-        log.info("gateway process started", extra={"process": index, "pid": process.pid})
+        # Not "process": a LogRecord's own attribute (the pid), which `extra` may not replace.
+        log.info("gateway process started", extra={"process_index": index, "pid": process.pid})
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._stop)
@@ -157,7 +158,7 @@ class Supervisor:
             if not process.is_alive() and not self._stopping:
                 log.error(
                     "gateway process died; restarting it",
-                    extra={"process": index, "exitcode": process.exitcode},
+                    extra={"process_index": index, "exitcode": process.exitcode},
                 )
                 self.start(index)
 

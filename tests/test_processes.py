@@ -190,6 +190,7 @@ async def test_a_killed_process_is_restarted_and_nothing_is_lost(
     two_processes: GatewayProcess,
     amqp_url: str,
     queue_name: str,
+    tmp_path: Path,
     checker_report: Callable[[str, Verdict], None],
 ) -> None:
     assert two_processes.process is not None
@@ -202,6 +203,7 @@ async def test_a_killed_process_is_restarted_and_nothing_is_lost(
     await asyncio.sleep(1.0)  # the supervisor looks every 0.5 s
     replacement = set(process_pids(two_processes.process.pid)) - set(pids)
     assert len(replacement) == 1, "the killed gateway process was not restarted"
+    assert "gateway process died; restarting it" in (tmp_path / "gateway.log").read_text()
 
 
 async def test_a_killed_supervisor_takes_its_processes_along_and_a_restart_loses_nothing(
