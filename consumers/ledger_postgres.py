@@ -183,8 +183,10 @@ def passing(exc: BaseException) -> bool:
         return True
     if not isinstance(exc, psycopg.OperationalError):
         return False
-    if exc.sqlstate:  # from a live connection: 08 connection, 53 resources, 57 shutdown
-        return exc.sqlstate[:2] in ("08", "53", "57", "40")
+    if exc.sqlstate:
+        # From a live connection: 08 connection, 40 rollback (deadlock, serialization),
+        # 53 resources, 55 lock not available, 57 shutdown.
+        return exc.sqlstate[:2] in ("08", "40", "53", "55", "57")
     text = str(exc)
     return "FATAL:" not in text or any(reason in text for reason in STARTING_OR_BUSY)
 
@@ -209,10 +211,14 @@ def parameters(batch: Batch) -> dict[str, Any]:
     }
 
 
-async def migrate(connection: psycopg.AsyncConnection[Any], where: str, create: bool) -> None:
+async def migrate(
+    connection: psycopg.AsyncConnection[Any], where: str, create: bool, timeout_s: float
+) -> None:
     """Bring the schema to `SCHEMA_VERSION` in one transaction, one opener at a time;
-    refuse a schema newer than this release knows."""
+    refuse a schema newer than this release knows. Waiting longer than `timeout_s` for
+    another opener raises `LockNotAvailable`, a passing error."""
     async with connection.transaction():
+        await connection.execute(f"SET LOCAL lock_timeout = {int(timeout_s * 1000):d}")
         await connection.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
         version = await schema_version(connection)
         if version > SCHEMA_VERSION:
@@ -266,7 +272,7 @@ class PostgresStore:
             async with await psycopg.AsyncConnection.connect(
                 settings.url, connect_timeout=connect_timeout
             ) as connection:
-                await migrate(connection, where, create)
+                await migrate(connection, where, create, settings.timeout_s)
         except psycopg.Error as exc:
             if passing(exc):
                 raise LedgerUnavailable(str(exc)) from exc
