@@ -13,7 +13,6 @@ from consumers import ledger, ledger_cli, testing
 from core.contract import Event
 from core.settings import LedgerSettings
 
-
 EVENTS = (
     testing.transition("entered", 1, "s1"),
     testing.transition("entered", 1, "s2"),
@@ -69,7 +68,9 @@ def test_occupancy_of_every_store_and_of_one(
     )
 
 
-def test_a_visit_and_a_tracking_row(written: LedgerSettings, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_visit_and_a_tracking_row(
+    written: LedgerSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, visit = run(capsys, "visit", "s2")
     assert code == 0
     assert (visit["personsEntered"], visit["personsExited"], visit["occupancy"]) == (1, 1, 0)
