@@ -1,16 +1,18 @@
 """The ledger's backends side by side: events per second applied by `aifi-consumer` worker
 processes, and the peak RSS of each, in the same run.
 
-    python -m bench.ledger_bench [--url AMQP_URL] [--pg-url URL] [--count 20000]
+    python -m bench.ledger_bench [--url AMQP_URL] [--pg-url URL] [--count 20000] [--rounds 3]
 
-Four kinds of run, in `rounds` rounds (the best round of each is reported, as timeit
-does: on a shared machine a slow round measures the neighbours), each run on a quorum
-queue of its own that holds the same `count` entries before it starts: the bare consumer (a process that acks and does nothing else), one SQLite ledger
-worker, one PostgreSQL ledger worker, and two PostgreSQL ledger workers competing for one
-queue. Every consumer is a process of its own, so that two workers may use two cores, and
-is timed from its first applied (or acked) event to its last, which leaves out process
-start-up. PostgreSQL is the one at `--pg-url`, else a private node started (and stopped)
-for the run. Peak RSS is each process's VmHWM.
+Four kinds of run, in `rounds` rounds (the best round of each is reported, as timeit does:
+on a shared machine a slow round measures the neighbours), each on a quorum queue of its
+own that holds the same `count` entries before it starts: the bare consumer (a process
+that acks and does nothing else), one SQLite ledger worker, one PostgreSQL ledger worker,
+and two PostgreSQL ledger workers competing for one queue. Every consumer is a process of
+its own, so that two workers may use two cores, and is timed from its first applied (or
+acked) event to its last, which leaves out process start-up. PostgreSQL is the one at
+`--pg-url`, else a private node started (and stopped) for the run. Peak RSS is each
+process's VmHWM; `machine_busy` is the share of all cores busy during a run (the broker,
+PostgreSQL and the workers share them), `workers_cpu_s` the workers' CPU time.
 """
 
 from __future__ import annotations
