@@ -109,14 +109,20 @@ class PgNode:
         pid = self.pid()
         if pid is None:
             return
-        for child in _children(pid):
+        # The children first noted: once the postmaster is gone they belong to init.
+        group = [pid, *_children(pid)]
+        for member in group:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+                os.kill(member, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while self.is_running() and time.monotonic() < deadline:
+        while any(_alive(member) for member in group) and time.monotonic() < deadline:
             time.sleep(0.05)
+        # Where no init reaps orphans (a container) the postmaster stays a zombie, whose pid
+        # still exists: PostgreSQL would take its lock files for a live server's.
+        if not _alive(pid):
+            socket_file = self.base_dir.resolve() / f".s.PGSQL.{self.port}"
+            for stale in (self.data / "postmaster.pid", socket_file, Path(f"{socket_file}.lock")):
+                stale.unlink(missing_ok=True)
 
     def pid(self) -> int | None:
         """The postmaster's pid, if it runs."""
@@ -124,11 +130,7 @@ class PgNode:
             pid = int((self.data / "postmaster.pid").read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return None
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return None
-        return None if state in ("Z", "X") else pid
+        return pid if _alive(pid) else None
 
     def is_running(self) -> bool:
         return self.pid() is not None
@@ -166,6 +168,7 @@ class PgNode:
     def _await_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         isready = [str(bin_dir() / "pg_isready"), "-q", "-h", LOOPBACK, "-p", str(self.port)]
+        isready += ["-U", SUPERUSER, "-d", "postgres"]
         while subprocess.run(isready, check=False).returncode != 0:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"PostgreSQL on port {self.port} is not ready{self._tail()}")
@@ -176,6 +179,15 @@ class PgNode:
             return "\n" + "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def _alive(pid: int) -> bool:
+    """Neither gone nor a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
 
 
 def _children(pid: int) -> list[int]:
