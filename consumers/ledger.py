@@ -36,7 +36,7 @@ from consumers.ledger_effects import (
 )
 from consumers.ledger_postgres import PostgresStore
 from consumers.ledger_sqlite import LedgerDB, SqliteStore, passing
-from core.amqp import backoff_s, redact
+from core.amqp import backoff_s, first_of, redact
 from core.contract import Event
 from core.settings import LedgerSettings
 
@@ -153,10 +153,10 @@ class Ledger:
     async def prune(self, retention_s: float) -> int:
         return await self._store.prune(datetime.now(UTC) - timedelta(seconds=retention_s))
 
-    async def keep_pruned(self, retention_s: float, interval_s: float) -> None:
-        """Prune every `interval_s` for as long as the task lives."""
+    async def keep_pruned(self, retention_s: float, interval_s: float, stop: asyncio.Event) -> None:
+        """Prune every `interval_s` until `stop` is set."""
         failures: tuple[type[Exception], ...] = (LedgerUnavailable, *self._store.errors)
-        while True:
+        while not stop.is_set():
             try:
                 removed = await self.prune(retention_s)
             except failures as exc:
@@ -165,7 +165,7 @@ class Ledger:
             else:
                 if removed:
                     log.info("forgot processed event ids", extra={"count": removed})
-            await asyncio.sleep(interval_s)
+            await first_of(stop.wait(), asyncio.sleep(interval_s))
 
 
 async def connect(settings: LedgerSettings, retry: Retry | None, create: bool = True) -> Store:
@@ -221,10 +221,14 @@ async def pruning(presence: Ledger, settings: LedgerSettings) -> AsyncIterator[L
         yield presence
         return
     retention_s = settings.processed_retention_days * 86_400
-    task = asyncio.create_task(presence.keep_pruned(retention_s, settings.prune_interval_s))
+    stop = asyncio.Event()
+    task = asyncio.create_task(presence.keep_pruned(retention_s, settings.prune_interval_s, stop))
     try:
         yield presence
     finally:
+        # The event as well as the cancel: psycopg turns a cancel that lands mid-query into
+        # an error of its own (QueryCanceled), which the loop would take for a failed prune.
+        stop.set()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
