@@ -13,7 +13,7 @@ PYTEST_ARGS ?= -q
 # The fast loop: no broker, no fault, fuzz or load suite (markers in pyproject.toml).
 FAST_MARKERS := not broker and not slow and not cluster
 
-.PHONY: run test test-fast test-cluster bench tail spool lint rabbitmq-server broker broker-stop clean
+.PHONY: run test test-fast test-cluster bench tail spool lint rabbitmq-server postgresql broker broker-stop clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ node_modules/.installed: package.json package-lock.json
 
 rabbitmq-server: $(VENV)/.installed
 	$(PY) -m devtools.rabbitnode install
+
+# Debian's PostgreSQL for the ledger tests and the benchmark, which start a private node
+# (initdb + pg_ctl in a temporary directory) when none answers at TEST_POSTGRES_URL.
+postgresql: $(VENV)/.installed
+	$(PY) -m devtools.pgnode install
 
 # A node for manual use, left running until `make broker-stop`; `broker-stop` leaves
 # alone a node that a running `make run` or `make bench` owns.
@@ -49,7 +54,7 @@ lint: $(VENV)/.installed
 
 # The suite starts a private node of its own (tests/conftest.py) and never uses the
 # broker of a running `make run`.
-test: lint rabbitmq-server node_modules/.installed
+test: lint rabbitmq-server postgresql node_modules/.installed
 	$(VENV)/bin/pytest $(PYTEST_ARGS) -m "not cluster"
 
 test-fast: $(VENV)/.installed
@@ -58,7 +63,7 @@ test-fast: $(VENV)/.installed
 test-cluster: rabbitmq-server
 	$(VENV)/bin/pytest $(PYTEST_ARGS) -m cluster
 
-bench: rabbitmq-server
+bench: rabbitmq-server postgresql
 	AIFI_AMQP_URL="$(AIFI_AMQP_URL)" $(PY) -m devtools.rabbitnode with \
 	  --url "$(AIFI_AMQP_URL)" --dir $(RABBIT_DIR) -- $(PY) -m bench
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
+from bench import ledger_bench
 from bench.consumer_bench import run
 
 LEDGER_KEY: Final = "ledger_msgs_per_s"
@@ -12,9 +13,11 @@ BARE_KEY: Final = "bare_msgs_per_s"
 
 
 def consumer_figures(amqp_url: str, count: int) -> dict[str, float] | str:
-    """`consumer_bench.run(amqp_url, count)`, or why there are no consumer figures."""
+    """`consumer_bench.run(amqp_url, count)` and `ledger_bench.run`, or why there are no
+    consumer figures."""
     try:
-        return run(amqp_url, count)
+        # The ledger's backends (PostgreSQL with one and two workers) beside them.
+        return run(amqp_url, count) | ledger_bench.run(amqp_url, count)
     # The outermost step of the consumer run: the server figures must be reported anyway.
     except Exception as exc:
         return f"the consumer bench failed: {exc!r}"

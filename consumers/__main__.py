@@ -12,9 +12,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sqlite3
 import sys
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Final
 
 import orjson
@@ -92,17 +91,19 @@ async def handler_for(
         yield load(consumer.handler)
         return
     state.starting = "opening ledger"
-    async with ledger.opened(settings.ledger, waiting_for_ledger(state, stop)) as presence:
+    outage = ledger.Outage(waiting_for_database(state, stop), database_back(state))
+    async with ledger.opened(settings.ledger, waiting_for_ledger(state, stop), outage) as presence:
         state.starting = None
-        log.info("ledger open", extra={"consumer": state.consumer, "db": str(settings.ledger.db)})
+        log.info("ledger open", extra={"consumer": state.consumer, "db": presence.where})
         yield presence.handler()
 
 
 def waiting_for_ledger(state: ConsumerState, stop: asyncio.Event) -> ledger.Retry:
-    """Back off while another process holds the ledger locked (another worker creating it,
-    a long transaction), saying so in the log and on /healthz; raise `Stopped` if told to."""
+    """Back off while the ledger cannot be opened yet (another process holds the SQLite
+    file locked; PostgreSQL is down or starting up), saying so in the log and on /healthz;
+    raise `Stopped` if told to stop."""
 
-    async def retry(exc: sqlite3.OperationalError, attempt: int) -> None:
+    async def retry(exc: Exception, attempt: int) -> None:
         pause_s = backoff_s(attempt, LEDGER_RETRY_MAX_S)
         state.starting = f"opening ledger: {exc}, retrying in {pause_s:g} s"
         log.warning(
@@ -114,6 +115,29 @@ def waiting_for_ledger(state: ConsumerState, stop: asyncio.Event) -> ledger.Retr
             raise Stopped
 
     return retry
+
+
+def waiting_for_database(state: ConsumerState, stop: asyncio.Event) -> ledger.Retry:
+    """Back off while the ledger's database is away mid-stream: the batch stays in hand,
+    unacked, and /healthz answers 503 saying why. Told to stop, give the batch up: it fails
+    as an attempt and goes back through the retry queues, nothing lost."""
+
+    async def retry(exc: Exception, attempt: int) -> None:
+        pause_s = backoff_s(attempt, LEDGER_RETRY_MAX_S)
+        state.waiting = f"ledger unavailable: {exc}, retrying in {pause_s:g} s"
+        await first_of(stop.wait(), asyncio.sleep(pause_s))
+        if stop.is_set():
+            raise ledger.LedgerUnavailable(f"stopping while the ledger is unavailable: {exc}")
+
+    return retry
+
+
+def database_back(state: ConsumerState) -> Callable[[], None]:
+    def over() -> None:
+        state.waiting = None
+        log.info("ledger available again", extra={"consumer": state.consumer})
+
+    return over
 
 
 async def serve(settings: Settings, name: str, consumer: ConsumerSettings) -> None:

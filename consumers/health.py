@@ -29,6 +29,8 @@ class ConsumerState:
     consumer: str
     # What the worker does before it can consume (its ledger being locked, say); None after.
     starting: str | None = None
+    # What a consuming worker waits for (its ledger's database, say); None when nothing.
+    waiting: str | None = None
     connected: bool = False
     consuming: bool = False
     reconnects: int = 0
@@ -65,7 +67,7 @@ def create_app(state: ConsumerState) -> web.Application:
         # for the broker as unhealthy rather than as fine.
         return web.Response(
             body=orjson.dumps(state.snapshot()),
-            status=200 if state.consuming else 503,
+            status=200 if state.consuming and state.waiting is None else 503,
             content_type="application/json",
         )
 

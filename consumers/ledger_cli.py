@@ -4,21 +4,25 @@
     aifi-ledger visit SESSION_ID
     aifi-ledger tracking UNIQUE_EVENT_ID
 
-The database is `ledger.db` from the settings (`AIFI_LEDGER_DB`), or `--db PATH`. A visit or
-tracking row that does not exist prints `null` and exits 1.
+The ledger is the one the settings name (`ledger.url`, `AIFI_LEDGER_URL`; else the SQLite
+file `ledger.db`, `AIFI_LEDGER_DB`), or `--url URL`, or the SQLite file `--db PATH`. A visit
+or tracking row that does not exist prints `null` and exits 1; a ledger that does not
+exist exits 2, and is not created.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from pathlib import Path
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
-from consumers.ledger import LedgerDB
-from core.settings import LedgerSettings, SettingsError, load
+from consumers import ledger
+from core.settings import LedgerSettings, SettingsError, describe, load
 
 
 def parser() -> argparse.ArgumentParser:
@@ -27,7 +31,9 @@ def parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--db", type=Path, help="ledger database (default: ledger.db setting)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--db", type=Path, help="SQLite ledger file (default: the settings')")
+    where.add_argument("--url", help="ledger URL, postgresql://... (default: the settings')")
     commands = parser.add_subparsers(dest="command", required=True)
     occupancy = commands.add_parser("occupancy", help="people inside, per store")
     occupancy.add_argument("--store", type=int, help="only this storeId")
@@ -36,12 +42,12 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
-def query(db: LedgerDB, args: argparse.Namespace) -> Any:
+async def query(presence: ledger.Ledger, args: argparse.Namespace) -> Any:
     if args.command == "visit":
-        return db.visit(args.session_id)
+        return await presence.visit(args.session_id)
     if args.command == "tracking":
-        return db.tracking(args.unique_event_id)
-    stores = db.occupancy(args.store)
+        return await presence.tracking(args.unique_event_id)
+    stores = await presence.occupancy(args.store)
     if args.store is not None:
         return (
             stores[0]
@@ -51,27 +57,32 @@ def query(db: LedgerDB, args: argparse.Namespace) -> Any:
     return {"occupancy": sum(s["occupancy"] for s in stores), "stores": stores}
 
 
-def ledger_settings(db: Path | None) -> LedgerSettings:
+def ledger_settings(db: Path | None, url: str | None) -> LedgerSettings:
     settings = load().ledger
-    path = db or settings.db
-    # Reading must not create an empty ledger where a mistyped path points.
-    if not path.exists():
-        raise SettingsError(f"no ledger database at {path}")
-    return settings.model_copy(update={"db": path})
+    if db is not None:
+        return settings.model_copy(update={"url": "", "db": db})
+    if url is None:
+        return settings
+    try:
+        return LedgerSettings.model_validate(settings.model_dump() | {"url": url})
+    except ValidationError as exc:
+        raise SettingsError(describe(exc).replace("url:", "--url:")) from None
+
+
+async def read(settings: LedgerSettings, args: argparse.Namespace) -> Any:
+    # Reading must not create an empty ledger where a mistyped path or URL points.
+    async with ledger.opened(settings, create=False) as presence:
+        return await query(presence, args)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     try:
-        settings = ledger_settings(args.db)
-    except SettingsError as exc:
+        settings = ledger_settings(args.db, args.url)
+        result = asyncio.run(read(settings, args))
+    except (SettingsError, ledger.LedgerError) as exc:
         print(f"aifi-ledger: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    db = LedgerDB.open(settings)
-    try:
-        result = query(db, args)
-    finally:
-        db.close()
     sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
     if result is None:
         raise SystemExit(1)

@@ -132,14 +132,44 @@ class ConsumerSettings(_Section):
     health_port: int = Field(0, ge=0, le=65535)  # 0: no health endpoint
 
 
+POSTGRES_SCHEMES: Final = ("postgresql://", "postgres://")
+SQLITE_SCHEME: Final = "sqlite:///"
+
+
 class LedgerSettings(_Section):
-    db: Path = Path("data/ledger.sqlite3")
+    # Where the ledger is: empty for the SQLite file `db`; `sqlite:///relative/path` or
+    # `sqlite:////absolute/path`; or `postgresql://user:password@host:port/database`.
+    url: str = ""
+    db: Path = Path("data/ledger.sqlite3")  # the SQLite file when `url` is empty
     # FULL: a commit survives power loss, which acking after the commit relies on.
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
     busy_timeout_ms: int = Field(10_000, ge=0)  # the three workers share one database file
     # How long an applied event's id is kept to recognise a redelivery; 0 keeps them forever.
     processed_retention_days: float = Field(7, ge=0)
     prune_interval_s: float = Field(600, gt=0)
+    # PostgreSQL: connections each worker keeps, and how long a statement or a wait for a
+    # connection may take before the database counts as unavailable.
+    pool_size: int = Field(4, gt=0)
+    timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        if url and not url.startswith((*POSTGRES_SCHEMES, SQLITE_SCHEME)):
+            # Never echo the URL: it may hold a password.
+            raise ValueError("must start with postgresql://, postgres:// or sqlite:///")
+        return url
+
+    @property
+    def backend(self) -> Literal["sqlite", "postgresql"]:
+        return "postgresql" if self.url.startswith(POSTGRES_SCHEMES) else "sqlite"
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The SQLite file: the `url`'s path if it names one, else `db`."""
+        if self.url.startswith(SQLITE_SCHEME):
+            return Path(self.url.removeprefix(SQLITE_SCHEME))
+        return self.db
 
 
 def default_consumers() -> dict[str, ConsumerSettings]:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -20,7 +22,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from core.amqp import declare_topology
-from core.settings import ConsumerSettings, Settings
+from core.settings import ConsumerSettings, LedgerSettings, Settings
+from devtools import pgnode
 from devtools.rabbitnode import Node, NodeSpec, ensure_installed, free_port
 from tests.support.broker import Capture
 from tests.support.consumer import Scratch
@@ -28,6 +31,9 @@ from tests.support.gateway import gateway_settings, started_client
 from tests.support.loadcheck import Verdict
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+# A PostgreSQL the ledger tests may use instead of starting one of their own (each test
+# works in a schema of its own there, dropped afterwards).
+TEST_POSTGRES_URL = "TEST_POSTGRES_URL"
 
 
 # Set for the session and inherited by every process it starts, gateways, workers and
@@ -64,6 +70,51 @@ def broker_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
 def amqp_url(broker_node: Node) -> str:
     """The URL of the session's own broker."""
     return broker_node.url
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server: the one at `TEST_POSTGRES_URL` if it answers, else a private
+    node of this session's own, on a free port, its data in a temporary directory that the
+    `postgres` user can reach, stopped at the end. A node that cannot start fails the run."""
+    given = os.environ.get(TEST_POSTGRES_URL, "")
+    if given and pgnode.reachable(given):
+        yield given
+        return
+    base = Path(tempfile.mkdtemp(prefix="aifi-test-pg-"))
+    node = pgnode.PgNode(base, free_port())
+    try:
+        pgnode.ensure_installed()
+        node.start(timeout_s=120)
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+        node.kill()
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.fail(f"cannot start the test session's PostgreSQL: {exc}", pytrace=False)
+    yield node.url
+    node.stop()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_url(postgres_url: str) -> Iterator[str]:
+    """`postgres_url` in a schema of this test's own (its `search_path`), dropped after."""
+    import psycopg  # only the tests that use PostgreSQL need the driver loaded
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+    separator = "&" if "?" in postgres_url else "?"
+    yield f"{postgres_url}{separator}options=-csearch_path%3D{schema}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_settings(request: pytest.FixtureRequest, tmp_path: Path) -> LedgerSettings:
+    """A new, empty ledger on each backend: a SQLite file, a PostgreSQL schema."""
+    if request.param == "sqlite":
+        return LedgerSettings(db=tmp_path / "data" / "ledger.sqlite3")
+    return LedgerSettings(url=request.getfixturevalue("pg_url"))
 
 
 @pytest.fixture

@@ -112,6 +112,34 @@ def test_every_worker_serves_health_and_metrics_on_all_interfaces(
         assert consumer.health_host == "0.0.0.0", name
 
 
+def test_postgres_is_pinned_checked_with_pg_isready_and_kept_in_a_volume(
+    compose: dict[str, Any],
+) -> None:
+    postgres = compose["services"]["postgres"]
+    image, _, version = postgres["image"].partition(":")
+    assert (image, version.split(".")[0]) == ("postgres", "17")
+    assert "." in version, "a pinned minor version"
+    assert postgres["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
+    [volume] = postgres["volumes"]
+    assert volume.split(":")[0] in compose["volumes"]
+    assert postgres["profiles"] == ["postgres"]
+    assert postgres["environment"]["POSTGRES_PASSWORD"].startswith("${")
+
+
+def test_the_postgres_profile_runs_each_worker_on_the_postgres_ledger(
+    compose: dict[str, Any],
+) -> None:
+    workers = {n: s for n, s in ours(compose).items() if s.get("profiles") == ["postgres"]}
+    assert {s["command"][1] for s in workers.values()} == set(BUILT_IN)
+    for name, service in workers.items():
+        assert service["depends_on"]["postgres"]["condition"] == "service_healthy", name
+        environ = {**service["environment"], "AIFI_CONFIG": str(ROOT / "config.yaml")}
+        ledger = load(environ).ledger
+        assert ledger.backend == "postgresql", name
+        assert ledger.url.startswith("postgresql://aifi:${POSTGRES_PASSWORD"), name
+        assert ledger.url.endswith("@postgres:5432/aifi"), name
+
+
 def ignore_rules() -> list[tuple[bool, re.Pattern[str]]]:
     """.dockerignore as (excludes, pattern) in order; the last rule that matches wins."""
     rules = []

@@ -1,5 +1,6 @@
-"""The presence ledger on its own: counting, idempotency and order independence in SQLite,
-and opening it from many processes at once."""
+"""The presence ledger on its own, on both backends (SQLite and PostgreSQL): counting,
+idempotency, order independence, concurrent writers against the reference model, pruning,
+schema versions; and, for SQLite, opening one file from many processes at once."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import asyncio
 import contextlib
 import itertools
 import os
+import random
 import re
 import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -22,10 +24,19 @@ import pytest
 
 from consumers import ledger, testing
 from consumers.handler import Reject
-from consumers.ledger import LedgerDB, LedgerError
+from consumers.ledger import (
+    SCHEMA_VERSION,
+    Ledger,
+    LedgerDB,
+    LedgerError,
+    LedgerMissing,
+    SchemaTooNew,
+)
 from core.contract import Event
 from core.settings import LedgerSettings
+from tests import ledger_reference as reference, ledger_schema as schema
 from tests.support.processes import child_environ
+from tests.support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 STORE = 42
@@ -64,95 +75,164 @@ def without(event: Event, field: str) -> Event:
 
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[LedgerDB]:
+    """The SQLite ledger's own connection, for what only SQLite has (locks, WAL, files)."""
     opened = LedgerDB.open(LedgerSettings(db=tmp_path / "data" / "ledger.sqlite3"))
     yield opened
     opened.close()
 
 
-def state(db: LedgerDB, *sessions: str) -> Any:
-    return [db.visit(s) for s in sessions], db.occupancy()
+@pytest.fixture
+async def presence(ledger_settings: LedgerSettings) -> AsyncIterator[Ledger]:
+    """A new ledger on each backend."""
+    async with ledger.opened(ledger_settings) as opened:
+        yield opened
 
 
-def test_twins_count_as_two_exits(db: LedgerDB) -> None:
+async def test_twins_count_as_two_exits(presence: Ledger) -> None:
     left_twice = [event("exited"), event("exited")]
     assert left_twice[0].data["fingerprint"] == left_twice[1].data["fingerprint"]
-    db.apply([event("entered"), event("entered"), *left_twice])
-    visit = db.visit("s1")
+    await presence.apply([event("entered"), event("entered"), *left_twice])
+    visit = await presence.visit("s1")
     assert visit is not None
     assert (visit["personsEntered"], visit["personsExited"], visit["occupancy"]) == (2, 2, 0)
 
 
-def test_a_redelivered_event_counts_once(db: LedgerDB) -> None:
+async def test_a_redelivered_event_counts_once(presence: Ledger) -> None:
     entered = event("entered")
-    assert db.apply([entered, entered]) == 1
-    assert db.apply([entered]) == 0
-    assert db.processed() == 1
-    assert db.occupancy() == [{"storeId": STORE, "occupancy": 1, "openSessions": 1, "sessions": 1}]
+    assert await presence.apply([entered, entered]) == 1
+    assert await presence.apply([entered]) == 0
+    assert await presence.processed() == 1
+    assert await presence.occupancy() == [
+        {"storeId": STORE, "occupancy": 1, "openSessions": 1, "sessions": 1}
+    ]
 
 
-def test_every_order_of_a_visit_ends_in_the_same_state(tmp_path: Path) -> None:
+def group_visit(session: str) -> list[Event]:
     """A group of two: two entries, two twin exits, one of them delivered twice."""
     events = [
-        event("entered", timeOfOrigin="2024-05-01T10:00:00Z"),
-        event("entered", timeOfOrigin="2024-05-01T10:00:00.250Z", shopperId="p-2"),
-        event("exited", timeOfOrigin="2024-05-01T10:30:00.5Z"),
-        event("exited", timeOfOrigin="2024-05-01T10:30:00Z"),
+        event("entered", session, timeOfOrigin="2024-05-01T10:00:00Z"),
+        event("entered", session, timeOfOrigin="2024-05-01T10:00:00.250Z", shopperId="p-2"),
+        event("exited", session, timeOfOrigin="2024-05-01T10:30:00.5Z"),
+        event("exited", session, timeOfOrigin="2024-05-01T10:30:00Z"),
     ]
-    events.append(events[2])
+    return [*events, events[2]]
+
+
+async def test_every_order_of_a_visit_ends_in_the_same_state(presence: Ledger) -> None:
+    """Each order of the same five deliveries, one by one, on a session of its own."""
     outcomes = set()
-    for n, order in enumerate(itertools.permutations(events)):
-        db = LedgerDB.open(LedgerSettings(db=tmp_path / f"{n}.sqlite3"))
-        for single in order:
-            db.apply([single])
-        outcomes.add(orjson.dumps(state(db, "s1")))
-        db.close()
+    for n, order in enumerate(itertools.permutations(range(5))):
+        events = group_visit(f"order-{n}")
+        for index in order:
+            await presence.apply([events[index]])
+        visit = await presence.visit(f"order-{n}")
+        assert visit is not None
+        # The greatest non-null ("p-2" < "p-order-..."), whatever came first.
+        assert visit["shopperId"] == f"p-order-{n}"
+        outcomes.add(orjson.dumps(visit | dict.fromkeys(("sessionId", "shopperId", "customerId"))))
     assert len(outcomes) == 1
-    [visit], _ = orjson.loads(outcomes.pop())
+    visit = orjson.loads(outcomes.pop())
     assert visit["firstEntered"] == "2024-05-01T10:00:00.000000Z"
     assert visit["lastExited"] == "2024-05-01T10:30:00.500000Z"
     assert (visit["personsEntered"], visit["personsExited"]) == (2, 2)
-    assert visit["shopperId"] == "p-s1"  # the greatest non-null, whatever came first
 
 
-def test_an_exit_before_its_entry_never_makes_occupancy_negative(db: LedgerDB) -> None:
-    db.apply([event("exited", "s1"), event("exited", "s1"), event("entered", "s2")])
-    assert db.occupancy(STORE) == [
+async def test_an_exit_before_its_entry_never_makes_occupancy_negative(presence: Ledger) -> None:
+    await presence.apply([event("exited", "s1"), event("exited", "s1"), event("entered", "s2")])
+    assert await presence.occupancy(STORE) == [
         {"storeId": STORE, "occupancy": 1, "openSessions": 1, "sessions": 2}
     ]
-    db.apply([event("entered", "s1")])
-    visit = db.visit("s1")
+    await presence.apply([event("entered", "s1")])
+    visit = await presence.visit("s1")
     assert visit is not None
     assert visit["occupancy"] == 0
-    assert db.occupancy()[0]["occupancy"] == 1
+    assert (await presence.occupancy())[0]["occupancy"] == 1
 
 
-def test_tracking_is_one_row_per_unique_event_id(db: LedgerDB) -> None:
+async def test_tracking_is_one_row_per_unique_event_id(presence: Ledger) -> None:
     matched, unmatched = tracking("u-1", "p-9"), tracking("u-2")
-    assert db.apply([matched, matched, unmatched]) == 2
-    assert db.apply([tracking("u-1", "p-9")]) == 0  # the same call again: the same event id
-    row, other = db.tracking("u-1"), db.tracking("u-2")
+    assert await presence.apply([matched, matched, unmatched]) == 2
+    # The same call again: the same event id.
+    assert await presence.apply([tracking("u-1", "p-9")]) == 0
+    row, other = await presence.tracking("u-1"), await presence.tracking("u-2")
     assert row is not None
     assert other is not None
     assert (row["shopperId"], row["matched"], row["storeId"]) == ("p-9", True, STORE)
     assert row["timeOfOrigin"] == "2024-05-01T12:00:00.000000Z"
     assert (other["shopperId"], other["matched"]) == (None, False)
-    assert db.tracking("u-3") is None
+    assert await presence.tracking("u-3") is None
 
 
-def test_a_batch_is_all_or_nothing(db: LedgerDB) -> None:
+async def test_a_batch_is_all_or_nothing(presence: Ledger) -> None:
     good, bad = event("entered", "s1"), without(event("entered", "s2"), "sessionId")
     with pytest.raises(Reject, match="no sessionId"):
-        db.apply([good, bad])
-    assert db.processed() == 0
-    assert db.visit("s1") is None
-    assert db.apply([good]) == 1
+        await presence.apply([good, bad])
+    assert await presence.processed() == 0
+    assert await presence.visit("s1") is None
+    assert await presence.apply([good]) == 1
 
 
-def test_a_time_that_is_not_iso_is_rejected(db: LedgerDB) -> None:
+async def test_a_time_that_is_not_iso_is_rejected(presence: Ledger) -> None:
     broken = event("entered")
     broken.data["timeOfOrigin"] = "yesterday"
     with pytest.raises(Reject, match="not an ISO time"):
-        db.apply([broken])
+        await presence.apply([broken])
+
+
+def mixed_stream(count: int) -> list[Event]:
+    """Entries, twin exits (some before their entries), tracking matches, and redeliveries,
+    over a few stores, some sessions with fields that differ from event to event."""
+    rng = random.Random(count)
+    events: list[Event] = []
+    matches: set[tuple[int, str]] = set()
+    for n in range(count):
+        session, store = f"m{n % (count // 4 or 1)}", 100 + n % 3
+        kind = rng.choice(["entered", "exited", "exited", "tracking"])
+        at = f"2024-05-01T10:{n % 60:02d}:00Z"
+        if kind == "tracking":
+            # One call per (store, uniqueEventId), the event id's key: a match seen by two
+            # stores is two events on one row.
+            match, shopper = f"u{n % 11}", rng.choice([None, f"p{n % 7}"])
+            if (store, match) in matches:
+                continue
+            matches.add((store, match))
+            body = testing.tracking(store, match, shopper).body
+        elif kind == "entered":
+            body = testing.transition("entered", store, session, timeOfOrigin=at).body
+        else:
+            body = testing.transition("exited", store, session, timeOfOrigin=at).body
+        events.append(Event.from_body(body))
+    return events + rng.sample(events, count // 5)  # redeliveries: the same event ids
+
+
+async def test_the_ledger_equals_the_reference_model_of_a_mixed_stream(presence: Ledger) -> None:
+    events = mixed_stream(400)
+    rng = random.Random(7)
+    shuffled = rng.sample(events, len(events))
+    for start in range(0, len(shuffled), 37):
+        await presence.apply(shuffled[start : start + 37])
+    assert await reference.differences(presence, events) == []
+
+
+async def test_concurrent_writers_of_overlapping_batches_equal_the_reference_model(
+    ledger_settings: LedgerSettings,
+) -> None:
+    """Four ledgers (four connections, as four workers have) apply batches at once that
+    share sessions and event ids, in different orders: nothing lost, nothing counted twice,
+    no deadlock left unresolved."""
+    events = mixed_stream(800)
+    async with contextlib.AsyncExitStack() as stack:
+        writers = [
+            await stack.enter_async_context(ledger.opened(ledger_settings)) for _ in range(4)
+        ]
+
+        async def write(writer: Ledger, seed: int) -> None:
+            order = random.Random(seed).sample(events, len(events))
+            for start in range(0, len(order), 64):
+                await writer.apply(order[start : start + 64])
+
+        await asyncio.gather(*(write(w, n) for n, w in enumerate(writers)))
+        assert await reference.differences(writers[0], events) == []
 
 
 def test_times_compare_as_times_not_as_text() -> None:
@@ -172,7 +252,7 @@ def test_times_before_year_1000_keep_a_fixed_width() -> None:
     assert early < late
 
 
-async def test_the_async_ledger_runs_off_the_event_loop(tmp_path: Path) -> None:
+async def test_the_sqlite_ledger_runs_off_the_event_loop(tmp_path: Path) -> None:
     settings = LedgerSettings(db=tmp_path / "ledger.sqlite3")
     async with ledger.opened(settings) as presence:
         handler = presence.handler()
@@ -185,39 +265,94 @@ async def test_the_async_ledger_runs_off_the_event_loop(tmp_path: Path) -> None:
     reopened.close()
 
 
-def test_pruning_forgets_only_ids_applied_before_the_cutoff(db: LedgerDB) -> None:
+async def test_pruning_forgets_only_ids_applied_before_the_cutoff(presence: Ledger) -> None:
     old, recent = event("entered", "old"), event("entered", "recent")
-    db.apply([old])
+    await presence.apply([old])
+    await asyncio.sleep(0.01)
     cutoff = datetime.now(UTC)
-    db.apply([recent])
-    assert db.prune(cutoff) == 1
-    assert db.processed() == 1
-    assert db.apply([recent]) == 0, "a recent redelivery is still recognised"
-    assert db.apply([old]) == 1, "past the retention an id is forgotten"
-    assert db.prune(cutoff - timedelta(days=1)) == 0
+    await asyncio.sleep(0.01)
+    await presence.apply([recent])
+    retention_s = (datetime.now(UTC) - cutoff).total_seconds()
+    assert await presence.prune(retention_s) == 1
+    assert await presence.processed() == 1
+    assert await presence.apply([recent]) == 0, "a recent redelivery is still recognised"
+    assert await presence.apply([old]) == 1, "past the retention an id is forgotten"
+    assert await presence.prune(86_400) == 0
 
 
-async def test_the_opened_ledger_prunes_in_the_background(tmp_path: Path) -> None:
-    settings = LedgerSettings(
-        db=tmp_path / "ledger.sqlite3", processed_retention_days=1e-9, prune_interval_s=0.01
+async def test_the_opened_ledger_prunes_in_the_background(ledger_settings: LedgerSettings) -> None:
+    settings = ledger_settings.model_copy(
+        update={"processed_retention_days": 1e-9, "prune_interval_s": 0.01}
     )
     async with ledger.opened(settings) as presence:
         assert await presence.apply([event("entered")]) == 1
-        for _ in range(500):  # up to 5 s
-            if not await presence.call(LedgerDB.processed):
-                break
-            await asyncio.sleep(0.01)
-        assert await presence.call(LedgerDB.processed) == 0
+        await eventually(lambda: _none_processed(presence), 5, "the processed id to be pruned")
 
 
-async def test_a_retention_of_zero_keeps_every_id(tmp_path: Path) -> None:
-    settings = LedgerSettings(
-        db=tmp_path / "ledger.sqlite3", processed_retention_days=0, prune_interval_s=0.01
+async def _none_processed(presence: Ledger) -> bool:
+    return await presence.processed() == 0
+
+
+async def test_a_retention_of_zero_keeps_every_id(ledger_settings: LedgerSettings) -> None:
+    settings = ledger_settings.model_copy(
+        update={"processed_retention_days": 0, "prune_interval_s": 0.01}
     )
     async with ledger.opened(settings) as presence:
         await presence.apply([event("entered")])
         await asyncio.sleep(0.1)
-        assert await presence.call(LedgerDB.processed) == 1
+        assert await presence.processed() == 1
+
+
+async def test_ping_answers_while_the_database_does(presence: Ledger) -> None:
+    await presence.ping()
+
+
+async def test_a_reader_does_not_create_a_ledger(ledger_settings: LedgerSettings) -> None:
+    with pytest.raises(LedgerMissing):
+        async with ledger.opened(ledger_settings, create=False):
+            pass
+    async with ledger.opened(ledger_settings):
+        pass
+    async with ledger.opened(ledger_settings, create=False) as reader:
+        assert await reader.occupancy() == []
+
+
+async def test_a_new_ledger_is_at_this_releases_schema_version(
+    ledger_settings: LedgerSettings,
+) -> None:
+    async with ledger.opened(ledger_settings):
+        pass
+    assert await schema.version(ledger_settings) == SCHEMA_VERSION
+
+
+async def test_a_ledger_from_before_the_version_table_is_migrated_and_keeps_its_rows(
+    ledger_settings: LedgerSettings,
+) -> None:
+    """Version 1: the layout of the releases before the version table, with a visit."""
+    await schema.create_version_1(ledger_settings, session="kept", store=STORE)
+    async with ledger.opened(ledger_settings) as presence:
+        assert await presence.apply([event("entered", "kept")]) == 1
+        visit = await presence.visit("kept")
+        assert visit is not None
+        assert visit["personsEntered"] == 2
+        assert await presence.processed() == 2
+    assert await schema.version(ledger_settings) == SCHEMA_VERSION
+
+
+async def test_a_ledger_of_a_newer_schema_is_refused_at_once(
+    ledger_settings: LedgerSettings,
+) -> None:
+    async with ledger.opened(ledger_settings):
+        pass
+    await schema.set_version(ledger_settings, SCHEMA_VERSION + 1)
+
+    async def retry(exc: Exception, attempt: int) -> None:
+        raise AssertionError(f"waited for a permanent failure: {exc}")
+
+    newer = f"schema version {SCHEMA_VERSION + 1}, newer than this release's {SCHEMA_VERSION}"
+    with pytest.raises(SchemaTooNew, match=re.escape(newer)):
+        async with ledger.opened(ledger_settings, retry):
+            pass
 
 
 @contextlib.contextmanager
@@ -288,7 +423,7 @@ async def test_opening_waits_while_another_connection_holds_the_ledger_locked(
     failures: list[str] = []
     with locked(settings.db) as holder:
 
-        async def retry(exc: sqlite3.OperationalError, attempt: int) -> None:
+        async def retry(exc: Exception, attempt: int) -> None:
             failures.append(f"{attempt}: {exc}")
             if attempt == 2:
                 holder.execute("COMMIT")
@@ -325,7 +460,7 @@ async def test_a_ledger_that_cannot_be_opened_fails_without_waiting(
 ) -> None:
     path = where(tmp_path)
 
-    async def retry(exc: sqlite3.OperationalError, attempt: int) -> None:
+    async def retry(exc: Exception, attempt: int) -> None:
         raise AssertionError(f"waited for a permanent failure: {exc}")
 
     expected = f"{re.escape(f'cannot open the ledger at {path}: ')}.*{complaint}"

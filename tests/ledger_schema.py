@@ -1,0 +1,55 @@
+"""Reaching under the ledger: its schema version, and a ledger as an older release left it."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from datetime import UTC, datetime
+
+import psycopg
+
+from consumers import ledger_postgres, ledger_sqlite
+from core.settings import LedgerSettings
+
+V1_VISIT = (
+    "INSERT INTO visits (session_id, store_id, persons_entered, persons_exited)"
+    " VALUES ({p}, {p}, 1, 0)"
+)
+V1_PROCESSED = "INSERT INTO processed VALUES ({p}, 'entered', {p})"
+
+
+async def version(settings: LedgerSettings) -> int:
+    if settings.backend == "sqlite":
+        db = ledger_sqlite.LedgerDB.open(settings)
+        try:
+            return db.version()
+        finally:
+            db.close()
+    async with await psycopg.AsyncConnection.connect(settings.url) as connection:
+        return await ledger_postgres.schema_version(connection)
+
+
+async def set_version(settings: LedgerSettings, number: int) -> None:
+    if settings.backend == "sqlite":
+        with contextlib.closing(sqlite3.connect(settings.sqlite_path)) as db, db:
+            db.execute("UPDATE schema_version SET version = ?", (number,))
+        return
+    async with await psycopg.AsyncConnection.connect(settings.url, autocommit=True) as connection:
+        await connection.execute("UPDATE schema_version SET version = %s", (number,))
+
+
+async def create_version_1(settings: LedgerSettings, session: str, store: int) -> None:
+    """The layout before the version table, holding one visit and its processed event."""
+    if settings.backend == "sqlite":
+        settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.closing(sqlite3.connect(settings.sqlite_path)) as db, db:
+            for statement in filter(str.strip, ledger_sqlite.MIGRATIONS[1].split(";")):
+                db.execute(statement)
+            db.execute(V1_VISIT.format(p="?"), (session, store))
+            db.execute(V1_PROCESSED.format(p="?"), ("old-event", datetime.now(UTC).isoformat()))
+        return
+    async with await psycopg.AsyncConnection.connect(settings.url, autocommit=True) as connection:
+        for statement in ledger_postgres.MIGRATIONS[1]:
+            await connection.execute(statement)
+        await connection.execute(V1_VISIT.format(p="%s"), (session, store))
+        await connection.execute(V1_PROCESSED.format(p="%s"), ("old-event", datetime.now(UTC)))
