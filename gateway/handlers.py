@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import time
@@ -18,10 +19,10 @@ from pydantic import BaseModel, ValidationError
 from core.contract import Headers, Kind, Outbound
 from gateway import events
 from gateway.auth import TokenTable
-from gateway.delivery import Delivery, Unavailable
 from gateway.events import Receipt
 from gateway.metrics import Metrics
 from gateway.models import Tracking, Transition
+from gateway.pipeline import Pipeline, Unavailable
 from gateway.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class Gateway:
     """What handlers read; built once at start-up and never replaced."""
 
     tokens: TokenTable
-    delivery: Delivery
+    pipeline: Pipeline
     metrics: Metrics
     max_body_bytes: int
     body_timeout_s: float
@@ -299,13 +300,13 @@ class Receiver:
         event = normalize(self.kind, model, receipt)
         extra = forwarded(request, gateway.forward_headers)
         outbound = events.to_outbound(event, receipt.received_at, extra)
-        return await self._hand_over(gateway.delivery, outbound, rid)
+        return await self._hand_over(gateway.pipeline, outbound, rid)
 
-    async def _hand_over(self, delivery: Delivery, outbound: Outbound, rid: str) -> web.Response:
+    async def _hand_over(self, pipeline: Pipeline, outbound: Outbound, rid: str) -> web.Response:
         try:
-            await delivery.put(outbound)
+            await pipeline.accept(outbound)
         except Unavailable as exc:
-            # The delivery logs the cause once when it starts, not on every request.
+            # The pipeline logs the cause once when it starts, not on every request.
             rejection = Rejection(503, "Service Unavailable", f"not accepted: {exc}", RETRY_AFTER_S)
             return refusal(rejection)
         log.debug("accepted", extra={"request_id": rid, "event_id": outbound.message_id})
@@ -316,7 +317,7 @@ class Receiver:
     ) -> None:
         kept = events.quarantined(self.kind, rejection.detail, receipt, content_type)
         try:
-            await gateway.delivery.put(kept)
+            await gateway.pipeline.accept(kept)
         except Unavailable as exc:
             log.error(
                 "invalid request could not be quarantined",
@@ -343,8 +344,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    status = request.app[GATEWAY].delivery.status()
-    return web.json_response(status, status=200 if status["ready"] else 503)
+    status = request.app[GATEWAY].pipeline.status()
+    return web.json_response(dataclasses.asdict(status), status=200 if status.ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
