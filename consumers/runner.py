@@ -131,7 +131,7 @@ class Worker:
             message, extra={"consumer": self.name, "url": redact(url), "error": describe(exc)}
         )
 
-    async def _session(self, url: str, *, stop: asyncio.Event) -> None:
+    async def _session(self, url: str, stop: asyncio.Event) -> None:
         timeout_s = self._amqp.publish_timeout_s
         connection = await aio_pika.connect(
             url, timeout=timeout_s, heartbeat=self._amqp.heartbeat_s
