@@ -113,10 +113,12 @@ async def timed(run: Run, batch: Sequence[Outbound]) -> tuple[float, float]:
 async def measure(url: str, count: int, rounds: int) -> dict[str, tuple[float, float]]:
     routing_key = f"bench.publish.{uuid.uuid4().hex[:12]}"
     batch = outbounds(count, routing_key)
-    publisher = Publisher(AmqpSettings(urls=(url,)))
-    serving = asyncio.create_task(publisher.run())
     connection = await aio_pika.connect(url)
-    async with connection, connection.channel(publisher_confirms=True) as channel:
+    async with (
+        Publisher(AmqpSettings(urls=(url,))) as publisher,
+        connection,
+        connection.channel(publisher_confirms=True) as channel,
+    ):
         underlay = await channel.get_underlay_channel()
         await publisher.wait_ready()
         runs: dict[str, Run] = {
@@ -129,8 +131,6 @@ async def measure(url: str, count: int, rounds: int) -> dict[str, tuple[float, f
                 for name, run in runs.items():
                     figures = await timed(run, batch)
                     best[name] = min(best.get(name, figures), figures)
-    serving.cancel()
-    await asyncio.gather(serving, return_exceptions=True)
     return best
 
 

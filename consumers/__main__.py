@@ -27,7 +27,7 @@ from consumers.replay import replay
 from consumers.runner import Worker
 from consumers.topology import TopologyError, check_name
 from core import logs
-from core.amqp import BROKER_ERRORS, backoff_s, first_of
+from core.amqp import BROKER_ERRORS, backoff_s, paused
 from core.settings import (
     ConsumerSettings,
     Settings,
@@ -110,8 +110,7 @@ def waiting_for_ledger(state: ConsumerState, stop: asyncio.Event) -> ledger.Retr
             "ledger busy; retrying",
             extra={"consumer": state.consumer, "error": str(exc), "retry_in_s": pause_s},
         )
-        await first_of(stop.wait(), asyncio.sleep(pause_s))
-        if stop.is_set():
+        if await paused(pause_s, stop):
             raise Stopped
 
     return retry
@@ -125,8 +124,7 @@ def waiting_for_database(state: ConsumerState, stop: asyncio.Event) -> ledger.Re
     async def retry(exc: Exception, attempt: int) -> None:
         pause_s = backoff_s(attempt, LEDGER_RETRY_MAX_S)
         state.waiting = f"ledger unavailable: {exc}, retrying in {pause_s:g} s"
-        await first_of(stop.wait(), asyncio.sleep(pause_s))
-        if stop.is_set():
+        if await paused(pause_s, stop):
             raise ledger.LedgerUnavailable(f"stopping while the ledger is unavailable: {exc}")
 
     return retry

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
 import logging
 from collections.abc import Awaitable, Sequence
 from typing import Final
@@ -16,7 +15,7 @@ from consumers.handler import Handlers, Reject, RetryLater
 from consumers.health import ConsumerState
 from consumers.settlement import ACK_GRACE_S, Settler, describe
 from consumers.topology import TopologyError, declare
-from core.amqp import BROKER_ERRORS, backoff_s, first_of, redact
+from core.amqp import first_of, reconnecting, redact
 from core.contract import Event, InvalidEvent
 from core.settings import AmqpSettings, ConsumerSettings
 
@@ -108,31 +107,23 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, consume, and reconnect with backoff until `stop` is set."""
-        attempt = 0
-        for url in itertools.cycle(self._amqp.urls):
-            attempt = 0 if await self._attempt(url, stop) else attempt + 1
-            pause = backoff_s(attempt, self._amqp.reconnect_max_s)
-            await first_of(stop.wait(), asyncio.sleep(pause))
-            if stop.is_set():
-                return
-            self.state.reconnects += 1
+        await reconnecting(
+            self._amqp.urls,
+            functools.partial(self._session, stop=stop),
+            self._amqp.reconnect_max_s,
+            stop=stop,
+            fatal=(TopologyError,),
+            on_failure=self._failed,
+            on_reconnect=self._reconnected,
+            log_extra={"consumer": self.name},
+        )
 
-    async def _attempt(self, url: str, stop: asyncio.Event) -> bool:
-        """One connection's life; True if it ended by itself rather than failing."""
-        try:
-            await self._session(url, stop)
-        except TopologyError:
-            raise
-        except BROKER_ERRORS as exc:
-            self._note_failure("amqp connection failed", url, exc)
-            return False
-        # The outermost loop: whatever else went wrong, the broker redelivers what was in
-        # hand, so log it and start over rather than let the worker die.
-        except Exception as exc:
-            log.exception("worker failed", extra={"consumer": self.name})
-            self.state.last_error = describe(exc)
-            return False
-        return True
+    def _failed(self, exc: Exception) -> None:
+        # The broker redelivers whatever was in hand: noted, and the loop starts over.
+        self.state.last_error = describe(exc)
+
+    def _reconnected(self) -> None:
+        self.state.reconnects += 1
 
     def _note_failure(self, message: str, url: str, exc: BaseException) -> None:
         self.state.last_error = describe(exc)

@@ -1,12 +1,13 @@
 """AMQP plumbing shared by the gateway and the workers: the errors that mean "the broker
-is away", connecting to the first of several URLs, backoff, and the exchanges every
-process declares."""
+is away", connecting to the first of several URLs, the reconnect loop and its backoff,
+and the exchanges every process declares."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
 import aio_pika
@@ -78,6 +79,83 @@ async def connect_first(urls: Sequence[str], timeout_s: float) -> AbstractConnec
 
 def backoff_s(attempt: int, cap_s: float) -> float:
     return float(min(cap_s, 0.1 * 2**attempt))
+
+
+async def paused(pause_s: float, stop: asyncio.Event | None = None) -> bool:
+    """Sleep `pause_s`, cut short when `stop` is set; True if it was (the caller stops)."""
+    if stop is None:
+        await asyncio.sleep(pause_s)
+        return False
+    await first_of(stop.wait(), asyncio.sleep(pause_s))
+    return stop.is_set()
+
+
+Session = Callable[[str], Awaitable[None]]
+
+
+def _nothing(*_: object) -> None:
+    return None
+
+
+async def reconnecting(
+    urls: Sequence[str],
+    session: Session,
+    reconnect_max_s: float,
+    *,
+    stop: asyncio.Event | None = None,
+    fatal: tuple[type[Exception], ...] = (),
+    on_failure: Callable[[Exception], None] = _nothing,
+    on_reconnect: Callable[[], None] = _nothing,
+    log_extra: Mapping[str, object] | None = None,
+) -> None:
+    """Run `session(url)` on each of `urls` in turn, again and again, with backoff between.
+
+    A session returns when its connection ends; one that raises is logged (`on_failure`
+    is told) and the next URL is tried. The pause grows with failures in a row and starts
+    over after a session that ended by itself. The loop ends when `stop` is set (a session
+    must return by itself then), when a `fatal` error is raised, or when it is cancelled.
+    """
+    attempt = 0
+    for url in itertools.cycle(urls):
+        try:
+            await session(url)
+            attempt = 0
+        except fatal:
+            raise
+        # The outermost loop: whatever broke, the process must connect again.
+        except Exception as exc:
+            log_failure(url, exc, log_extra or {})
+            on_failure(exc)
+        if cancel_requested():
+            raise asyncio.CancelledError
+        if await paused(backoff_s(attempt, reconnect_max_s), stop):
+            return
+        attempt += 1
+        on_reconnect()
+
+
+def cancel_requested() -> bool:
+    """True if the running task was told to stop yet goes on: Python 3.11's `wait_for`
+    (aio-pika connects with it) can turn a cancellation into the error it waited for."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def log_failure(url: str, exc: Exception, extra: Mapping[str, object]) -> None:
+    """Say why a session on `url` failed, as loud as its cause deserves."""
+    where = {**extra, "url": redact(url), "error": repr(exc)}
+    if isinstance(exc, aiormq.exceptions.ChannelPreconditionFailed):
+        # A queue an earlier release declared with other arguments: only an operator
+        # can move its messages over, so say how.
+        log.error(
+            "topology differs from what this release declares; stop the workers "
+            "and run `aifi-consumer migrate`",
+            extra=where,
+        )
+    elif isinstance(exc, BROKER_ERRORS):
+        log.warning("amqp connection failed", extra=where)
+    else:
+        log.error("amqp session broke unexpectedly", exc_info=exc, extra=where)
 
 
 async def first_of(*waitables: Awaitable[Any]) -> None:

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import hdrs, web
 
 from core.settings import Settings
-from gateway import events, fsync, openapi
+from gateway import events, openapi
 from gateway.auth import TokenTable
-from gateway.delivery import ConfirmedDelivery, Delivery, SpooledDelivery
 from gateway.handlers import (
     GATEWAY,
     Gateway,
@@ -27,51 +23,10 @@ from gateway.handlers import (
     stamp_request_id,
 )
 from gateway.metrics import Metrics
-from gateway.publisher import Publisher
+from gateway.pipeline import Pipeline
 from gateway.ratelimit import RateLimiter
-from gateway.relay import Relay
-from gateway.spool import Spool
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Pipeline:
-    """Everything between the handler and the broker, started and stopped together."""
-
-    spool: Spool
-    durability: fsync.Durability
-    publisher: Publisher
-    relay: Relay
-    spooled: SpooledDelivery
-    delivery: Delivery
-    shutdown_timeout_s: float
-
-    @classmethod
-    def build(cls, settings: Settings) -> Pipeline:
-        s = settings.spool
-        spool = Spool(s.dir, s.segment_bytes, s.max_bytes)
-        durability = fsync.policy(s.fsync, lambda: spool.fd, s.fsync_interval_ms)
-        publisher = Publisher(settings.amqp)
-        relay = Relay(spool, publisher, s.max_in_flight, s.memory_max_bytes)
-        stall_after_s = settings.amqp.publish_timeout_s
-        spooled = SpooledDelivery(spool, durability, relay, publisher, stall_after_s)
-        delivery: Delivery = spooled
-        if settings.ack == "confirmed":
-            delivery = ConfirmedDelivery(publisher, spooled, settings.confirm_timeout_ms / 1000)
-        return cls(
-            spool, durability, publisher, relay, spooled, delivery, settings.http.shutdown_timeout_s
-        )
-
-    def snapshot(self) -> dict[str, Any]:
-        """The state that `/metrics` reports, read at scrape time."""
-        return self.spool.stats() | {
-            "connected": int(self.publisher.ready),
-            "publishes": self.relay.attempts,
-            "confirms": self.relay.published,
-            "returns": self.publisher.returns,
-            "reconnects": self.publisher.reconnects,
-        }
 
 
 PIPELINE = web.AppKey("pipeline", Pipeline)
@@ -108,29 +63,14 @@ async def json_errors(request: web.Request, handler: RequestHandler) -> web.Stre
 
 
 async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Recover the spool before listening; on the way out drain what the relay can, then stop."""
-    pipeline = app[PIPELINE]
-    recovered = pipeline.spool.recover()
-    if recovered:
-        log.warning("republishing spooled events", extra={"count": len(recovered)})
-    pipeline.relay.submit_all(recovered)
-    tasks = [
-        asyncio.create_task(pipeline.publisher.run(), name="amqp-publisher"),
-        asyncio.create_task(pipeline.durability.run(), name="spool-fsync"),
-        asyncio.create_task(pipeline.relay.run(), name="relay"),
-    ]
-    yield
-    drained = await pipeline.relay.drain(pipeline.shutdown_timeout_s)
-    log.info("relay stopped", extra={"drained": drained, **pipeline.spool.stats()})
-    for task in reversed(tasks):
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    pipeline.spool.close()
+    """Open the pipeline (recovering the spool) before listening; close it after the last
+    request, draining what the relay can."""
+    async with app[PIPELINE]:
+        yield
 
 
 async def stop_being_ready(app: web.Application) -> None:
-    app[PIPELINE].spooled.stopping = True
+    app[PIPELINE].stop_being_ready()
 
 
 def add_receiver(app: web.Application, path: str, receiver: Receiver[Any]) -> None:
@@ -156,8 +96,8 @@ def gateway_state(settings: Settings, pipeline: Pipeline) -> Gateway:
         limiter = RateLimiter(auth.rate_limit_per_s, auth.rate_limit_burst)
     return Gateway(
         tokens=TokenTable.from_settings(auth.tokens, auth.allow_anonymous),
-        delivery=pipeline.delivery,
-        metrics=Metrics.create(pipeline.snapshot),
+        pipeline=pipeline,
+        metrics=Metrics.create(pipeline.status),
         max_body_bytes=settings.http.max_body_bytes,
         body_timeout_s=settings.http.body_timeout_s,
         rate_limiter=limiter,
@@ -171,7 +111,7 @@ async def openapi_json(request: web.Request) -> web.Response:
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=settings.http.max_body_bytes)
-    pipeline = Pipeline.build(settings)
+    pipeline = Pipeline(settings)
     app[PIPELINE] = pipeline
     app[GATEWAY] = gateway_state(settings, pipeline)
     app[OPENAPI] = openapi.document(settings)

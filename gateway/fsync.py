@@ -1,30 +1,34 @@
-"""When a spooled record counts as durable: the `spool.fsync` policies."""
+"""When a spooled record counts as durable: the `spool.fsync` policies.
+
+A policy belongs to the spool (`Spool.durable` asks it); it syncs through the spool's
+`sync`, which fdatasyncs whatever segment is being appended to when it is called.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Literal, Protocol
+
+FsyncMode = Literal["always", "interval", "never"]
+Sync = Callable[[], Awaitable[None]]
 
 
 class Durability(Protocol):
     async def durable(self) -> None:
         """Return once every record appended before the call is as durable as the policy says."""
 
-    async def run(self) -> None:
-        """Background work of the policy, if any; cancelled at shutdown."""
-
-
-FdSource = Callable[[], int | None]
+    def close(self) -> None:
+        """Drop pending work; the spool seals its segment durably itself when it closes."""
 
 
 class GroupCommit:
     """`always`: one fdatasync covers every append waiting when it starts (group commit)."""
 
-    def __init__(self, fd: FdSource) -> None:
-        self._fd = fd
+    def __init__(self, sync: Sync) -> None:
+        self._sync = sync
         self._waiting: list[asyncio.Future[None]] = []
         self._flushing: asyncio.Task[None] | None = None
 
@@ -39,30 +43,45 @@ class GroupCommit:
         while self._waiting:
             batch, self._waiting = self._waiting, []
             try:
-                await sync(self._fd())
+                await self._sync()
             except OSError as exc:
                 settle(batch, exc)
             else:
                 settle(batch, None)
 
-    async def run(self) -> None:
-        await asyncio.Event().wait()
+    def close(self) -> None:
+        # Nothing to stop: a flush runs only while an append awaits it.
+        return None
 
 
 class IntervalSync:
-    """`interval`: answered at once; a periodic fdatasync bounds what a power cut loses."""
+    """`interval`: answered at once; an fdatasync at most `interval_s` after an append
+    bounds what a power cut loses."""
 
-    def __init__(self, fd: FdSource, interval_s: float) -> None:
-        self._fd, self._interval_s = fd, interval_s
+    def __init__(self, sync: Sync, interval_s: float) -> None:
+        self._sync, self._interval_s = sync, interval_s
+        self._timer: asyncio.TimerHandle | None = None
+        self._syncing: asyncio.Task[None] | None = None
 
     async def durable(self) -> None:
-        return None
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._interval_s, self._start)
 
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s)
-            with contextlib.suppress(OSError):
-                await sync(self._fd())
+    def _start(self) -> None:
+        self._timer = None
+        self._syncing = asyncio.create_task(self._sync_quietly())
+
+    async def _sync_quietly(self) -> None:
+        # A failing disk shows in the next append; the interval promises nothing more.
+        with contextlib.suppress(OSError):
+            await self._sync()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._syncing is not None:
+            self._syncing.cancel()  # the thread finishes on a descriptor of its own
 
 
 class NoSync:
@@ -71,23 +90,23 @@ class NoSync:
     async def durable(self) -> None:
         return None
 
-    async def run(self) -> None:
-        await asyncio.Event().wait()
+    def close(self) -> None:
+        return None
 
 
-async def sync(fd: int | None) -> None:
-    """fdatasync in a thread, on a duplicate so that a segment rotation may close `fd` meanwhile.
-
-    The fd is taken after the batch's appends; a rotation in between has already
-    fsynced the segment it sealed, so syncing the current segment covers the rest.
-    """
+async def fdatasync(fd: int | None) -> None:
+    """fdatasync in a thread, on a duplicate: a segment rotation may close `fd` meanwhile,
+    and a cancelled caller leaves the thread a descriptor of its own to close."""
     if fd is None:
         return
-    duplicate = os.dup(fd)
+    await asyncio.to_thread(_fdatasync_and_close, os.dup(fd))
+
+
+def _fdatasync_and_close(fd: int) -> None:
     try:
-        await asyncio.to_thread(os.fdatasync, duplicate)
+        os.fdatasync(fd)
     finally:
-        os.close(duplicate)
+        os.close(fd)
 
 
 def settle(waiters: list[asyncio.Future[None]], error: OSError | None) -> None:
@@ -100,9 +119,9 @@ def settle(waiters: list[asyncio.Future[None]], error: OSError | None) -> None:
             waiter.set_exception(error)
 
 
-def policy(mode: str, fd: FdSource, interval_ms: int) -> Durability:
+def policy(mode: FsyncMode, sync: Sync, interval_s: float) -> Durability:
     if mode == "always":
-        return GroupCommit(fd)
+        return GroupCommit(sync)
     if mode == "interval":
-        return IntervalSync(fd, interval_ms / 1000)
+        return IntervalSync(sync, interval_s)
     return NoSync()

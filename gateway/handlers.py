@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import time
@@ -18,9 +19,9 @@ from pydantic import ValidationError
 from core.contract import Headers, forwarded_header
 from gateway import events
 from gateway.auth import TokenTable
-from gateway.delivery import Delivery, Unavailable
 from gateway.events import Model, Normalizer, Receipt
 from gateway.metrics import Metrics
+from gateway.pipeline import Pipeline, Unavailable
 from gateway.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class Gateway:
     """What handlers read; built once at start-up and never replaced."""
 
     tokens: TokenTable
-    delivery: Delivery
+    pipeline: Pipeline
     metrics: Metrics
     max_body_bytes: int
     body_timeout_s: float
@@ -234,7 +235,7 @@ def accepted(event_id: str) -> web.Response:
 
 
 def unavailable(exc: Unavailable) -> web.Response:
-    # The delivery logs the cause once when it starts, not on every request.
+    # The pipeline logs the cause once when it starts, not on every request.
     return refusal(Rejection(503, "Service Unavailable", f"not accepted: {exc}", RETRY_AFTER_S))
 
 
@@ -268,7 +269,7 @@ class Receiver(Generic[Model]):
             return self.refuse(request, rejection, token_name)
         outbound = self.normalizer.build(model, receipt)
         try:
-            await gateway.delivery.put(outbound)
+            await gateway.pipeline.accept(outbound)
         except Unavailable as exc:
             return unavailable(exc)
         log.debug(
@@ -304,7 +305,7 @@ class Receiver(Generic[Model]):
         """Keep a body we refused (400, 415, 422) under `invalid.<kind>`, as received."""
         kept = events.quarantined(self.kind, rejection.detail, receipt, request.content_type)
         try:
-            await gateway.delivery.put(kept)
+            await gateway.pipeline.accept(kept)
         except Unavailable as exc:
             log.error(
                 "invalid request could not be quarantined",
@@ -335,8 +336,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    status = request.app[GATEWAY].delivery.status()
-    return web.json_response(status, status=200 if status["ready"] else 503)
+    status = request.app[GATEWAY].pipeline.status()
+    return web.json_response(dataclasses.asdict(status), status=200 if status.ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.pipeline import Status
+
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
-Snapshot = Callable[[], dict[str, Any]]
+Snapshot = Callable[[], Status]
 
 
 class PipelineCollector(Collector):
@@ -22,22 +23,26 @@ class PipelineCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         state = self._snapshot()
+        spool = state.spool
         gauges = {
-            "aifi_spool_depth": ("events spooled and not yet confirmed", state["depth"]),
-            "aifi_spool_bytes": ("bytes of spool segment files", state["bytes"]),
+            "aifi_spool_depth": ("events spooled and not yet confirmed", spool.depth),
+            "aifi_spool_bytes": ("bytes of spool segment files", spool.bytes),
             "aifi_spool_oldest_age_seconds": (
                 "age of the oldest unconfirmed event",
-                state["oldest_age_s"] or 0.0,
+                spool.oldest_age_s or 0.0,
             ),
-            "aifi_broker_connected": ("1 when the AMQP channel is open", state["connected"]),
+            "aifi_broker_connected": (
+                "1 when the AMQP channel is open",
+                int(state.broker_connected),
+            ),
         }
         for name, (doc, value) in gauges.items():
             yield GaugeMetricFamily(name, doc, value=value)
         counters = {
-            "aifi_relay_publishes": ("publish attempts by the relay", state["publishes"]),
-            "aifi_relay_confirms": ("publishes confirmed by the broker", state["confirms"]),
-            "aifi_broker_returns": ("publishes the broker returned unroutable", state["returns"]),
-            "aifi_broker_reconnects": ("AMQP reconnections", state["reconnects"]),
+            "aifi_relay_publishes": ("publish attempts by the relay", state.publishes),
+            "aifi_relay_confirms": ("publishes confirmed by the broker", state.confirms),
+            "aifi_broker_returns": ("publishes the broker returned unroutable", state.returns),
+            "aifi_broker_reconnects": ("AMQP reconnections", state.reconnects),
         }
         for name, (doc, value) in counters.items():
             yield CounterMetricFamily(name, doc, value=value)

@@ -1,9 +1,9 @@
-"""The AMQP side: one connection with a confirming channel, kept up by `Publisher.run`."""
+"""The AMQP side: one connection with a confirming channel, kept up while the
+`Publisher` is entered (`async with Publisher(settings) as publisher`)."""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -14,7 +14,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.abc import ChannelFrame
 
 from core import contract
-from core.amqp import BROKER_ERRORS, backoff_s, declare_topology, first_of, redact
+from core.amqp import BROKER_ERRORS, declare_topology, first_of, reconnecting, redact
 from core.contract import Outbound
 from core.settings import AmqpSettings
 from gateway.frames import PublishEncoder
@@ -40,6 +40,7 @@ class Publisher:
         self._channel: aiormq.Channel | None = None
         self._encoder: PublishEncoder | None = None
         self._ready = asyncio.Event()
+        self._serving: asyncio.Task[None] | None = None
         self.reconnects = 0
         self.returns = 0
 
@@ -50,31 +51,27 @@ class Publisher:
     async def wait_ready(self) -> None:
         await self._ready.wait()
 
-    async def run(self) -> None:
-        """Connect, declare, and reconnect with backoff for as long as the task lives."""
-        attempt = 0
-        for url in itertools.cycle(self._settings.urls):
-            try:
-                await self._serve(url)
-                attempt = 0
-            except aiormq.exceptions.ChannelPreconditionFailed as exc:
-                # A queue an earlier release declared with other arguments: only an
-                # operator can move its messages over, so say how.
-                log.error(
-                    "topology differs from what this release declares; stop the workers "
-                    "and run `aifi-consumer migrate`",
-                    extra={"url": redact(url), "error": repr(exc)},
-                )
-            except BROKER_ERRORS as exc:
-                log.warning(
-                    "amqp connection failed", extra={"url": redact(url), "error": repr(exc)}
-                )
-            except Exception:
-                # The outermost loop: whatever broke, the gateway must reconnect.
-                log.exception("amqp connection broke unexpectedly", extra={"url": redact(url)})
-            self.reconnects += 1
-            await asyncio.sleep(backoff_s(attempt, self._settings.reconnect_max_s))
-            attempt += 1
+    async def __aenter__(self) -> Publisher:
+        """Connect, declare, and reconnect with backoff (each URL in turn) until the exit."""
+        amqp = self._settings
+        self._serving = asyncio.create_task(
+            reconnecting(
+                amqp.urls, self._serve, amqp.reconnect_max_s, on_reconnect=self._reconnected
+            ),
+            name="amqp-publisher",
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        task, self._serving = self._serving, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+            if not task.cancelled():
+                task.result()  # what ended it early
+
+    def _reconnected(self) -> None:
+        self.reconnects += 1
 
     async def _serve(self, url: str) -> None:
         connection = await aio_pika.connect(

@@ -21,7 +21,8 @@ CHECKPOINT_S: Final = 0.2
 
 
 class Relay:
-    """Records arrive by `submit` and wait in a `Backlog` (memory first, disk beyond)."""
+    """Records arrive by `submit` and wait in a `Backlog` (memory first, disk beyond);
+    they are published while the relay is entered (`async with relay`)."""
 
     def __init__(
         self, spool: Spool, publisher: Publisher, max_in_flight: int, memory_max_bytes: int
@@ -34,6 +35,7 @@ class Relay:
         self._max_in_flight = max_in_flight
         self._in_flight = 0
         self._stopped = False
+        self._running: asyncio.Task[None] | None = None
         self._pause_until = 0.0
         self._progress_at = time.monotonic()
         self.attempts = 0
@@ -72,13 +74,23 @@ class Relay:
         if not self.pending:
             self._progress_at = time.monotonic()
 
-    async def run(self) -> None:
-        """Dispatch forever; each record is settled by a callback on its own confirm."""
-        try:
-            await asyncio.gather(self._dispatch(), self._checkpoint())
-        finally:
-            # Unconfirmed records stay in the spool and go out again at the next start.
-            self._stopped = True
+    async def __aenter__(self) -> Relay:
+        """Dispatch until the exit; each record is settled by a callback on its own confirm."""
+        self._running = asyncio.create_task(self._run(), name="relay")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Stop dispatching; unconfirmed records stay in the spool for the next start."""
+        self._stopped = True
+        task, self._running = self._running, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+            if not task.cancelled():
+                task.result()  # what ended it early
+
+    async def _run(self) -> None:
+        await asyncio.gather(self._dispatch(), self._checkpoint())
 
     async def _dispatch(self) -> None:
         while True:

@@ -5,7 +5,8 @@ u32><meta JSON><body>`; the checksum covers the payload, so a record torn by a
 crash mid-write is recognized and everything before it is kept. Appends go to a
 fresh segment after every start, so a torn tail is never written after.
 What the relay confirmed is recorded as a watermark (every seq at or below it
-is confirmed); segments entirely below it are deleted.
+is confirmed); segments entirely below it are deleted. When an appended record counts
+as durable is the spool's `spool.fsync` policy (`gateway.fsync`), asked by `durable`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from typing import Any, Final
 import orjson
 
 from core.contract import Outbound
+from gateway import fsync
+from gateway.fsync import FsyncMode
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,14 @@ class SpoolFull(Exception):
 class Record:
     seq: int
     outbound: Outbound
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolStats:
+    depth: int
+    bytes: int
+    segments: int
+    oldest_age_s: float | None
 
 
 @dataclass(slots=True)
@@ -132,7 +143,14 @@ def read_watermark(directory: Path) -> int:
 class Spool:
     """The segment files of one spool directory; appended to by one process only."""
 
-    def __init__(self, directory: Path, segment_bytes: int, max_bytes: int) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        segment_bytes: int,
+        max_bytes: int,
+        fsync_mode: FsyncMode = "always",
+        fsync_interval_s: float = 0.05,
+    ) -> None:
         self.directory = directory
         self._segment_bytes = segment_bytes
         self._max_bytes = max_bytes
@@ -145,6 +163,7 @@ class Spool:
         self._saved_watermark = 0
         self._lock_fd: int | None = None
         self._bytes = 0
+        self._durability = fsync.policy(fsync_mode, self._sync, fsync_interval_s)
 
     def recover(self) -> list[Record]:
         """Open the spool; return what was spooled and not confirmed, oldest first."""
@@ -181,12 +200,8 @@ class Spool:
         self._bytes += size
         self._next_seq = max(self._next_seq, last + 1)
 
-    @property
-    def fd(self) -> int | None:
-        return self._fd
-
     def append(self, outbound: Outbound) -> Record:
-        """Write one record (not yet durable: see `GroupCommit`)."""
+        """Write one record (not yet durable: see `durable`)."""
         seq = self._next_seq
         frame = encode(seq, outbound)
         if self.size_bytes + len(frame) > self._max_bytes:
@@ -197,6 +212,16 @@ class Spool:
         self._next_seq = seq + 1
         self._unconfirmed.append((seq, outbound.timestamp_s))
         return Record(seq, outbound)
+
+    async def durable(self) -> None:
+        """Return once every record appended before the call is as durable as `spool.fsync`
+        says; raise OSError if the disk failed it."""
+        await self._durability.durable()
+
+    async def _sync(self) -> None:
+        """fdatasync the segment appended to now: the policy calls it after the appends it
+        covers, and a rotation in between has already fsynced the segment it sealed."""
+        await fsync.fdatasync(self._fd)
 
     def _write(self, segment: Segment, frame: bytes) -> None:
         assert self._fd is not None
@@ -300,6 +325,7 @@ class Spool:
         self._saved_watermark = self.watermark
 
     def close(self) -> None:
+        self._durability.close()
         self._seal()
         self.save_watermark()
         if self._lock_fd is not None:
@@ -314,14 +340,14 @@ class Spool:
     def depth(self) -> int:
         return len(self._unconfirmed)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> SpoolStats:
         oldest = self._unconfirmed[0][1] if self._unconfirmed else None
-        return {
-            "depth": self.depth,
-            "bytes": self.size_bytes,
-            "segments": len(self._segments),
-            "oldest_age_s": None if oldest is None else max(0.0, time.time() - oldest),
-        }
+        return SpoolStats(
+            depth=self.depth,
+            bytes=self.size_bytes,
+            segments=len(self._segments),
+            oldest_age_s=None if oldest is None else max(0.0, time.time() - oldest),
+        )
 
 
 def inspect(directory: Path) -> dict[str, Any]:

@@ -1,8 +1,10 @@
-"""The fsync policies on a real file: group commit batches, errors reach every waiter."""
+"""The fsync policies of a spool on real files: group commit batches, errors reach every
+waiter, the other policies answer at once."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 from collections.abc import Iterator
@@ -10,14 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway import fsync
+from gateway.fsync import FsyncMode
+from gateway.spool import Spool
+from tests.support.broker import capturable
+from tests.support.waiting import eventually
 
-
-@pytest.fixture
-def fd(tmp_path: Path) -> Iterator[int]:
-    descriptor = os.open(tmp_path / "segment", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    yield descriptor
-    os.close(descriptor)
+INTERVAL_S = 0.01
 
 
 @pytest.fixture
@@ -34,49 +34,81 @@ def sync_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
+@contextlib.contextmanager
+def opened(directory: Path, mode: FsyncMode) -> Iterator[Spool]:
+    spool = Spool(directory, 1 << 20, 1 << 24, mode, INTERVAL_S)
+    spool.recover()
+    try:
+        yield spool
+    finally:
+        spool.close()
+
+
+@pytest.fixture
+def always(tmp_path: Path) -> Iterator[Spool]:
+    with opened(tmp_path, "always") as spool:
+        yield spool
+
+
 async def test_group_commit_covers_concurrent_waiters_with_few_syncs(
-    fd: int, sync_calls: list[int]
+    always: Spool, sync_calls: list[int]
 ) -> None:
-    commit = fsync.GroupCommit(lambda: fd)
     waiters = 200
-    for _ in range(waiters):
-        os.write(fd, b"record")
-    await asyncio.gather(*(commit.durable() for _ in range(waiters)))
+    for n in range(waiters):
+        always.append(capturable(f"fsync-{n}"))
+    await asyncio.gather(*(always.durable() for _ in range(waiters)))
     assert 1 <= len(sync_calls) <= 3
 
 
 async def test_a_waiter_arriving_during_a_sync_gets_a_sync_of_its_own(
-    fd: int, sync_calls: list[int]
+    always: Spool, sync_calls: list[int]
 ) -> None:
-    commit = fsync.GroupCommit(lambda: fd)
-    first = asyncio.create_task(commit.durable())
+    always.append(capturable("fsync-0"))
+    first = asyncio.create_task(always.durable())
     await asyncio.sleep(0)  # the first flush has started
-    await asyncio.gather(first, commit.durable())
+    always.append(capturable("fsync-1"))
+    await asyncio.gather(first, always.durable())
     assert len(sync_calls) == 2
 
 
-async def test_a_failing_disk_fails_every_waiter(fd: int, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_failing_disk_fails_every_waiter(
+    always: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def failing(descriptor: int) -> None:
         raise OSError(errno.EIO, "I/O error")
 
     monkeypatch.setattr(os, "fdatasync", failing)  # a dying disk cannot be caused for real here
-    commit = fsync.GroupCommit(lambda: fd)
-    results = await asyncio.gather(*(commit.durable() for _ in range(5)), return_exceptions=True)
+    always.append(capturable("fsync-0"))
+    results = await asyncio.gather(*(always.durable() for _ in range(5)), return_exceptions=True)
     assert all(isinstance(r, OSError) for r in results)
 
 
 @pytest.mark.parametrize("mode", ["interval", "never"])
 async def test_other_policies_answer_without_waiting_for_a_sync(
-    fd: int, sync_calls: list[int], mode: str
+    tmp_path: Path, sync_calls: list[int], mode: FsyncMode
 ) -> None:
-    policy = fsync.policy(mode, lambda: fd, interval_ms=10)
-    await policy.durable()
+    with opened(tmp_path, mode) as spool:
+        spool.append(capturable("fsync-0"))
+        await spool.durable()
+        assert sync_calls == []
+
+
+async def test_interval_policy_syncs_soon_after_an_append(
+    tmp_path: Path, sync_calls: list[int]
+) -> None:
+    with opened(tmp_path, "interval") as spool:
+        spool.append(capturable("fsync-0"))
+        await spool.durable()
+        await eventually(lambda: len(sync_calls) == 1, what="the interval's sync")
+
+
+async def test_closing_the_spool_cancels_a_pending_interval_sync(
+    tmp_path: Path, sync_calls: list[int]
+) -> None:
+    spool = Spool(tmp_path, 1 << 20, 1 << 24, "interval", fsync_interval_s=0.2)
+    spool.recover()
+    spool.append(capturable("fsync-0"))
+    await spool.durable()
+    spool.close()  # seals the segment with an fsync of its own
+    await asyncio.sleep(0.4)
     assert sync_calls == []
-
-
-async def test_interval_policy_syncs_in_the_background(fd: int, sync_calls: list[int]) -> None:
-    policy = fsync.policy("interval", lambda: fd, interval_ms=10)
-    task = asyncio.create_task(policy.run())
-    await asyncio.sleep(0.1)
-    task.cancel()
-    assert len(sync_calls) >= 2

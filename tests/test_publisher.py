@@ -33,12 +33,9 @@ def outbound(n: int, routing_key: str = "invalid.entered", content_type: str = "
 
 @pytest.fixture
 async def publisher(amqp_url: str) -> AsyncIterator[Publisher]:
-    publisher = Publisher(AmqpSettings(urls=(amqp_url,)))
-    task = asyncio.create_task(publisher.run())
-    await asyncio.wait_for(publisher.wait_ready(), 10)
-    yield publisher
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    async with Publisher(AmqpSettings(urls=(amqp_url,))) as publisher:
+        await asyncio.wait_for(publisher.wait_ready(), 10)
+        yield publisher
 
 
 async def test_a_batch_is_confirmed_message_by_message_and_arrives_in_order(
@@ -175,15 +172,10 @@ async def test_a_node_holding_declarations_is_left_for_the_next_url(
     silent = SilentNode()
     async with silent.serving() as silent_url:
         settings = AmqpSettings(urls=(silent_url, amqp_url), declare_timeout_s=0.5)
-        publisher = Publisher(settings)
-        task = asyncio.create_task(publisher.run())
-        try:
+        async with Publisher(settings) as publisher:
             # Without a bound on the declaration, the publisher would wait on the first URL forever.
             await asyncio.wait_for(publisher.wait_ready(), 15)
             await asyncio.wait_for(publisher.send(outbound(7)), 10)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
     assert silent.declarations == 1, "the silent node was tried first and held a declaration"
     assert publisher.reconnects == 1
     assert (await capture.get()).message_id == "pub-7"

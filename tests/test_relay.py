@@ -8,7 +8,7 @@ import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import aio_pika
 import pytest
@@ -19,12 +19,15 @@ from core.contract import Outbound
 from core.settings import AmqpSettings
 from devtools.rabbitnode import Node, NodeSpec, free_port
 from gateway import spool
+from gateway.pipeline import Pipeline
 from gateway.publisher import Publisher, PublishError, Unencodable
 from gateway.relay import Relay
 from gateway.spool import Spool
 from tests.support.broker import Capture, capturable
+from tests.support.gateway import gateway_settings
 
-NODE_MAX_MESSAGE_BYTES: Final = 64 * 1024
+# Above the gateway's envelope allowance (64 KiB), which any max message size must exceed.
+NODE_MAX_MESSAGE_BYTES: Final = 128 * 1024
 
 
 def outbound(n: int, content_type: str = contract.EVENT_CONTENT_TYPE) -> Outbound:
@@ -33,21 +36,23 @@ def outbound(n: int, content_type: str = contract.EVENT_CONTENT_TYPE) -> Outboun
 
 @contextlib.asynccontextmanager
 async def relay_on(
-    settings: AmqpSettings, spool_dir: Path, memory_max_bytes: int = 1 << 24
+    amqp_url: str, spool_dir: Path, memory_max_bytes: int = 1 << 24, **amqp: Any
 ) -> AsyncIterator[tuple[Spool, Relay]]:
-    """A running relay and its publisher, on a spool in `spool_dir`."""
-    store = Spool(spool_dir, 4096, 1 << 24)
-    store.recover()
-    publisher = Publisher(settings)
-    relay = Relay(store, publisher, max_in_flight=8, memory_max_bytes=memory_max_bytes)
-    tasks = [asyncio.create_task(publisher.run()), asyncio.create_task(relay.run())]
-    try:
-        yield store, relay
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        store.close()
+    """The relay and the spool of an open pipeline whose spool is in `spool_dir`."""
+    settings = gateway_settings(
+        amqp_url,
+        spool_dir,
+        http={"max_body_bytes": 1024, "shutdown_timeout_s": 1},
+        amqp=amqp,
+        spool={
+            "dir": str(spool_dir),
+            "segment_bytes": 4096,
+            "max_in_flight": 8,
+            "memory_max_bytes": memory_max_bytes,
+        },
+    )
+    async with Pipeline(settings) as pipeline:
+        yield pipeline.spool, pipeline.relay
 
 
 @pytest.fixture(params=[1 << 24])
@@ -55,7 +60,7 @@ async def running(
     amqp_url: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[tuple[Spool, Relay]]:
     """A relay with a memory bound of `request.param` bytes, on a spool in `tmp_path`."""
-    async with relay_on(AmqpSettings(urls=(amqp_url,)), tmp_path, request.param) as running:
+    async with relay_on(amqp_url, tmp_path, request.param) as running:
         yield running
 
 
@@ -131,7 +136,7 @@ async def test_beyond_the_memory_bound_records_wait_on_disk_and_all_go_out(
 
 @pytest.fixture(scope="module")
 def small_messages_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    """A node of this module's own that refuses messages over 64 KiB, as every RabbitMQ
+    """A node of this module's own that refuses messages over 128 KiB, as every RabbitMQ
     4.x node refuses those over 16 MiB unless told otherwise."""
     spec = NodeSpec(
         f"relay-msgsize-{uuid.uuid4().hex[:8]}",
@@ -165,9 +170,7 @@ async def test_the_broker_refuses_a_body_over_its_max_message_size_and_what_foll
     """Why the gateway must know the broker's limit: an oversized message closes the
     channel, and with it every message written after it."""
     settings = AmqpSettings(urls=(small_messages_node.url,), max_message_bytes=1 << 24)
-    publisher = Publisher(settings)
-    task = asyncio.create_task(publisher.run())
-    try:
+    async with Publisher(settings) as publisher:
         await asyncio.wait_for(publisher.wait_ready(), 10)
         oversized, following = await publisher.write([oversized_body(0), outbound(1)])
         await asyncio.wait([oversized, following], timeout=10)
@@ -175,18 +178,14 @@ async def test_the_broker_refuses_a_body_over_its_max_message_size_and_what_foll
             with pytest.raises(PublishError) as failed:
                 publisher.check(confirmation)
             assert not isinstance(failed.value, Unencodable), "the broker refused it, not we"
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_a_record_over_max_message_bytes_is_set_aside_and_its_batch_still_goes(
     small_messages_node: Node, small_messages_capture: Capture, tmp_path: Path
 ) -> None:
-    settings = AmqpSettings(
-        urls=(small_messages_node.url,), max_message_bytes=NODE_MAX_MESSAGE_BYTES
-    )
-    async with relay_on(settings, tmp_path) as (store, relay):
+    async with relay_on(
+        small_messages_node.url, tmp_path, max_message_bytes=NODE_MAX_MESSAGE_BYTES
+    ) as (store, relay):
         records = [store.append(outbound(0)), store.append(oversized_body(1))]
         relay.submit_all([*records, store.append(outbound(2))])
         assert await relay.drain(10)

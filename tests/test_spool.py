@@ -141,8 +141,8 @@ def test_inspect_reports_depth_and_segments_read_only(tmp_path: Path) -> None:
 def test_stats_follow_appends_and_confirms(tmp_path: Path) -> None:
     spool = spool_at(tmp_path)
     records = [spool.append(outbound(n)) for n in range(3)]
-    assert spool.stats()["depth"] == 3
+    assert spool.stats().depth == 3
     for record in records:
         spool.confirm(record.seq)
-    assert spool.stats()["depth"] == 0
-    assert spool.stats()["oldest_age_s"] is None
+    assert spool.stats().depth == 0
+    assert spool.stats().oldest_age_s is None
