@@ -3,8 +3,10 @@
 Servers, each in a process of its own on 127.0.0.1: a bare aiohttp bound, the
 naive baseline, the gateway with `spool.fsync` `always` (its default) and
 `never`, and with `ack: confirmed`. Then the consumer figures, if
-`bench/consumer_bench.py` is there. Missing a target never fails the run: this
-is a benchmark, not a test; only a server or load that could not run does.
+`bench/consumer_bench.py` is there, and the presence API against a bare handler
+(`bench/presence_bench.py`, its figures in `<results>/presence-<stem>.json`). Missing a
+target never fails the run: this is a benchmark, not a test; only a server or load that
+could not run does.
 """
 
 from __future__ import annotations
@@ -21,16 +23,25 @@ from typing import Any, Final
 
 import aiormq
 
-from bench import DEFAULT_AMQP_URL, RESULTS, profile
+from bench import DEFAULT_AMQP_URL, RESULTS, presence_bench, profile
 from bench.consumer_figures import consumer_figures, consumer_pair
-from bench.load import pick_tool
-from bench.report import Run, machine_info, now_iso, print_report, ratios, write_results
+from bench.load import LoadFailed, pick_tool
+from bench.report import (
+    Run,
+    machine_info,
+    now_iso,
+    print_report,
+    ratios,
+    write_json,
+    write_results,
+)
 from bench.runner import Options, run_servers
-from bench.servers import NAMES, SPECS
+from bench.servers import NAMES, SPECS, ServerFailed
 from core.amqp import redact
 from core.settings import AmqpSettings
 
 CONSUMERS: Final = "consumers"
+PRESENCE: Final = "presence"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -41,9 +52,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         action="append",
-        choices=[*NAMES, CONSUMERS],
+        choices=[*NAMES, CONSUMERS, PRESENCE],
         metavar="NAME",
-        help=f"run only this (repeatable): {', '.join([*NAMES, CONSUMERS])}",
+        help=f"run only this (repeatable): {', '.join([*NAMES, CONSUMERS, PRESENCE])}",
     )
     parser.add_argument("--load", choices=["auto", "wrk", "aiohttp"], default="auto")
     parser.add_argument("--drain-timeout-s", type=float, default=120.0)
@@ -102,9 +113,27 @@ def broker_url(environ: Mapping[str, str]) -> str:
     return AmqpSettings.model_validate({"urls": environ["AIFI_AMQP_URL"]}).urls[0]
 
 
+def presence(args: argparse.Namespace, stem: str) -> int:
+    """The presence API against a bare handler, its figures beside the run's; 1 if either
+    server or the load could not run."""
+    print(f"-- presence API: GET /stores/{{storeId}}, {args.duration_s:g} s per round ...")
+    try:
+        figures = presence_bench.run(args.duration_s, args.connections)
+    except (ServerFailed, LoadFailed, RuntimeError) as exc:
+        print(f"bench: the presence bench could not run: {exc}", file=sys.stderr)
+        return 1
+    print()
+    presence_bench.report(figures)
+    args.results.mkdir(parents=True, exist_ok=True)
+    write_json(args.results / f"presence-{stem}.json", {"date": now_iso(), **figures})
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    names = args.only or [*NAMES, CONSUMERS]
+    names = args.only or [*NAMES, CONSUMERS, PRESENCE]
+    if names == [PRESENCE]:  # needs no broker
+        return presence(args, "partial")
     amqp_url = broker_url(os.environ)
     options = options_from(args, amqp_url)
     command = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
@@ -143,11 +172,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A partial or profiled run must not overwrite the full figures README quotes.
     stem = "latest" if args.only is None and not args.profile else "partial"
     write_results(args.results, stem, run)
+    failed = presence(args, stem) if PRESENCE in names else 0
     if options.profile_dir is not None:
         print()
         print(profile.report(options.profile_dir, [f.name for f in outcome.figures]))
     # Failing targets do not fail the run; a server or load that could not run does.
-    return 1 if outcome.failures else 0
+    return 1 if outcome.failures or failed else 0
 
 
 if __name__ == "__main__":

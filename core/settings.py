@@ -172,6 +172,33 @@ class LedgerSettings(_Section):
         return self.db
 
 
+class PresenceSettings(_Section):
+    """`aifi-presence`, the read-only HTTP API over the ledger, with tokens of its own."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8090, ge=0, le=65535)
+    tokens: dict[str, SecretStr] = Field(default_factory=dict)
+    access_log: bool = False
+    shutdown_timeout_s: float = Field(10.0, gt=0)
+    # How long it waits at most between two attempts to open a ledger it cannot open yet.
+    retry_max_s: float = Field(5.0, gt=0)
+    # /readyz answers 503 if the database does not answer its ping within this.
+    ready_timeout_s: float = Field(2.0, gt=0)
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _parse_pairs(cls, value: object) -> object:
+        return parse_token_pairs(value) if isinstance(value, str) else value
+
+    @field_validator("tokens")
+    @classmethod
+    def _not_blank(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        blank = [name for name, token in value.items() if not token.get_secret_value().strip()]
+        if blank:
+            raise ValueError(f"empty token for {', '.join(blank)}")
+        return value
+
+
 def default_consumers() -> dict[str, ConsumerSettings]:
     return {name: ConsumerSettings() for name in ("entered", "exited", "tracking")}
 
@@ -190,6 +217,7 @@ class Settings(_Section):
     confirm_timeout_ms: int = Field(200, gt=0)
     consumers: dict[str, ConsumerSettings] = Field(default_factory=default_consumers)
     ledger: LedgerSettings = LedgerSettings()
+    presence: PresenceSettings = PresenceSettings()
 
     @model_validator(mode="after")
     def _body_fits_a_message(self) -> Settings:

@@ -1,11 +1,12 @@
-"""`make run`: RabbitMQ if none answers, then the gateway and the consumer workers in the
-foreground. Ctrl-C, SIGTERM and SIGHUP (a closed terminal) each stop everything it
-started, the private broker included.
+"""`make run`: RabbitMQ if none answers, then the gateway, the consumer workers and the
+presence API in the foreground. Ctrl-C, SIGTERM and SIGHUP (a closed terminal) each stop
+everything it started, the private broker included.
 
 One stack per checkout: `data/stack.lock` is held (flock) while one runs, and a second
 refuses at once, saying what runs on which ports, without touching the first. The
-development token is generated once into `data/dev-token` (never printed); the curl
-shown reads it from there.
+development tokens are generated once into `data/dev-token` (the gateway's) and
+`data/dev-presence-token` (the presence API's), never printed; the curls shown read them
+from there.
 
     python -m devtools.stack [--rabbit-dir .rabbitmq] [--node-name aifi-dev]
 """
@@ -42,8 +43,10 @@ BIN = Path(sys.executable).parent
 # processes too, and docker-compose.yml must run these (tests/test_compose.py checks).
 GATEWAY_COMMAND = ("aifi-gateway",)
 CONSUMER_COMMAND = ("aifi-consumer",)
+PRESENCE_COMMAND = ("aifi-presence",)
 DATA_DIR = Path("data")
 TOKEN_FILE = DATA_DIR / "dev-token"
+PRESENCE_TOKEN_FILE = DATA_DIR / "dev-presence-token"
 LOCK_FILE = DATA_DIR / "stack.lock"
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0
@@ -55,33 +58,41 @@ def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
-def dev_token() -> str:
-    if not TOKEN_FILE.exists():
-        TOKEN_FILE.parent.mkdir(parents=True, exist_ok=True)
-        TOKEN_FILE.write_text(secrets.token_urlsafe(24))
-        TOKEN_FILE.chmod(0o600)
-    return TOKEN_FILE.read_text().strip()
+def dev_token(path: Path = TOKEN_FILE) -> str:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(24))
+        path.chmod(0o600)
+    return path.read_text().strip()
 
 
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("AIFI_TOKENS", f"dev={dev_token()}")
+    env.setdefault("AIFI_PRESENCE_TOKENS", f"dev={dev_token(PRESENCE_TOKEN_FILE)}")
     return env
 
 
+def program(command: tuple[str, ...], *args: str) -> list[str]:
+    return [str(BIN / command[0]), *command[1:], *args]
+
+
 def commands() -> list[list[str]]:
-    """Consumers first, gateway last, so stopping in reverse stops the gateway first."""
-    workers = [[str(BIN / CONSUMER_COMMAND[0]), *CONSUMER_COMMAND[1:], name] for name in BUILT_IN]
-    return [*workers, [str(BIN / GATEWAY_COMMAND[0]), *GATEWAY_COMMAND[1:]]]
+    """Consumers first, the presence API, gateway last, so that stopping in reverse stops
+    the gateway first."""
+    workers = [program(CONSUMER_COMMAND, name) for name in BUILT_IN]
+    return [*workers, program(PRESENCE_COMMAND), program(GATEWAY_COMMAND)]
 
 
 def listen_ports(settings: Settings) -> dict[str, tuple[str, int]]:
-    """What the stack will listen on: the gateway and each worker's health endpoint."""
+    """What the stack will listen on: the gateway, each worker's health endpoint and the
+    presence API."""
     wanted = {"gateway": (settings.http.host, settings.http.port)}
     for name in BUILT_IN:
         consumer = consumer_settings(settings, name)
         if consumer.health_port:
             wanted[f"{name} worker health"] = (consumer.health_host, consumer.health_port)
+    wanted["presence API"] = (settings.presence.host, settings.presence.port)
     return wanted
 
 
@@ -150,11 +161,14 @@ def wait_ready(settings: Settings, children: list[subprocess.Popen[bytes]]) -> b
 
 def banner(settings: Settings) -> str:
     base = f"http://{settings.http.host}:{settings.http.port}{settings.http.base_path}"
+    presence = f"http://{settings.presence.host}:{settings.presence.port}"
     return (
         "\nThe stack is up. Post AiFi's example 'entered' webhook with the development token:\n\n"
         f"  curl -sS -X POST {base}/entered \\\n"
         f'    -H "Authorization: Bearer $(cat {TOKEN_FILE})" \\\n'
         "    -H 'Content-Type: application/json' --data-binary @examples/entered.json\n\n"
+        "Then ask the presence API who is in which store:\n\n"
+        f'  curl -sS {presence}/stores -H "Authorization: Bearer $(cat {PRESENCE_TOKEN_FILE})"\n\n'
         "See events as they reach RabbitMQ with `make tail` (another terminal),\n"
         "the spool with `make spool`, and the presence ledger with\n"
         "`.venv/bin/aifi-ledger occupancy`. Ctrl-C stops everything.\n"
@@ -206,7 +220,7 @@ def start(settings: Settings, args: argparse.Namespace, lock: IO[str]) -> int:
     if busy:
         say(
             f"stack: in use by another process: {', '.join(busy)}; stop it, or choose other "
-            "ports (AIFI_HTTP_PORT, AIFI_CONSUMERS_<NAME>_HEALTH_PORT)"
+            "ports (AIFI_HTTP_PORT, AIFI_CONSUMERS_<NAME>_HEALTH_PORT, AIFI_PRESENCE_PORT)"
         )
         return 1
     record(lock, describe(settings))

@@ -15,7 +15,7 @@ import yaml
 
 from consumers.__main__ import BUILT_IN
 from core.settings import load
-from devtools.stack import CONSUMER_COMMAND, GATEWAY_COMMAND
+from devtools.stack import CONSUMER_COMMAND, GATEWAY_COMMAND, PRESENCE_COMMAND
 
 ROOT = Path(__file__).resolve().parent.parent
 # What must never reach a build context: secrets, local state, history, caches, results.
@@ -57,15 +57,25 @@ def test_rabbitmq_is_4x_with_management_and_a_healthcheck(compose: dict[str, Any
     assert rabbitmq["healthcheck"]["test"][0] == "CMD"
 
 
-def test_the_stack_is_a_gateway_and_one_service_per_consumer(compose: dict[str, Any]) -> None:
+def presence_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {n: s for n, s in ours(compose).items() if s["command"] == list(PRESENCE_COMMAND)}
+
+
+def test_the_stack_is_a_gateway_one_service_per_consumer_and_the_presence_api(
+    compose: dict[str, Any],
+) -> None:
     default = {n for n, s in ours(compose).items() if "profiles" not in s}
-    assert default == {"gateway", *(f"consumer-{name}" for name in BUILT_IN)}
+    assert default == {"gateway", *(f"consumer-{name}" for name in BUILT_IN), "presence"}
 
 
-def test_every_service_waits_for_a_healthy_broker(compose: dict[str, Any]) -> None:
+def test_every_service_of_the_broker_waits_for_it_healthy(compose: dict[str, Any]) -> None:
     for name, service in ours(compose).items():
         conditions = {dep["condition"] for dep in service["depends_on"].values()}
-        assert conditions == {"service_healthy"}, name
+        if name in presence_services(compose):
+            assert not set(service["depends_on"]) & {"rabbitmq", "rabbitmq-1"}, name
+            assert conditions <= {"service_healthy"}, name
+        else:
+            assert conditions == {"service_healthy"}, name
 
 
 def test_every_command_is_one_the_tests_run(compose: dict[str, Any]) -> None:
@@ -73,7 +83,7 @@ def test_every_command_is_one_the_tests_run(compose: dict[str, Any]) -> None:
     for name, service in ours(compose).items():
         program, *args = service["command"]
         assert program in scripts, name
-        if (program,) == GATEWAY_COMMAND:
+        if (program,) in (GATEWAY_COMMAND, PRESENCE_COMMAND):
             assert args == [], name
         else:
             assert (program,) == CONSUMER_COMMAND, name
@@ -87,6 +97,8 @@ def test_health_checks_probe_the_ports_config_yaml_gives(compose: dict[str, Any]
         probe = service["healthcheck"]["test"][-1]
         if service["command"] == list(GATEWAY_COMMAND):
             assert f":{service['environment']['AIFI_HTTP_PORT']}/healthz" in probe, name
+        elif service["command"] == list(PRESENCE_COMMAND):
+            assert f":{service['environment']['AIFI_PRESENCE_PORT']}/healthz" in probe, name
         else:
             port = settings.consumers[service["command"][1]].health_port
             assert f":{port}/healthz" in probe, name
@@ -95,7 +107,7 @@ def test_health_checks_probe_the_ports_config_yaml_gives(compose: dict[str, Any]
 def test_no_secret_is_written_in_it(compose: dict[str, Any]) -> None:
     text = (ROOT / "docker-compose.yml").read_text()
     for service in ours(compose).values():
-        for key in ("AIFI_TOKENS",):
+        for key in ("AIFI_TOKENS", "AIFI_PRESENCE_TOKENS"):
             if key in service.get("environment", {}):
                 assert service["environment"][key].startswith("${"), key
     assert "guest:guest" not in text
@@ -105,7 +117,7 @@ def test_every_worker_serves_health_and_metrics_on_all_interfaces(
     compose: dict[str, Any],
 ) -> None:
     for name, service in ours(compose).items():
-        if service["command"] == list(GATEWAY_COMMAND):
+        if service["command"] in (list(GATEWAY_COMMAND), list(PRESENCE_COMMAND)):
             continue
         environ = {**service["environment"], "AIFI_CONFIG": str(ROOT / "config.yaml")}
         consumer = load(environ).consumers[service["command"][1]]
@@ -129,7 +141,11 @@ def test_postgres_is_pinned_checked_with_pg_isready_and_kept_in_a_volume(
 def test_the_postgres_profile_runs_each_worker_on_the_postgres_ledger(
     compose: dict[str, Any],
 ) -> None:
-    workers = {n: s for n, s in ours(compose).items() if s.get("profiles") == ["postgres"]}
+    workers = {
+        n: s
+        for n, s in ours(compose).items()
+        if s.get("profiles") == ["postgres"] and s["command"][0] == CONSUMER_COMMAND[0]
+    }
     assert {s["command"][1] for s in workers.values()} == set(BUILT_IN)
     for name, service in workers.items():
         assert service["depends_on"]["postgres"]["condition"] == "service_healthy", name
@@ -138,6 +154,27 @@ def test_the_postgres_profile_runs_each_worker_on_the_postgres_ledger(
         assert ledger.backend == "postgresql", name
         assert ledger.url.startswith("postgresql://aifi:${POSTGRES_PASSWORD"), name
         assert ledger.url.endswith("@postgres:5432/aifi"), name
+
+
+def test_the_presence_api_reads_the_workers_ledger_on_each_backend(
+    compose: dict[str, Any],
+) -> None:
+    services = ours(compose)
+    presence = presence_services(compose)
+    assert set(presence) == {"presence", "presence-pg"}
+    for name, service in presence.items():
+        environ = {
+            k: v for k, v in service["environment"].items() if k != "AIFI_PRESENCE_TOKENS"
+        } | {"AIFI_CONFIG": str(ROOT / "config.yaml")}
+        settings = load(environ)
+        assert settings.presence.host == "0.0.0.0", name
+        assert service["environment"]["AIFI_PRESENCE_TOKENS"].startswith("${"), name
+        assert f"{settings.presence.port}:{settings.presence.port}" in service["ports"], name
+        worker = services["consumer-entered" + name.removeprefix("presence")]
+        worker_env = {**worker["environment"], "AIFI_CONFIG": str(ROOT / "config.yaml")}
+        assert settings.ledger == load(worker_env).ledger, name
+        assert service.get("volumes") == worker.get("volumes"), name
+        assert service.get("profiles") == worker.get("profiles"), name
 
 
 def ignore_rules() -> list[tuple[bool, re.Pattern[str]]]:
@@ -192,7 +229,7 @@ def test_the_build_context_leaves_out_secrets_and_local_state() -> None:
 
 def test_the_build_context_holds_every_file_the_dockerfile_copies() -> None:
     rules, sources = ignore_rules(), copied_sources()
-    assert {"pyproject.toml", "gateway", "consumers", "config.yaml"} <= set(sources)
+    assert {"pyproject.toml", "gateway", "consumers", "presence", "config.yaml"} <= set(sources)
     for source in sources:
         path = ROOT / source
         files = [path] if path.is_file() else [p for p in path.rglob("*.py") if p.is_file()]

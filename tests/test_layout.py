@@ -1,6 +1,6 @@
 """The import graph: `core` below both, `gateway` and `consumers` never importing each
-other, `devtools` importing no test support, and a consumer process that does not load the
-gateway's HTTP side."""
+other, `presence` above `consumers` and known to neither, `devtools` importing no test
+support, and a consumer or presence process that does not load the gateway's HTTP side."""
 
 from __future__ import annotations
 
@@ -19,11 +19,15 @@ ALLOWED: Final = {
     "core": {"core"},
     "gateway": {"core", "gateway"},
     "consumers": {"core", "consumers"},
+    # The presence API reads the ledger the workers keep; neither of them knows of it.
+    "presence": {"core", "consumers", "presence"},
     # Developer tools run the product; test support (tests/support) builds on them, not the
     # other way round.
-    "devtools": {"core", "gateway", "consumers", "devtools"},
+    "devtools": {"core", "gateway", "consumers", "presence", "devtools"},
 }
-PROJECT: Final = frozenset({"core", "gateway", "consumers", "devtools", "tests", "bench"})
+PROJECT: Final = frozenset(
+    {"core", "gateway", "consumers", "presence", "devtools", "tests", "bench"}
+)
 
 
 def imported_packages(path: Path) -> Iterator[tuple[int, str]]:
@@ -58,7 +62,8 @@ def test_the_check_sees_a_crossing(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "module", ["consumers.__main__", "consumers.ledger_cli", "consumers.migrate"]
+    "module",
+    ["consumers.__main__", "consumers.ledger_cli", "consumers.migrate", "presence.__main__"],
 )
 def test_a_consumer_process_loads_nothing_of_the_gateway(module: str) -> None:
     probe = (
@@ -73,7 +78,7 @@ def test_a_consumer_process_loads_nothing_of_the_gateway(module: str) -> None:
     assert done.stdout.strip() == ""
 
 
-@pytest.mark.parametrize("package", ["core", "gateway", "consumers"])
+@pytest.mark.parametrize("package", ["core", "gateway", "consumers", "presence"])
 def test_every_package_ships_its_type_information(package: str) -> None:
     # `from consumers import Event, Handler, Reject` is an API: type checkers of
     # downstream code read it only from a package marked typed (PEP 561).

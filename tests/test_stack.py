@@ -73,6 +73,7 @@ def checkout(tmp_path: Path) -> Checkout:
     }
     for name in ("ENTERED", "EXITED", "TRACKING"):
         env[f"AIFI_CONSUMERS_{name}_HEALTH_PORT"] = str(free_port())
+    env["AIFI_PRESENCE_PORT"] = str(free_port())
     return Checkout(tmp_path, env, f"t-{uuid.uuid4().hex[:8]}", amqp_port, http_port)
 
 
@@ -154,8 +155,9 @@ def test_sighup_stops_the_workers_the_gateway_and_the_broker_it_started(
     checkout: Checkout, running: subprocess.Popen[bytes]
 ) -> None:
     started = descendants_of(running.pid)
-    # Three workers, the gateway, and the broker: its launcher and the Erlang VM.
-    assert {"aifi-consumer", "aifi-gateway", "beam.smp"} <= command_names(started)
+    # Three workers, the gateway, the presence API, and the broker: its launcher and the
+    # Erlang VM.
+    assert {"aifi-consumer", "aifi-gateway", "aifi-presence", "beam.smp"} <= command_names(started)
     node = checkout.node
     assert node.is_running()
 
@@ -213,10 +215,27 @@ def test_a_busy_port_is_refused_before_anything_starts(checkout: Checkout) -> No
     assert not amqp_reachable(f"amqp://127.0.0.1:{checkout.amqp_port}/")
 
 
-def test_listen_ports_name_the_gateway_and_each_health_endpoint() -> None:
+def test_listen_ports_name_the_gateway_each_health_endpoint_and_the_presence_api() -> None:
     settings = load({"AIFI_CONFIG": str(CONFIG), "AIFI_CONSUMERS_EXITED_HEALTH_PORT": "0"})
     assert stack.listen_ports(settings) == {
         "gateway": ("127.0.0.1", 8080),
         "entered worker health": ("127.0.0.1", 8081),
         "tracking worker health": ("127.0.0.1", 8083),
+        "presence API": ("127.0.0.1", 8090),
     }
+
+
+def test_the_stack_runs_the_presence_api_with_a_token_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("AIFI_TOKENS", "AIFI_PRESENCE_TOKENS"):
+        monkeypatch.delenv(name, raising=False)
+    env = stack.child_env()
+    presence = (tmp_path / stack.PRESENCE_TOKEN_FILE).read_text()
+    assert env["AIFI_PRESENCE_TOKENS"] == f"dev={presence}"
+    assert presence not in env["AIFI_TOKENS"]
+    assert any(command[-1].endswith("aifi-presence") for command in stack.commands())
+    banner = stack.banner(load({"AIFI_CONFIG": str(CONFIG)}))
+    assert "http://127.0.0.1:8090/stores" in banner
+    assert presence not in banner

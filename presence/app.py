@@ -1,0 +1,135 @@
+"""The aiohttp application: routes, middlewares (metrics, problems, auth), the ledger in
+cleanup_ctx."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Final
+
+import orjson
+from aiohttp import hdrs, web
+
+from core.amqp import first_of
+from core.settings import Settings
+from presence import handlers, openapi
+from presence.auth import Tokens
+from presence.handlers import PRESENCE, Presence, Problem
+from presence.metrics import UNMATCHED, Metrics
+from presence.reader import Reader
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+REQUEST_ID: Final = web.RequestKey("request_id", str)
+# Answered without a token: probes, scrapes and the API's own description.
+PUBLIC: Final = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+
+
+def request_id(request: web.Request) -> str:
+    """The client's `X-Request-Id` if it is usable, else one made up once for the request."""
+    if REQUEST_ID not in request:
+        given = request.headers.get("X-Request-Id", "")
+        usable = 0 < len(given) <= 128 and given.isprintable()
+        request[REQUEST_ID] = given if usable else secrets.token_hex(16)
+    return request[REQUEST_ID]
+
+
+async def stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer carries the request id, aiohttp's own (404, 405) included."""
+    response.headers.setdefault("X-Request-Id", request_id(request))
+
+
+def route_of(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else UNMATCHED
+
+
+@web.middleware
+async def observed(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count every answer by route and status, and time it."""
+    started_s = time.perf_counter()
+    response = await handler(request)
+    elapsed_s = time.perf_counter() - started_s
+    request.app[PRESENCE].metrics.observe(route_of(request), response.status, elapsed_s)
+    return response
+
+
+def http_problem(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """aiohttp's own error as a problem, keeping its headers (a 405's `Allow`)."""
+    detail = f"nothing at {request.path}" if exc.status == 404 else exc.reason
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        detail = f"{exc.method} is not allowed; allowed: {', '.join(sorted(exc.allowed_methods))}"
+    headers = {k: v for k, v in exc.headers.items() if k != hdrs.CONTENT_TYPE}
+    return Problem(exc.status, exc.reason, detail, **headers).response()
+
+
+@web.middleware
+async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error answer is a JSON problem, aiohttp's own 404 and 405 included."""
+    try:
+        return await handler(request)
+    except Problem as problem:
+        return problem.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return http_problem(request, exc)
+    except Exception:
+        log.exception("unhandled error", extra={"request_id": request_id(request)})
+        return Problem(500, "Internal Server Error", "unexpected error; see the log").response()
+
+
+@web.middleware
+async def authorized(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A valid bearer token, except on the public routes."""
+    if request.path not in PUBLIC:
+        tokens = request.app[PRESENCE].tokens
+        if tokens.identify(request.headers.get(hdrs.AUTHORIZATION)) is None:
+            detail = "a valid bearer token is required"
+            raise Problem(401, "Unauthorized", detail, **{hdrs.WWW_AUTHENTICATE: "Bearer"})
+    return await handler(request)
+
+
+async def ledger_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The ledger kept open while the app runs; serving starts after the first attempt,
+    whether the ledger opened or not (then /readyz says why)."""
+    reader = app[PRESENCE].reader
+    stop = asyncio.Event()
+    task = asyncio.create_task(reader.keep_open(stop), name="presence-ledger")
+    await first_of(reader.tried.wait(), asyncio.shield(task))
+    if task.done():  # it failed: say how, now
+        task.result()
+    yield
+    stop.set()
+    await task
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/stores", handlers.stores)
+    app.router.add_get("/stores/{storeId}", handlers.store)
+    app.router.add_get("/sessions/{sessionId}", handlers.session)
+    app.router.add_get("/tracking/{uniqueEventId}", handlers.tracking)
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/readyz", handlers.readyz)
+    app.router.add_get("/metrics", handlers.metrics)
+    app.router.add_get("/openapi.json", handlers.openapi_json)
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[observed, problems, authorized])
+    presence = settings.presence
+    app[PRESENCE] = Presence(
+        reader=Reader(settings.ledger, presence.retry_max_s),
+        tokens=Tokens.from_settings(presence.tokens),
+        metrics=Metrics.create(),
+        openapi=orjson.dumps(openapi.document()),
+        ready_timeout_s=presence.ready_timeout_s,
+    )
+    app.cleanup_ctx.append(ledger_ctx)
+    app.on_response_prepare.append(stamp_request_id)
+    add_routes(app)
+    return app

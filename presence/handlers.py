@@ -1,0 +1,140 @@
+"""The routes: each reads the ledger through the app's `Reader` and answers a model as JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final, TypeVar
+
+import orjson
+from aiohttp import hdrs, web
+from pydantic import BaseModel
+
+from consumers.ledger import Ledger, LedgerUnavailable
+from presence.auth import Tokens
+from presence.metrics import Metrics
+from presence.models import Health, Readiness, StoreOccupancy, Stores, Tracking, Visit
+from presence.reader import NotOpen, Reader
+
+T = TypeVar("T")
+JSON: Final = "application/json"
+PROBLEM_JSON: Final = "application/problem+json"
+RETRY_AFTER_S: Final = 5
+STORE_ID: Final = re.compile(r"-?[0-9]{1,19}")
+BIGINT: Final = range(-(2**63), 2**63)  # the ledger's store_id column
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """What handlers read; built once at start-up and never replaced."""
+
+    reader: Reader
+    tokens: Tokens
+    metrics: Metrics
+    openapi: bytes
+    ready_timeout_s: float
+
+
+PRESENCE: Final = web.AppKey("presence", Presence)
+
+
+class Problem(Exception):
+    """An answer refusing the request, as an RFC 9457 problem document."""
+
+    def __init__(self, status: int, title: str, detail: str, **headers: str) -> None:
+        super().__init__(detail)
+        self.status, self.title, self.detail, self.headers = status, title, detail, headers
+
+    def response(self) -> web.Response:
+        body = {"type": "about:blank", "title": self.title, "status": self.status}
+        return web.Response(
+            status=self.status,
+            body=orjson.dumps(body | {"detail": self.detail}),
+            content_type=PROBLEM_JSON,
+            headers=self.headers,
+        )
+
+
+def answer(model: BaseModel, status: int = 200) -> web.Response:
+    return web.Response(status=status, text=model.model_dump_json(), content_type=JSON)
+
+
+def store_id(text: str) -> int:
+    """The path's storeId as the ledger keeps it (a 64-bit integer), else a 422."""
+    if not STORE_ID.fullmatch(text) or int(text) not in BIGINT:
+        raise Problem(422, "Unprocessable Content", f"storeId must be a 64-bit integer: {text!r}")
+    return int(text)
+
+
+async def read(request: web.Request, query: Callable[[Ledger], Awaitable[T]]) -> T:
+    """`query` on the open ledger; a 503 while the ledger cannot be read."""
+    try:
+        return await query(request.app[PRESENCE].reader.current())
+    except (NotOpen, LedgerUnavailable):
+        detail = "the ledger cannot be read now; /readyz says why"
+        retry = {hdrs.RETRY_AFTER: str(RETRY_AFTER_S)}
+        raise Problem(503, "Service Unavailable", detail, **retry) from None
+
+
+def not_found(what: str) -> Problem:
+    return Problem(404, "Not Found", f"no {what} in the ledger")
+
+
+async def stores(request: web.Request) -> web.Response:
+    rows = await read(request, lambda ledger: ledger.occupancy())
+    listed = [StoreOccupancy.model_validate(row) for row in rows]
+    return answer(Stores(occupancy=sum(s.occupancy for s in listed), stores=listed))
+
+
+async def store(request: web.Request) -> web.Response:
+    wanted = store_id(request.match_info["storeId"])
+    rows = await read(request, lambda ledger: ledger.occupancy(wanted))
+    if not rows:
+        raise not_found(f"visit to store {wanted}")
+    return answer(StoreOccupancy.model_validate(rows[0]))
+
+
+async def session(request: web.Request) -> web.Response:
+    wanted = request.match_info["sessionId"]
+    row = await read(request, lambda ledger: ledger.visit(wanted))
+    if row is None:
+        raise not_found(f"session {wanted!r}")
+    return answer(Visit.model_validate(row))
+
+
+async def tracking(request: web.Request) -> web.Response:
+    wanted = request.match_info["uniqueEventId"]
+    row = await read(request, lambda ledger: ledger.tracking(wanted))
+    if row is None:
+        raise not_found(f"tracking event {wanted!r}")
+    return answer(Tracking.model_validate(row))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return answer(Health(status="alive"))
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 once the ledger is open and its database answers a ping in time, else 503."""
+    presence = request.app[PRESENCE]
+    where = presence.reader.where
+    try:
+        async with asyncio.timeout(presence.ready_timeout_s):
+            await presence.reader.current().ping()
+    except (NotOpen, LedgerUnavailable) as exc:
+        return answer(Readiness(ready=False, ledger=where, reason=str(exc)), 503)
+    except TimeoutError:
+        reason = f"no answer within {presence.ready_timeout_s:g} s"
+        return answer(Readiness(ready=False, ledger=where, reason=reason), 503)
+    return answer(Readiness(ready=True, ledger=where))
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[PRESENCE].metrics.exposition()
+    return web.Response(body=body, headers={hdrs.CONTENT_TYPE: "text/plain; version=0.0.4"})
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[PRESENCE].openapi, content_type=JSON)

@@ -1,0 +1,44 @@
+"""Prometheus metrics of the presence API, in a registry of its own."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+LATENCY_BUCKETS_S: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
+# The label of a request no route matched: its path would make a label per URL tried.
+UNMATCHED: Final = "unmatched"
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    registry: CollectorRegistry
+    requests: Counter
+    latency: Histogram
+
+    @classmethod
+    def create(cls) -> Metrics:
+        registry = CollectorRegistry()
+        requests = Counter(
+            "aifi_presence_requests",
+            "requests by route and status",
+            ["route", "status"],
+            registry=registry,
+        )
+        latency = Histogram(
+            "aifi_presence_request_duration_seconds",
+            "time from request to answer, by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        return cls(registry, requests, latency)
+
+    def observe(self, route: str, status: int, elapsed_s: float) -> None:
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(elapsed_s)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
