@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     except (SettingsError, HandlerError, TopologyError, MigrationError) as exc:
         print(f"aifi-consumer: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    except ledger.LedgerError as exc:
+    except (ledger.LedgerError, health.HealthPortError) as exc:
         print(f"aifi-consumer: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     except BROKER_ERRORS as exc:

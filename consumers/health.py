@@ -22,6 +22,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 
+class HealthPortError(Exception):
+    """The health endpoint's address cannot be bound (in use, or not this host's)."""
+
+
 @dataclass
 class ConsumerState:
     """Written by the worker, read by the endpoint; one instance per worker."""
@@ -140,7 +144,13 @@ async def serving(state: ConsumerState, host: str, port: int) -> AsyncIterator[N
     runner = web.AppRunner(create_app(state), access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            # Said as what it is: an OSError would otherwise read as a broker failure.
+            raise HealthPortError(
+                f"cannot serve /healthz on {host}:{port}: {exc.strerror}"
+            ) from exc
         yield
     finally:
         await runner.cleanup()

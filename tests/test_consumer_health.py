@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -94,3 +96,11 @@ async def test_metrics_report_outcomes_state_and_handler_time() -> None:
     assert samples[("aifi_consumer_connected", (("consumer", "exited"),))] == 1
     assert samples[("aifi_consumer_consuming", (("consumer", "exited"),))] == 0
     assert samples[("aifi_consumer_handler_seconds_count", (("consumer", "exited"),))] == 1
+
+
+async def test_a_port_in_use_is_said_as_such() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as holder:
+        port = holder.getsockname()[1]
+        with pytest.raises(health.HealthPortError, match=f"127.0.0.1:{port}"):
+            async with health.serving(ConsumerState("x"), "127.0.0.1", port):
+                pass

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 import sqlite3
 import subprocess
 from collections.abc import Callable, Iterator
@@ -326,4 +327,18 @@ async def test_a_ledger_that_cannot_be_opened_exits_1_naming_it(
     assert await exited(process) == 1
     log = (worker.logs / "0.log").read_text()
     assert f"aifi-consumer: cannot open the ledger at {worker.db}: file is not a database" in log
+    assert "Traceback" not in log
+
+
+async def test_a_health_port_in_use_exits_1_saying_so_not_blaming_the_broker(
+    scratch: Scratch, launcher: Launcher, store: int
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as holder:
+        port = holder.getsockname()[1]
+        name, settings = scratch.consumer(f"entered.{store}", health_port=port)
+        worker = launcher({name: settings})
+        assert await exited(worker.start(name)) == 1
+    log = (worker.logs / "0.log").read_text()
+    assert f"aifi-consumer: cannot serve /healthz on 127.0.0.1:{port}" in log
+    assert "broker unavailable" not in log
     assert "Traceback" not in log
