@@ -28,7 +28,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from consumers import topology
 from consumers.settlement import ACK_GRACE_S
 from consumers.topology import QueueSpec, queue_specs
-from core.amqp import KEEP_DELIVERY_LIMIT, connect_first
+from core.amqp import KEEP_DELIVERY_LIMIT, connect_first, declare_unrouted_exchange
 from core.settings import AmqpSettings, ConsumerSettings
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,9 @@ async def migrate(amqp: AmqpSettings, consumers: Mapping[str, ConsumerSettings])
     connection = await connect_first(amqp.urls, amqp.publish_timeout_s)
     async with connection:
         # First: declaring the exchanges declares `aifi.unrouted` too, with its new arguments.
+        # Its binding needs its exchange, which a broker may not have yet.
+        async with connection.channel() as channel:
+            await declare_unrouted_exchange(channel)
         moved = await _each(connection, [topology.unrouted_spec()], amqp.publish_timeout_s)
         async with connection.channel() as channel:
             await topology.declare_exchanges(channel)

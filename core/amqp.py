@@ -39,11 +39,16 @@ UNROUTED_ARGUMENTS: Final[dict[str, Any]] = {
 }
 
 
-async def declare_topology(channel: AbstractChannel) -> AbstractExchange:
-    """The durable topic exchange, with an alternate exchange keeping what matches no binding."""
-    unrouted = await channel.declare_exchange(
+async def declare_unrouted_exchange(channel: AbstractChannel) -> AbstractExchange:
+    """The alternate exchange of `aifi.events`, feeding the queue `aifi.unrouted`."""
+    return await channel.declare_exchange(
         contract.UNROUTED_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
     )
+
+
+async def declare_topology(channel: AbstractChannel) -> AbstractExchange:
+    """The durable topic exchange, with an alternate exchange keeping what matches no binding."""
+    unrouted = await declare_unrouted_exchange(channel)
     # Quorum, not classic: a classic queue lives on one node, and when that node
     # dies no survivor of a cluster may declare it, which would stop the gateway.
     queue = await channel.declare_queue(

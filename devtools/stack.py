@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import json
 import os
 import secrets
 import signal
@@ -82,6 +83,22 @@ def commands() -> list[list[str]]:
     the gateway first."""
     workers = [program(CONSUMER_COMMAND, name) for name in BUILT_IN]
     return [*workers, program(PRESENCE_COMMAND), program(GATEWAY_COMMAND)]
+
+
+def migrated(env: dict[str, str]) -> bool:
+    """Bring queues an earlier checkout declared with other arguments up to date, while no
+    worker consumes them: on a broker kept in `.rabbitmq/` from before, the workers and
+    the gateway would otherwise refuse to declare them and loop."""
+    done = subprocess.run(
+        program(CONSUMER_COMMAND, "migrate"), env=env, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        say(f"stack: aifi-consumer migrate failed:\n{done.stderr.strip()}")
+        return False
+    moved = json.loads(done.stdout)["migrated"]
+    if moved:
+        say(f"stack: queues migrated to this release's arguments (messages moved): {moved}")
+    return True
 
 
 def listen_ports(settings: Settings) -> dict[str, tuple[str, int]]:
@@ -204,6 +221,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         env = child_env()
         children: list[subprocess.Popen[bytes]] = []
         try:
+            if not migrated(env):
+                return 1
             children.extend(subprocess.Popen(cmd, env=env) for cmd in commands())
             if wait_ready(settings, children):
                 with contextlib.suppress(OSError):

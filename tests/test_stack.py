@@ -3,6 +3,7 @@ the same checkout without touching the first, and stops everything on SIGHUP."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -15,9 +16,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import aio_pika
 import pytest
 
+from core import contract
 from core.settings import load
 from devtools import stack
 from devtools.rabbitnode import Node, NodeSpec, amqp_reachable, ensure_installed, free_port
@@ -239,3 +243,47 @@ def test_the_stack_runs_the_presence_api_with_a_token_of_its_own(
     banner = stack.banner(load({"AIFI_CONFIG": str(CONFIG)}))
     assert "http://127.0.0.1:8090/stores" in banner
     assert presence not in banner
+
+
+async def declare_unrouted_as_before(url: str) -> None:
+    """`aifi.unrouted` as a release before the explicit delivery limit declared it, one
+    event waiting in it."""
+    connection = await aio_pika.connect(url)
+    async with connection, connection.channel() as channel:
+        arguments: dict[str, Any] = {"x-queue-type": "quorum"}
+        await channel.declare_queue(contract.UNROUTED_QUEUE, durable=True, arguments=arguments)
+        message = aio_pika.Message(b"{}", delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+        await channel.default_exchange.publish(message, routing_key=contract.UNROUTED_QUEUE)
+
+
+async def unrouted_depth(url: str) -> int:
+    connection = await aio_pika.connect(url)
+    async with connection, connection.channel() as channel:
+        queue = await channel.declare_queue(contract.UNROUTED_QUEUE, passive=True)
+        return queue.declaration_result.message_count or 0
+
+
+# Starts a broker, three workers and a gateway.
+@pytest.mark.slow
+def test_queues_an_earlier_checkout_declared_are_migrated_before_anything_starts(
+    checkout: Checkout, tmp_path: Path
+) -> None:
+    ensure_installed()
+    node = Node(
+        NodeSpec(checkout.node_name, checkout.amqp_port, free_port(), checkout.node.spec.base_dir)
+    )
+    node.start(timeout_s=120)
+    try:
+        asyncio.run(declare_unrouted_as_before(node.url))
+        log = tmp_path / "stack.log"
+        process = checkout.start(log)
+        try:
+            wait_for(lambda: "The stack is up" in log.read_text(), UP_TIMEOUT_S, process, log)
+            assert "queues migrated to this release's arguments" in log.read_text()
+            assert asyncio.run(unrouted_depth(node.url)) == 1
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    finally:
+        node.kill()
