@@ -542,8 +542,10 @@ def _start_owned(url: str, base_dir: Path, name: str) -> Node:
 @contextlib.contextmanager
 def stop_signals_interrupt() -> Iterator[None]:
     """Within the block SIGTERM and SIGHUP (a closed terminal) raise KeyboardInterrupt, as
-    Ctrl-C does, so that the same `finally` cleans up after all three."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    Ctrl-C does, so that the same `finally` cleans up after all three. SIGINT too: a shell
+    starts a background job with it ignored, and `kill -INT` must still stop the stack."""
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    saved = {sig: signal.getsignal(sig) for sig in stops}
     for sig in saved:
         signal.signal(sig, signal.default_int_handler)
     try:
