@@ -14,6 +14,7 @@ from typing import Annotated, Any, Final, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -35,8 +36,24 @@ def split_list(value: object) -> object:
     return value
 
 
+def token_pairs(value: object) -> object:
+    """Tokens from the environment arrive as one `name=token,...` string."""
+    return parse_token_pairs(value) if isinstance(value, str) else value
+
+
+def no_blank_token(value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+    blank = [name for name, token in value.items() if not token.get_secret_value().strip()]
+    if blank:
+        raise ValueError(f"empty token for {', '.join(blank)}")
+    return value
+
+
 # Lists from the environment arrive as one comma-separated string.
 CommaList = Annotated[tuple[str, ...], BeforeValidator(split_list)]
+# Bearer tokens by name (rotation: every one listed is accepted); never shown in errors.
+TokenMap = Annotated[
+    dict[str, SecretStr], BeforeValidator(token_pairs), AfterValidator(no_blank_token)
+]
 # Room for what the event envelope adds to a request body (ids, times, fingerprint)
 # within one AMQP message; an envelope larger still is set aside when published.
 ENVELOPE_ALLOWANCE_BYTES: Final = 64 * 1024
@@ -72,23 +89,10 @@ class HttpSettings(_Section):
 
 
 class AuthSettings(_Section):
-    tokens: dict[str, SecretStr] = Field(default_factory=dict)
+    tokens: TokenMap = Field(default_factory=dict)
     allow_anonymous: bool = False
     rate_limit_per_s: float = Field(0.0, ge=0)  # 0: no rate limit
     rate_limit_burst: int = Field(50, gt=0)
-
-    @field_validator("tokens", mode="before")
-    @classmethod
-    def _parse_pairs(cls, value: object) -> object:
-        return parse_token_pairs(value) if isinstance(value, str) else value
-
-    @field_validator("tokens")
-    @classmethod
-    def _not_blank(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
-        blank = [name for name, token in value.items() if not token.get_secret_value().strip()]
-        if blank:
-            raise ValueError(f"empty token for {', '.join(blank)}")
-        return value
 
 
 class AmqpSettings(_Section):
@@ -177,26 +181,13 @@ class PresenceSettings(_Section):
 
     host: str = "127.0.0.1"
     port: int = Field(8090, ge=0, le=65535)
-    tokens: dict[str, SecretStr] = Field(default_factory=dict)
+    tokens: TokenMap = Field(default_factory=dict)
     access_log: bool = False
     shutdown_timeout_s: float = Field(10.0, gt=0)
     # How long it waits at most between two attempts to open a ledger it cannot open yet.
     retry_max_s: float = Field(5.0, gt=0)
     # /readyz answers 503 if the database does not answer its ping within this.
     ready_timeout_s: float = Field(2.0, gt=0)
-
-    @field_validator("tokens", mode="before")
-    @classmethod
-    def _parse_pairs(cls, value: object) -> object:
-        return parse_token_pairs(value) if isinstance(value, str) else value
-
-    @field_validator("tokens")
-    @classmethod
-    def _not_blank(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
-        blank = [name for name, token in value.items() if not token.get_secret_value().strip()]
-        if blank:
-            raise ValueError(f"empty token for {', '.join(blank)}")
-        return value
 
 
 def default_consumers() -> dict[str, ConsumerSettings]:
