@@ -91,6 +91,13 @@ def test_malformed_aifi_tokens_never_shows_a_token(tmp_path: Path, text: str) ->
     assert "tok-visible" not in message
 
 
+@pytest.mark.parametrize("key", ["auth.tokens", "presence.tokens"])
+def test_a_blank_token_is_refused_by_name(tmp_path: Path, key: str) -> None:
+    section, _, field = key.partition(".")
+    with pytest.raises(SettingsError, match=f"{key}.*empty token for quiet"):
+        settings.load(write(tmp_path, f"{section}:\n  {field}:\n    quiet: '  '\n"))
+
+
 def test_malformed_aifi_tokens_traceback_never_shows_a_token(tmp_path: Path) -> None:
     # The token is built here so that the traceback's source lines cannot show it.
     secret = "-".join(["tok", "visible", "1"])
