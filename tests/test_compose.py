@@ -57,25 +57,72 @@ def test_rabbitmq_is_4x_with_management_and_a_healthcheck(compose: dict[str, Any
     assert rabbitmq["healthcheck"]["test"][0] == "CMD"
 
 
+MIGRATE_COMMAND = [*CONSUMER_COMMAND, "migrate"]
+
+
 def presence_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {n: s for n, s in ours(compose).items() if s["command"] == list(PRESENCE_COMMAND)}
+
+
+def migrate_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {n: s for n, s in ours(compose).items() if s["command"] == MIGRATE_COMMAND}
+
+
+def worker_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The consumer workers: `aifi-consumer NAME`."""
+    return {
+        n: s
+        for n, s in ours(compose).items()
+        if s["command"][:1] == list(CONSUMER_COMMAND) and s["command"] != MIGRATE_COMMAND
+    }
 
 
 def test_the_stack_is_a_gateway_one_service_per_consumer_and_the_presence_api(
     compose: dict[str, Any],
 ) -> None:
     default = {n for n, s in ours(compose).items() if "profiles" not in s}
-    assert default == {"gateway", *(f"consumer-{name}" for name in BUILT_IN), "presence"}
+    workers = {f"consumer-{name}" for name in BUILT_IN}
+    assert default == {"gateway", "migrate", *workers, "presence"}
+
+
+def brokers(compose: dict[str, Any]) -> set[str]:
+    return {n for n, s in compose["services"].items() if "rabbitmq" in s.get("image", "")}
 
 
 def test_every_service_of_the_broker_waits_for_it_healthy(compose: dict[str, Any]) -> None:
     for name, service in ours(compose).items():
-        conditions = {dep["condition"] for dep in service["depends_on"].values()}
+        needed = {dep: c["condition"] for dep, c in service["depends_on"].items()}
         if name in presence_services(compose):
-            assert not set(service["depends_on"]) & {"rabbitmq", "rabbitmq-1"}, name
-            assert conditions <= {"service_healthy"}, name
+            assert not set(needed) & brokers(compose), name
         else:
-            assert conditions == {"service_healthy"}, name
+            assert set(needed) & brokers(compose), name
+        for dep in set(needed) - set(migrate_services(compose)):
+            assert needed[dep] == "service_healthy", (name, dep)
+
+
+def test_every_worker_starts_after_the_migrate_of_its_broker(compose: dict[str, Any]) -> None:
+    """A queue an earlier release declared with other arguments stops a worker with a
+    topology error: the one-shot `migrate` must have run, on the same broker, first."""
+    migrations = migrate_services(compose)
+    for name, service in worker_services(compose).items():
+        found = set(service["depends_on"]) & set(migrations)
+        assert len(found) == 1, name
+        [migration] = found
+        completed = {"condition": "service_completed_successfully"}
+        assert service["depends_on"][migration] == completed, name
+        migrate = migrations[migration]
+        assert migrate["image"] == service["image"], name
+        amqp_url = service["environment"]["AIFI_AMQP_URL"]
+        assert migrate["environment"]["AIFI_AMQP_URL"] == amqp_url, name
+        assert migrate.get("profiles") in (None, service.get("profiles")), name
+        nodes = brokers(compose)
+        assert set(migrate["depends_on"]) & nodes == set(service["depends_on"]) & nodes, name
+
+
+def test_migrate_runs_once_and_is_never_restarted(compose: dict[str, Any]) -> None:
+    for name, service in migrate_services(compose).items():
+        assert service["restart"] == "no", name
+        assert "healthcheck" not in service, name
 
 
 def test_every_command_is_one_the_tests_run(compose: dict[str, Any]) -> None:
@@ -88,12 +135,14 @@ def test_every_command_is_one_the_tests_run(compose: dict[str, Any]) -> None:
         else:
             assert (program,) == CONSUMER_COMMAND, name
             assert len(args) == 1, name
-            assert args[0] in BUILT_IN, name
+            assert args[0] in {*BUILT_IN, "migrate"}, name
 
 
 def test_health_checks_probe_the_ports_config_yaml_gives(compose: dict[str, Any]) -> None:
     settings = load({"AIFI_CONFIG": str(ROOT / "config.yaml")})
     for name, service in ours(compose).items():
+        if name in migrate_services(compose):
+            continue
         probe = service["healthcheck"]["test"][-1]
         if service["command"] == list(GATEWAY_COMMAND):
             assert f":{service['environment']['AIFI_HTTP_PORT']}/healthz" in probe, name
@@ -116,9 +165,7 @@ def test_no_secret_is_written_in_it(compose: dict[str, Any]) -> None:
 def test_every_worker_serves_health_and_metrics_on_all_interfaces(
     compose: dict[str, Any],
 ) -> None:
-    for name, service in ours(compose).items():
-        if service["command"] in (list(GATEWAY_COMMAND), list(PRESENCE_COMMAND)):
-            continue
+    for name, service in worker_services(compose).items():
         environ = {**service["environment"], "AIFI_CONFIG": str(ROOT / "config.yaml")}
         consumer = load(environ).consumers[service["command"][1]]
         assert consumer.health_host == "0.0.0.0", name
@@ -142,9 +189,7 @@ def test_the_postgres_profile_runs_each_worker_on_the_postgres_ledger(
     compose: dict[str, Any],
 ) -> None:
     workers = {
-        n: s
-        for n, s in ours(compose).items()
-        if s.get("profiles") == ["postgres"] and s["command"][0] == CONSUMER_COMMAND[0]
+        n: s for n, s in worker_services(compose).items() if s.get("profiles") == ["postgres"]
     }
     assert {s["command"][1] for s in workers.values()} == set(BUILT_IN)
     for name, service in workers.items():
