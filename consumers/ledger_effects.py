@@ -76,6 +76,26 @@ class SchemaTooNew(LedgerError):
     """The database was created or migrated by a newer release than this one."""
 
 
+class SchemaTooOld(LedgerMissing):
+    """A reader found a schema that no worker of this release has migrated yet."""
+
+
+def check_readable(version: int, where: str, current: int) -> None:
+    """A reader writes nothing, migrations included: it reads only the current schema."""
+    if version == 0:
+        raise LedgerMissing(f"no ledger at {where} (no worker has created it yet)")
+    if version > current:
+        raise SchemaTooNew(
+            f"the ledger at {where} has schema version {version}, newer than this "
+            f"release's {current}: run a release that knows it"
+        )
+    if version < current:
+        raise SchemaTooOld(
+            f"the ledger at {where} has schema version {version}: a worker of this release "
+            "migrates it when it starts"
+        )
+
+
 class LedgerUnavailable(Exception):
     """The database is away for a while (down, restarting, locked): try again later."""
 

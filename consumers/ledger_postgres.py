@@ -33,10 +33,10 @@ from consumers.ledger_effects import (
     VISIT_MERGE,
     Batch,
     LedgerError,
-    LedgerMissing,
     LedgerUnavailable,
     Row,
     SchemaTooNew,
+    check_readable,
     tracking_answer,
 )
 from core.amqp import redact
@@ -217,6 +217,9 @@ async def migrate(
     """Bring the schema to `SCHEMA_VERSION` in one transaction, one opener at a time;
     refuse a schema newer than this release knows. Waiting longer than `timeout_s` for
     another opener raises `LockNotAvailable`, a passing error."""
+    if not create:
+        check_readable(await schema_version(connection), where, SCHEMA_VERSION)
+        return
     async with connection.transaction():
         await connection.execute(f"SET LOCAL lock_timeout = {int(timeout_s * 1000):d}")
         await connection.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
@@ -226,8 +229,6 @@ async def migrate(
                 f"the ledger at {where} has schema version {version}, newer than this "
                 f"release's {SCHEMA_VERSION}: run a release that knows it"
             )
-        if version == 0 and not create:
-            raise LedgerMissing(f"no ledger at {where} (no worker has created it yet)")
         for step in range(version + 1, SCHEMA_VERSION + 1):
             for statement in MIGRATIONS[step]:
                 await connection.execute(statement)

@@ -29,6 +29,7 @@ from consumers.ledger_effects import (
     LedgerUnavailable,
     Row,
     SchemaTooNew,
+    check_readable,
     tracking_answer,
 )
 from core.contract import Event
@@ -159,24 +160,29 @@ class LedgerDB:
         self._db = db
 
     @classmethod
-    def open(cls, settings: LedgerSettings) -> LedgerDB:
+    def open(cls, settings: LedgerSettings, create: bool = True) -> LedgerDB:
         """Open the database at `settings.sqlite_path`, creating or migrating it; any number
-        may open it at once.
+        may open it at once. A reader's (`create=False`) writes nothing: it only checks
+        that the schema is the current one.
 
         Raises `sqlite3.OperationalError` if it stays locked beyond `busy_timeout_ms` (see
         `passing`), `SchemaTooNew`, and `sqlite3.Error` or `OSError` for what waiting will
         not mend.
         """
         path, busy_timeout_ms = settings.sqlite_path, settings.busy_timeout_ms
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: transactions are ours (BEGIN IMMEDIATE), not the module's.
         db = sqlite3.connect(path, isolation_level=None)
         try:
             db.row_factory = sqlite3.Row
             db.execute(f"PRAGMA busy_timeout = {busy_timeout_ms:d}")
+            ledger = cls(db)
+            if not create:
+                check_readable(ledger.version(), str(path), SCHEMA_VERSION)
+                return ledger
             use_wal(db, busy_timeout_ms / 1000)
             db.execute(f"PRAGMA synchronous = {settings.synchronous}")
-            ledger = cls(db)
             ledger.migrate(path)
         except BaseException:
             db.close()
@@ -301,7 +307,9 @@ class SqliteStore:
             raise LedgerMissing(f"no ledger database at {path}")
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
         try:
-            db = await asyncio.get_running_loop().run_in_executor(executor, LedgerDB.open, settings)
+            db = await asyncio.get_running_loop().run_in_executor(
+                executor, LedgerDB.open, settings, create
+            )
         except sqlite3.OperationalError as exc:
             executor.shutdown(wait=False)
             if passing(exc):

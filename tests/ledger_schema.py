@@ -20,11 +20,9 @@ V1_PROCESSED = "INSERT INTO processed VALUES ({p}, 'entered', {p})"
 
 async def version(settings: LedgerSettings) -> int:
     if settings.backend == "sqlite":
-        db = ledger_sqlite.LedgerDB.open(settings)
-        try:
-            return db.version()
-        finally:
-            db.close()
+        # A bare connection: opening the ledger would migrate what it reads.
+        with contextlib.closing(sqlite3.connect(settings.sqlite_path)) as db:
+            return ledger_sqlite.LedgerDB(db).version()
     async with await psycopg.AsyncConnection.connect(settings.url) as connection:
         return await ledger_postgres.schema_version(connection)
 

@@ -31,6 +31,7 @@ from consumers.ledger import (
     LedgerError,
     LedgerMissing,
     SchemaTooNew,
+    SchemaTooOld,
 )
 from core.contract import Event
 from core.settings import LedgerSettings
@@ -337,6 +338,27 @@ async def test_a_ledger_from_before_the_version_table_is_migrated_and_keeps_its_
         assert visit["personsEntered"] == 2
         assert await presence.processed() == 2
     assert await schema.version(ledger_settings) == SCHEMA_VERSION
+
+
+async def test_a_reader_leaves_an_older_schema_to_the_workers(
+    ledger_settings: LedgerSettings,
+) -> None:
+    """The presence API and `aifi-ledger` write nothing, a migration included."""
+    await schema.create_version_1(ledger_settings, session="kept", store=STORE)
+    with pytest.raises(SchemaTooOld, match="schema version 1"):
+        async with ledger.opened(ledger_settings, create=False):
+            pass
+    assert await schema.version(ledger_settings) == 1
+
+
+async def test_a_reader_of_an_empty_sqlite_file_writes_nothing(tmp_path: Path) -> None:
+    # What a worker leaves for an instant before its schema commits.
+    settings = LedgerSettings(db=tmp_path / "ledger.sqlite3")
+    settings.db.touch()
+    with pytest.raises(LedgerMissing):
+        async with ledger.opened(settings, create=False):
+            pass
+    assert settings.db.stat().st_size == 0
 
 
 async def test_a_ledger_of_a_newer_schema_is_refused_at_once(
