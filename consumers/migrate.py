@@ -87,39 +87,42 @@ async def migrate_queue(
     connection: AbstractConnection, spec: QueueSpec, timeout_s: float
 ) -> int | None:
     """Migrate one queue if it differs or a move was left unfinished; None if untouched."""
-    exists, leftover = [await _exists(connection, name) for name in (spec.name, holding(spec).name)]
-    current = exists and await _matches(connection, spec)
+    names = (spec.name, holding(spec).name)
+    exists, leftover = [await _exists(connection, name, timeout_s) for name in names]
+    current = exists and await _matches(connection, spec, timeout_s)
     if (current or not exists) and not leftover:
         return None
     log.info("migrating queue", extra={"queue": spec.name, "resuming": leftover})
     async with connection.channel(publisher_confirms=True, on_return_raises=True) as channel:
         if exists and not current:
             await _set_aside(channel, spec, timeout_s)
-        await topology.declare_spec(channel, spec)
+        async with asyncio.timeout(timeout_s):
+            await topology.declare_spec(channel, spec)
         pen = await channel.get_queue(holding(spec).name, ensure=False)
         for exchange, key in spec.bindings:
-            await pen.unbind(exchange, key)
+            await pen.unbind(exchange, key, timeout=timeout_s)
         moved = await shovel(channel, pen.name, spec.name, timeout_s)
-        await channel.queue_delete(pen.name, if_unused=False, if_empty=False)
+        await channel.queue_delete(pen.name, if_unused=False, if_empty=False, timeout=timeout_s)
     log.info("migrated queue", extra={"queue": spec.name, "moved": moved})
     return moved
 
 
 async def _set_aside(channel: AbstractChannel, spec: QueueSpec, timeout_s: float) -> None:
     """Steps 1 and 2, then the old queue goes."""
-    await _check_idle(channel, spec.name)
-    await topology.declare_spec(channel, holding(spec))
+    await _check_idle(channel, spec.name, timeout_s)
+    async with asyncio.timeout(timeout_s):
+        await topology.declare_spec(channel, holding(spec))
     await shovel(channel, spec.name, holding(spec).name, timeout_s)
     # A consumer that came meanwhile may hold messages: they would go with the queue.
-    await _check_idle(channel, spec.name)
-    await channel.queue_delete(spec.name, if_unused=False, if_empty=False)
+    await _check_idle(channel, spec.name, timeout_s)
+    await channel.queue_delete(spec.name, if_unused=False, if_empty=False, timeout=timeout_s)
 
 
 async def shovel(channel: AbstractChannel, source: str, target: str, timeout_s: float) -> int:
     """Move every message of `source` to `target`, each acked once its copy is confirmed."""
     queue = await channel.get_queue(source, ensure=False)
     moved = 0
-    while batch := await _take(queue, CHUNK):
+    while batch := await _take(queue, CHUNK, timeout_s):
         copies = (verbatim(message) for message in batch)
         await asyncio.gather(
             *(channel.default_exchange.publish(c, target, timeout=timeout_s) for c in copies)
@@ -130,9 +133,13 @@ async def shovel(channel: AbstractChannel, source: str, target: str, timeout_s: 
     return moved
 
 
-async def _take(queue: aio_pika.abc.AbstractQueue, size: int) -> list[AbstractIncomingMessage]:
+async def _take(
+    queue: aio_pika.abc.AbstractQueue, size: int, timeout_s: float
+) -> list[AbstractIncomingMessage]:
     batch: list[AbstractIncomingMessage] = []
-    while len(batch) < size and (message := await queue.get(no_ack=False, fail=False)):
+    while len(batch) < size and (
+        message := await queue.get(no_ack=False, fail=False, timeout=timeout_s)
+    ):
         batch.append(message)
     return batch
 
@@ -158,27 +165,29 @@ def verbatim(message: AbstractIncomingMessage) -> aio_pika.Message:
     )
 
 
-async def _exists(connection: AbstractConnection, name: str) -> bool:
+async def _exists(connection: AbstractConnection, name: str, timeout_s: float) -> bool:
     async with connection.channel() as channel:
         try:
-            await channel.declare_queue(name, passive=True)
+            await channel.declare_queue(name, passive=True, timeout=timeout_s)
         except aiormq.exceptions.ChannelNotFoundEntity:
             return False
     return True
 
 
-async def _matches(connection: AbstractConnection, spec: QueueSpec) -> bool:
+async def _matches(connection: AbstractConnection, spec: QueueSpec, timeout_s: float) -> bool:
     """True if the queue accepts a declare with the arguments of `spec`."""
     async with connection.channel() as channel:
         try:
-            await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments)
+            await channel.declare_queue(
+                spec.name, durable=True, arguments=spec.arguments, timeout=timeout_s
+            )
         except aiormq.exceptions.ChannelPreconditionFailed:
             return False
     return True
 
 
-async def _check_idle(channel: AbstractChannel, name: str) -> None:
-    declared = await channel.declare_queue(name, passive=True)
+async def _check_idle(channel: AbstractChannel, name: str, timeout_s: float) -> None:
+    declared = await channel.declare_queue(name, passive=True, timeout=timeout_s)
     consumers = declared.declaration_result.consumer_count or 0
     if consumers:
         raise MigrationError(

@@ -29,21 +29,25 @@ async def replay(
         # a second time.
         waiting = routes.dead_queue.declaration_result.message_count or 0
         budget = waiting if limit is None else min(limit, waiting)
-        moved = await _move(routes.dead_queue, routes.redeliver, name, budget)
+        moved = await _move(
+            routes.dead_queue, routes.redeliver, name, budget, amqp.publish_timeout_s
+        )
         await asyncio.sleep(ACK_GRACE_S)
     log.info("replayed", extra={"consumer": name, "moved": moved, "was_waiting": waiting})
     return moved
 
 
-async def _move(dead: AbstractQueue, redeliver: AbstractExchange, name: str, budget: int) -> int:
+async def _move(
+    dead: AbstractQueue, redeliver: AbstractExchange, name: str, budget: int, timeout_s: float
+) -> int:
     moved = 0
     while moved < budget:
-        message = await dead.get(no_ack=False, fail=False)
+        message = await dead.get(no_ack=False, fail=False, timeout=timeout_s)
         if message is None:
             break
         # Confirmed before the dead copy goes: a failure in between leaves a duplicate
         # (harmless to an idempotent handler), never a loss.
-        await redeliver.publish(replay_copy(message), name)
+        await redeliver.publish(replay_copy(message), name, timeout=timeout_s)
         await message.ack()
         moved += 1
     return moved

@@ -143,7 +143,7 @@ class Worker:
         ):
             # A declaration on a minority node of a Khepri cluster (4.2+) waits ~30 s before
             # it fails: give up sooner and try the next URL.
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout(self._amqp.declare_timeout_s):
                 queue, settler = await self._prepare(channel)
             cancelled = await broker_cancel(channel)
             lost = asyncio.ensure_future(first_of(connection.closed(), channel.closed(), cancelled))

@@ -51,6 +51,8 @@ PRESENCE_TOKEN_FILE = DATA_DIR / "dev-presence-token"
 LOCK_FILE = DATA_DIR / "stack.lock"
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0
+# Moving what queues hold takes a while on a big backlog; a stuck broker must not hang us.
+MIGRATE_TIMEOUT_S = 300.0
 
 
 def say(text: str) -> None:
@@ -62,8 +64,10 @@ def say(text: str) -> None:
 def dev_token(path: Path = TOKEN_FILE) -> str:
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(24))
-        path.chmod(0o600)
+        # Created readable by its owner only, never world-readable for an instant.
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as token_file:
+            token_file.write(secrets.token_urlsafe(24))
     return path.read_text().strip()
 
 
@@ -89,9 +93,17 @@ def migrated(env: dict[str, str]) -> bool:
     """Bring queues an earlier checkout declared with other arguments up to date, while no
     worker consumes them: on a broker kept in `.rabbitmq/` from before, the workers and
     the gateway would otherwise refuse to declare them and loop."""
-    done = subprocess.run(
-        program(CONSUMER_COMMAND, "migrate"), env=env, capture_output=True, text=True
-    )
+    try:
+        done = subprocess.run(
+            program(CONSUMER_COMMAND, "migrate"),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=MIGRATE_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        say(f"stack: aifi-consumer migrate did not finish within {MIGRATE_TIMEOUT_S:g} s")
+        return False
     if done.returncode != 0:
         say(f"stack: aifi-consumer migrate failed:\n{done.stderr.strip()}")
         return False

@@ -287,3 +287,11 @@ def test_queues_an_earlier_checkout_declared_are_migrated_before_anything_starts
             process.wait()
     finally:
         node.kill()
+
+
+def test_a_development_token_is_made_once_and_readable_by_its_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "dev-token"
+    token = stack.dev_token(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert len(token) >= 32
+    assert stack.dev_token(path) == token
