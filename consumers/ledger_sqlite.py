@@ -337,23 +337,28 @@ class SqliteStore:
         return int(await self.call(LedgerDB.prune, before))
 
     async def occupancy(self, store_id: int | None = None) -> list[Row]:
-        rows: list[Row] = await self.call(LedgerDB.occupancy, store_id)
+        rows: list[Row] = await self._read(LedgerDB.occupancy, store_id)
         return rows
 
     async def visit(self, session_id: str) -> Row | None:
-        row: Row | None = await self.call(LedgerDB.visit, session_id)
+        row: Row | None = await self._read(LedgerDB.visit, session_id)
         return row
 
     async def tracking(self, unique_event_id: str) -> Row | None:
-        row: Row | None = await self.call(LedgerDB.tracking, unique_event_id)
+        row: Row | None = await self._read(LedgerDB.tracking, unique_event_id)
         return row
 
     async def processed(self) -> int:
-        return int(await self.call(LedgerDB.processed))
+        return int(await self._read(LedgerDB.processed))
 
     async def ping(self) -> None:
+        await self._read(LedgerDB.ping)
+
+    async def _read(self, function: Callable[..., Any], *args: Any) -> Any:
+        """A read; a database that cannot answer now (locked, I/O) is `LedgerUnavailable`,
+        as PostgreSQL's outages are, so that a reader answers 503 rather than 500."""
         try:
-            await self.call(LedgerDB.ping)
+            return await self.call(function, *args)
         except sqlite3.Error as exc:
             raise LedgerUnavailable(str(exc)) from exc
 

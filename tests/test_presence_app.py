@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
+import sqlite3
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -253,6 +254,20 @@ async def test_ready_once_a_worker_creates_the_sqlite_ledger(tmp_path: Path) -> 
             await writer.apply(events())
         await eventually(lambda: answers(client, "/readyz", 200), what="/readyz to say ready")
         assert (await get_json(client, "/sessions/s1"))["personsEntered"] == 1
+
+
+async def test_a_sqlite_ledger_that_fails_a_read_is_a_503_not_a_500(tmp_path: Path) -> None:
+    settings = LedgerSettings(db=tmp_path / "ledger.sqlite3")
+    async with ledger.opened(settings) as writer:
+        await writer.apply(events())
+    async with started(presence_settings(settings)) as client:
+        await eventually(lambda: answers(client, "/readyz", 200), what="/readyz to say ready")
+        # A real failure of the database under an open reader: the table it reads is gone.
+        with contextlib.closing(sqlite3.connect(settings.db)) as other, other:
+            other.execute("DROP TABLE visits")
+        response = await client.get("/sessions/s1", headers=AUTH)
+        assert response.status == 503
+        assert_problem(await response.json(content_type=None), 503)
 
 
 @pytest.fixture
