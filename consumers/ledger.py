@@ -232,5 +232,10 @@ async def pruning(presence: Ledger, settings: LedgerSettings) -> AsyncIterator[L
         # an error of its own (QueryCanceled), which the loop would take for a failed prune.
         stop.set()
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await task
+        except asyncio.CancelledError:
+            # The pruner's own end; a cancel aimed at whoever closes the ledger goes on.
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
