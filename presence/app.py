@@ -23,7 +23,7 @@ from presence.reader import Reader
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+RequestHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID: Final = web.RequestKey("request_id", str)
 # Answered without a token: probes, scrapes and the API's own description.
 PUBLIC: Final = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
@@ -49,7 +49,7 @@ def route_of(request: web.Request) -> str:
 
 
 @web.middleware
-async def observed(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def observed(request: web.Request, handler: RequestHandler) -> web.StreamResponse:
     """Count every answer by route and status, and time it."""
     started_s = time.perf_counter()
     response = await handler(request)
@@ -68,7 +68,7 @@ def http_problem(request: web.Request, exc: web.HTTPException) -> web.Response:
 
 
 @web.middleware
-async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def problems(request: web.Request, handler: RequestHandler) -> web.StreamResponse:
     """Every error answer is a JSON problem, aiohttp's own 404 and 405 included."""
     try:
         return await handler(request)
@@ -84,7 +84,7 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
 
 
 @web.middleware
-async def authorized(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def authorized(request: web.Request, handler: RequestHandler) -> web.StreamResponse:
     """A valid bearer token, except on the public routes."""
     if request.path not in PUBLIC:
         tokens = request.app[PRESENCE].tokens
