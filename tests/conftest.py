@@ -3,6 +3,7 @@ per-test queues; and the session-end check that nothing the tests started outliv
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -81,18 +82,37 @@ def postgres_url() -> Iterator[str]:
     if given and pgnode.reachable(given):
         yield given
         return
-    base = Path(tempfile.mkdtemp(prefix="aifi-test-pg-"))
+    with private_postgres("aifi-test-pg-") as node:
+        yield node.url
+
+
+@contextlib.contextmanager
+def private_postgres(prefix: str) -> Iterator[pgnode.PgNode]:
+    """A PostgreSQL node on a free port, its data in a temporary directory that the
+    `postgres` user can reach, stopped and removed at the end. A node that cannot start
+    fails the test loudly, never skips it."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
     node = pgnode.PgNode(base, free_port())
     try:
-        pgnode.ensure_installed()
-        node.start(timeout_s=120)
-    except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
-        node.kill()
+        try:
+            pgnode.ensure_installed()
+            node.start(timeout_s=120)
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+            node.kill()
+            pytest.fail(f"cannot start a private PostgreSQL: {exc}", pytrace=False)
+        try:
+            yield node
+        finally:
+            node.stop("immediate")
+    finally:
         shutil.rmtree(base, ignore_errors=True)
-        pytest.fail(f"cannot start the test session's PostgreSQL: {exc}", pytrace=False)
-    yield node.url
-    node.stop()
-    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def private_pg() -> Iterator[pgnode.PgNode]:
+    """A PostgreSQL of this test's own, to stop at will; never the session's."""
+    with private_postgres("aifi-private-pg-") as node:
+        yield node
 
 
 @pytest.fixture

@@ -9,13 +9,11 @@ import asyncio
 import contextlib
 import functools
 import random
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -173,19 +171,6 @@ async def settled(workers: Workers, presence: Ledger, events: list[Event], dead:
     connection = await aio_pika.connect(workers.env["AIFI_AMQP_URL"])
     async with connection, connection.channel() as channel:
         assert await broker.depth(channel, dead) == 0, "nothing dead-lettered"
-
-
-@pytest.fixture
-def private_pg() -> Iterator[pgnode.PgNode]:
-    """A PostgreSQL of this test's own, to stop at will; never the session's."""
-    base = Path(tempfile.mkdtemp(prefix="aifi-fault-pg-"))
-    node = pgnode.PgNode(base, free_port())
-    node.start()
-    try:
-        yield node
-    finally:
-        node.stop("immediate")
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

@@ -7,11 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import sqlite3
-import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -268,19 +266,6 @@ async def test_a_sqlite_ledger_that_fails_a_read_is_a_503_not_a_500(tmp_path: Pa
         response = await client.get("/sessions/s1", headers=AUTH)
         assert response.status == 503
         assert_problem(await response.json(content_type=None), 503)
-
-
-@pytest.fixture
-def private_pg() -> Iterator[pgnode.PgNode]:
-    """A PostgreSQL of this test's own, to stop at will; never the session's."""
-    base = Path(tempfile.mkdtemp(prefix="aifi-presence-pg-"))
-    node = pgnode.PgNode(base, free_port())
-    node.start()
-    try:
-        yield node
-    finally:
-        node.stop("immediate")
-        shutil.rmtree(base, ignore_errors=True)
 
 
 async def test_not_ready_once_postgresql_goes_away(private_pg: pgnode.PgNode) -> None:
