@@ -5,8 +5,8 @@ The supervisor is lean: `python -m gateway` checks the settings, then becomes (e
 module's `main`, which imports neither pydantic nor the application; each process it forks
 loads the settings and the application for itself. Forking, unlike spawning, starts no
 resource tracker process either. `make bench` measured the peak RSS of two processes and
-their supervisor at 2.6 times one process's with a supervisor holding the settings, and
-3.1 times with one spawning processes from a supervisor holding the whole application.
+their supervisor at 2.0 times one process's, against 3.1 times when a supervisor holding
+the whole application spawned them.
 
 Each gateway process has its own spool directory (`<spool.dir>/worker-<i>`: the name
 predates this module and is kept, so that an upgrade recovers the spools already on disk)
