@@ -31,7 +31,7 @@ from core import contract
 from core.contract import Outbound
 from core.settings import AmqpSettings
 from gateway import events
-from gateway.publisher import Publisher
+from gateway.publisher import Outcomes, Publisher
 
 IN_FLIGHT: Final = 256
 BATCH: Final = 64
@@ -90,16 +90,28 @@ async def per_message(channel: aiormq.abc.AbstractChannel, batch: Sequence[Outbo
 
 
 async def batched(publisher: Publisher, batch: Sequence[Outbound]) -> None:
-    """The relay's way: a batch per write, each confirm settled by a callback."""
-    room = asyncio.Semaphore(IN_FLIGHT // BATCH)
-    pending: list[asyncio.Future[list[Any]]] = []
+    """The relay's way: a batch per write, confirms settled per ack frame."""
+    in_flight, room, done = 0, asyncio.Event(), asyncio.Event()
+    unsettled = len(batch)
+
+    def settle(outcomes: Outcomes[int]) -> None:
+        nonlocal in_flight, unsettled
+        if failed := [n for n, error in outcomes if error is not None]:
+            raise RuntimeError(f"{len(failed)} messages not confirmed")
+        in_flight -= len(outcomes)
+        unsettled -= len(outcomes)
+        room.set()
+        if not unsettled:
+            done.set()
+
     for start in range(0, len(batch), BATCH):
-        await room.acquire()
-        confirmations = await publisher.write(batch[start : start + BATCH])
-        gathered = asyncio.gather(*confirmations)
-        gathered.add_done_callback(lambda _: room.release())
-        pending.append(gathered)
-    await asyncio.gather(*pending)
+        while in_flight > IN_FLIGHT - BATCH:
+            room.clear()
+            await room.wait()
+        chunk = batch[start : start + BATCH]
+        in_flight += len(chunk)
+        await publisher.write([(o, start + n) for n, o in enumerate(chunk)], settle)
+    await done.wait()
 
 
 async def timed(run: Run, batch: Sequence[Outbound]) -> tuple[float, float]:

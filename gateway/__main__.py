@@ -1,4 +1,9 @@
-"""`python -m gateway` / `aifi-gateway`: load settings once, then serve."""
+"""`python -m gateway` / `aifi-gateway`: load settings once, then serve.
+
+With `http.workers` > 1 this process becomes the supervisor once the settings are checked
+(gateway/processes.py), so the application is imported only by `serve`, and each command
+imports what it needs when it runs.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +17,8 @@ from pathlib import Path
 
 import orjson
 
-from core import asyncapi, logs
+from core import logs
 from core.settings import Settings, SettingsError, load
-from gateway import openapi, spool, tail
-from gateway.processes import Supervisor, serve
 
 log = logging.getLogger("gateway")
 
@@ -44,6 +47,8 @@ def check_auth(settings: Settings) -> None:
 
 def inspect_spool(directory: Path) -> None:
     """Print depth, oldest age and segments of a spool (read-only; safe while it runs)."""
+    from gateway import spool
+
     print(orjson.dumps(spool.inspect(directory), option=orjson.OPT_INDENT_2).decode())
 
 
@@ -73,6 +78,9 @@ def settings_for(command: str | None) -> Settings:
 
 
 def print_command(args: argparse.Namespace, settings: Settings) -> None:
+    from core import asyncapi
+    from gateway import openapi, tail
+
     if args.command == "spool":
         inspect_spool(args.dir or settings.spool.dir)
     elif args.command == "asyncapi":
@@ -84,10 +92,12 @@ def print_command(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def run_gateway(settings: Settings) -> None:
+    from gateway.processes import become_supervisor, serve
+
     http = settings.http
     log.info("starting", extra={"host": http.host, "port": http.port, "workers": http.workers})
     if http.workers > 1:
-        raise SystemExit(Supervisor(settings).run())
+        become_supervisor(settings)
     serve(settings)
 
 

@@ -10,6 +10,7 @@ not confirmed stays spooled for the next start.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 from core.contract import Outbound
 from core.settings import Settings
-from gateway.publisher import Publisher, PublishError
+from gateway.publisher import Outcomes, Publisher, PublishError
 from gateway.relay import Relay
 from gateway.spool import Spool, SpoolFull, SpoolStats
 
@@ -63,6 +64,68 @@ class Alarm:
         self.reason = None
 
 
+Waiter = asyncio.Future[None]
+
+
+class Coalescer:
+    """`ack: confirmed`: the messages of the requests of one loop turn leave in one write,
+    and each request learns of its own message's confirm, or that there was none within
+    `timeout_s` (one timer per write, not per request)."""
+
+    def __init__(self, publisher: Publisher, timeout_s: float) -> None:
+        self._publisher = publisher
+        self._timeout_s = timeout_s
+        self._waiting: list[tuple[Outbound, Waiter]] = []
+        self._writes: set[asyncio.Task[None]] = set()
+
+    async def publish(self, outbound: Outbound) -> None:
+        """Return once the broker confirmed `outbound`; else raise `PublishError`."""
+        loop = asyncio.get_running_loop()
+        waiter: Waiter = loop.create_future()
+        if not self._waiting:
+            loop.call_soon(self._write_waiting)
+        self._waiting.append((outbound, waiter))
+        await waiter
+
+    def _write_waiting(self) -> None:
+        batch, self._waiting = self._waiting, []
+        waiters = [waiter for _, waiter in batch]
+        asyncio.get_running_loop().call_later(self._timeout_s, _expire, waiters)
+        task = asyncio.create_task(self._write(batch))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _write(self, batch: list[tuple[Outbound, Waiter]]) -> None:
+        try:
+            if not self._publisher.ready:
+                # Not written late: its requests would be answered from the spool by then.
+                raise PublishError("not connected")
+            await self._publisher.write(batch, _settle)
+        except PublishError as exc:
+            _settle([(waiter, exc) for _, waiter in batch])
+
+    async def close(self) -> None:
+        """Stop the writes still under way: their requests have long gone to the spool."""
+        for task in self._writes:
+            task.cancel()
+        await asyncio.gather(*self._writes, return_exceptions=True)
+
+
+def _settle(outcomes: Outcomes[Waiter]) -> None:
+    for waiter, error in outcomes:
+        if not waiter.done():
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
+
+
+def _expire(waiters: list[Waiter]) -> None:
+    # A late confirm may still come: the spooled copy then makes a duplicate with the
+    # same event id, never a loss.
+    _settle([(waiter, PublishError("no confirm in time")) for waiter in waiters])
+
+
 class Pipeline:
     """Everything between a handler and the broker."""
 
@@ -72,8 +135,10 @@ class Pipeline:
         self.publisher = Publisher(settings.amqp)
         self.relay = Relay(self.spool, self.publisher, s.max_in_flight, s.memory_max_bytes)
         # `ack: confirmed`: how long a request waits for the broker before it is spooled.
-        self._confirm_timeout_s = (
-            settings.confirm_timeout_ms / 1000 if settings.ack == "confirmed" else None
+        self._coalescer = (
+            Coalescer(self.publisher, settings.confirm_timeout_ms / 1000)
+            if settings.ack == "confirmed"
+            else None
         )
         self._stall_after_s = settings.amqp.publish_timeout_s
         self._drain_timeout_s = settings.http.shutdown_timeout_s
@@ -86,6 +151,8 @@ class Pipeline:
             recovered = self.spool.recover()
             stack.callback(self.spool.close)
             await stack.enter_async_context(self.publisher)
+            if self._coalescer is not None:
+                stack.push_async_callback(self._coalescer.close)
             await stack.enter_async_context(self.relay)
             stack.push_async_callback(self._drain)
             self._open = stack.pop_all()
@@ -119,19 +186,17 @@ class Pipeline:
         """
         if self._open is None:
             raise Unavailable("the pipeline is not open")
-        timeout_s = self._confirm_timeout_s
-        if timeout_s is not None and await self._confirmed(outbound, timeout_s):
+        coalescer = self._coalescer
+        if coalescer is not None and await self._confirmed(coalescer, outbound):
             return
         await self._spooled(outbound)
 
-    async def _confirmed(self, outbound: Outbound, timeout_s: float) -> bool:
+    async def _confirmed(self, coalescer: Coalescer, outbound: Outbound) -> bool:
         if not self.publisher.ready:
             return False
         try:
-            await self.publisher.publish(outbound, timeout_s)
+            await coalescer.publish(outbound)
         except PublishError:
-            # A late confirm may still come: the spooled copy then makes a duplicate
-            # with the same event id, never a loss.
             return False
         return True
 

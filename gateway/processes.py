@@ -1,6 +1,13 @@
 """Gateway processes: `serve` runs one; with `http.workers: N`, a `Supervisor` runs N of
 them sharing the port through SO_REUSEPORT.
 
+The supervisor is lean: `python -m gateway` checks the settings, then becomes (exec) this
+module's `main`, which imports neither pydantic nor the application; each process it forks
+loads the settings and the application for itself. Forking, unlike spawning, starts no
+resource tracker process either. `make bench` measured the peak RSS of two processes and
+their supervisor at 2.0 times one process's, against 3.1 times when a supervisor holding
+the whole application spawned them.
+
 Each gateway process has its own spool directory (`<spool.dir>/worker-<i>`: the name
 predates this module and is kept, so that an upgrade recovers the spools already on disk)
 and its own AMQP connection, so nothing is shared but the listening port. The supervisor
@@ -23,15 +30,15 @@ import sys
 import threading
 import time
 from multiprocessing.process import BaseProcess
-from typing import Final
-
-from aiohttp import web
+from typing import TYPE_CHECKING, Final, NoReturn
 
 from core import logs
-from core.settings import Settings
-from gateway.app import create_app
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from core.settings import Settings
+
+# Named: run as `python -m gateway.processes`, this module is `__main__`.
+log = logging.getLogger("gateway.processes")
 
 RESTART_DELAY_S: Final = 0.5
 # An orphaned gateway process stops gracefully, and is killed if that takes longer: the spool
@@ -40,6 +47,7 @@ ORPHAN_DEADLINE_S: Final = 2.0
 LINGERING_S: Final = 1.0
 GC_THRESHOLDS: Final = (20_000, 20, 20)
 PR_SET_PDEATHSIG: Final = 1  # <linux/prctl.h>
+STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
 
 
 def quiet_gc() -> None:
@@ -57,6 +65,9 @@ def quiet_gc() -> None:
 def serve(settings: Settings) -> None:
     """One gateway process; with `http.workers` > 1 each of them shares the port (SO_REUSEPORT)."""
     import uvloop
+    from aiohttp import web
+
+    from gateway.app import create_app
 
     logs.configure(settings.log.level)
     app = create_app(settings)
@@ -85,11 +96,17 @@ def process_settings(settings: Settings, index: int) -> Settings:
     return settings.model_copy(update={"spool": spool})
 
 
-def run_process(settings: Settings, supervisor_pid: int) -> None:
-    """A spawned gateway process. It lives in an importable module because spawn pickles its
-    target by name, and a child cannot import `__main__` of `python -m gateway`."""
+def run_process(index: int, supervisor_pid: int) -> None:
+    """Gateway process `index`, forked by the supervisor, whose signal handlers are not its own."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+    # Blocked by the supervisor around the fork: one that came meanwhile acts now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     die_with_parent(supervisor_pid)
-    serve(settings)
+    from core.settings import load
+
+    # The same environment and working directory as the supervisor's: the same settings.
+    serve(process_settings(load(), index))
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -124,29 +141,35 @@ def watch_parent(signalled: bool) -> None:
 
 
 class Supervisor:
-    """Runs `http.workers` gateway processes, restarts one that dies, stops them on SIGTERM."""
+    """Runs `workers` gateway processes, restarts one that dies, stops them on SIGTERM."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._context = multiprocessing.get_context("spawn")
+    def __init__(self, workers: int, shutdown_timeout_s: float) -> None:
+        self._workers = workers
+        self._shutdown_timeout_s = shutdown_timeout_s
+        # Fork, not spawn: the supervisor has no thread and no event loop to copy, and
+        # spawn would start a resource tracker process and re-import this one's modules.
+        self._context = multiprocessing.get_context("fork")
         self._processes: dict[int, BaseProcess] = {}
         self._stopping = False
 
     def start(self, index: int) -> None:
         process = self._context.Process(
-            target=run_process,
-            args=(process_settings(self._settings, index), os.getpid()),
-            name=f"aifi-gateway-{index}",
+            target=run_process, args=(index, os.getpid()), name=f"aifi-gateway-{index}"
         )
-        process.start()
+        # Until the child has its own handlers, a stop signal must not run the supervisor's.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         self._processes[index] = process
         # Not "process": a LogRecord's own attribute (the pid), which `extra` may not replace.
         log.info("gateway process started", extra={"process_index": index, "pid": process.pid})
 
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, self._stop)
-        signal.signal(signal.SIGINT, self._stop)
-        for index in range(self._settings.http.workers):
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._stop)
+        for index in range(self._workers):
             self.start(index)
         while not self._stopping:
             self._restart_dead()
@@ -169,9 +192,30 @@ class Supervisor:
                 process.terminate()
 
     def _join(self) -> int:
-        timeout_s = self._settings.http.shutdown_timeout_s + 5
+        timeout_s = self._shutdown_timeout_s + 5
         for process in self._processes.values():
             process.join(timeout_s)
         # -SIGTERM: a gateway process stopped while still starting, before it could accept anything.
         clean = (0, -signal.SIGTERM)
         return 0 if all(p.exitcode in clean for p in self._processes.values()) else 1
+
+
+def become_supervisor(settings: Settings) -> NoReturn:
+    """Replace this process (same pid) by a fresh supervisor: what checking the settings
+    loaded (pydantic, YAML) would otherwise stay in its memory for nothing."""
+    argv = [sys.executable, "-m", "gateway.processes", str(settings.http.workers)]
+    argv += [str(settings.http.shutdown_timeout_s), settings.log.level]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m gateway.processes WORKERS SHUTDOWN_TIMEOUT_S LOG_LEVEL`: the supervisor."""
+    workers, shutdown_timeout_s, level = argv
+    logs.configure(level)
+    return Supervisor(int(workers), float(shutdown_timeout_s)).run()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

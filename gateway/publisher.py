@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Generic, TypeVar
 
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.abc import ChannelFrame
+from pamqp.commands import Basic
 
 from core import contract
 from core.amqp import BROKER_ERRORS, declare_topology, first_of, reconnecting, redact
@@ -21,7 +23,10 @@ from gateway.frames import PublishEncoder
 
 log = logging.getLogger(__name__)
 
-Confirmation = asyncio.Future[Any]
+T = TypeVar("T")
+# What the broker said of each message: None if it confirmed it, else why it is not safe.
+Outcomes = list[tuple[T, "PublishError | None"]]
+Settle = Callable[[Outcomes[T]], None]
 
 
 class PublishError(Exception):
@@ -39,6 +44,7 @@ class Publisher:
         self._settings = settings
         self._channel: aiormq.Channel | None = None
         self._encoder: PublishEncoder | None = None
+        self._confirms: Confirms[Any] | None = None
         self._ready = asyncio.Event()
         self._serving: asyncio.Task[None] | None = None
         self.reconnects = 0
@@ -91,13 +97,17 @@ class Publisher:
                 underlay.max_content_size,
                 self._settings.max_message_bytes,
             )
+            confirms: Confirms[Any] = Confirms(underlay, self)
+            self._confirms = confirms
             self._ready.set()
             log.info("amqp connected", extra={"url": redact(url)})
             try:
                 await first_of(connection.closed(), channel.closed())
             finally:
                 self._ready.clear()
-                self._channel = self._encoder = None
+                self._channel = self._encoder = self._confirms = None
+                # No confirm can come any more: what waits on one is not safe.
+                confirms.fail_all(PublishError("connection lost"))
         log.warning("amqp connection lost", extra={"url": redact(url)})
 
     async def _declared_channel(self, connection: AbstractConnection) -> AbstractChannel:
@@ -112,108 +122,176 @@ class Publisher:
             await declare_topology(channel)
         return channel
 
-    async def publish(self, outbound: Outbound, timeout_s: float | None = None) -> None:
-        """`send`, bounded: for a request whose answer waits on the confirm."""
-        try:
-            async with asyncio.timeout(timeout_s or self._settings.publish_timeout_s):
-                await self.send(outbound)
-        except TimeoutError as exc:
-            raise PublishError("no confirm in time") from exc
+    async def write(self, messages: Sequence[tuple[Outbound, T]], settle: Settle[T]) -> None:
+        """Write `messages` in one socket write; `settle` learns what became of each token.
 
-    async def send(self, outbound: Outbound) -> None:
-        """Publish one message and return once the broker confirmed it; `publish` bounds it.
-
-        A lost connection fails every pending confirm at once.
-        """
-        [confirmation] = await self.write([outbound])
-        await asyncio.wait([confirmation])
-        self.check(confirmation)
-
-    async def write(self, outbounds: Sequence[Outbound]) -> list[Confirmation]:
-        """Write `outbounds` in one socket write; each gets a future its confirm settles.
+        `settle` is called with (token, None) for each message the broker confirmed and
+        (token, PublishError) for each it did not (nacked, returned, connection lost), in
+        one call per confirm frame of the broker: an ack of many delivery tags settles
+        them in one pass. A message AMQP cannot carry is settled with `Unencodable`
+        without being written. Raises `PublishError` if none of them was written.
 
         This bypasses aiormq's `basic_publish`, whose per-message objects, lock and
-        write cost four times the CPU of the rest of the relay (measured under
-        bench/), and registers each confirm where aiormq's reader settles it. A
-        message AMQP cannot carry gets a future already failed with `Unencodable`.
+        write cost four times the CPU of the rest of the relay (measured under bench/).
         """
         await self._ready.wait()
         try:
-            channel, encoder = self._channel, self._encoder
-            if channel is None or encoder is None:
+            channel, encoder, confirms = self._channel, self._encoder, self._confirms
+            if channel is None or encoder is None or confirms is None:
                 raise PublishError("channel closed")
             # Bounded: aiormq's write queue is never read again once its writer
             # stopped with the connection, and a full one would block for good.
             async with asyncio.timeout(self._settings.publish_timeout_s), channel.lock:
-                return await _write(channel, encoder, outbounds)
-        except (*BROKER_ERRORS, asyncio.InvalidStateError) as exc:
-            # InvalidStateError: the channel's futures were all rejected, it is closed.
+                await _write(channel, encoder, confirms, messages, settle)
+        except BROKER_ERRORS as exc:
             raise PublishError(type(exc).__name__) from exc
 
-    def check(self, confirmation: Confirmation) -> None:
-        """Return if the broker took the message; else raise `PublishError` saying why."""
-        if confirmation.cancelled():
-            raise PublishError("cancelled")
-        exc = confirmation.exception()
-        if isinstance(exc, PublishError):
-            raise exc
-        if exc is not None:
-            raise PublishError(type(exc).__name__) from exc
-        if isinstance(confirmation.result(), aiormq.abc.DeliveredMessage):
-            # Only when the alternate exchange is gone: the event is in no queue.
-            self.returns += 1
-            raise PublishError("returned unroutable")
+    def returned(self) -> PublishError:
+        # Only when the alternate exchange is gone: the event is in no queue.
+        self.returns += 1
+        return PublishError("returned unroutable")
 
 
 async def _write(
-    channel: aiormq.Channel, encoder: PublishEncoder, outbounds: Sequence[Outbound]
-) -> list[Confirmation]:
-    encoded = _encode_all(encoder, outbounds)
-    payload = b"".join(frames for frames in encoded if isinstance(frames, bytes))
-    if payload:
-        await channel.write_queue.put(ChannelFrame(payload=payload, should_close=False))
-    # Delivery tags are taken only once the frames are queued, with no await in
-    # between: a cancelled put takes none, and no confirm can arrive sooner.
-    return [
-        _failed(Unencodable(str(frames)))
-        if isinstance(frames, ValueError)
-        else _expect_confirm(channel, outbound.message_id)
-        for outbound, frames in zip(outbounds, encoded, strict=True)
-    ]
-
-
-def _encode_all(encoder: PublishEncoder, outbounds: Sequence[Outbound]) -> list[bytes | ValueError]:
-    encoded: list[bytes | ValueError] = []
-    for outbound in outbounds:
+    channel: aiormq.Channel,
+    encoder: PublishEncoder,
+    confirms: Confirms[T],
+    messages: Sequence[tuple[Outbound, T]],
+    settle: Settle[T],
+) -> None:
+    payloads: list[bytes] = []
+    written: list[tuple[str, T]] = []
+    unencodable: Outcomes[T] = []
+    for outbound, token in messages:
         try:
-            encoded.append(encoder.encode(outbound))
+            payloads.append(encoder.encode(outbound))
         except ValueError as exc:
-            encoded.append(exc)
-    return encoded
+            unencodable.append((token, Unencodable(str(exc))))
+        else:
+            written.append((outbound.message_id, token))
+    if payloads:
+        await channel.write_queue.put(ChannelFrame(payload=b"".join(payloads), should_close=False))
+    # Delivery tags are taken only once the frames are queued, with no await in
+    # between: a cancelled put takes none, and no confirm can arrive sooner. A
+    # connection lost during the put failed what was pending before these.
+    if written and (confirms.failed or channel.is_closed):
+        raise PublishError("channel closed")
+    confirms.expect(written, settle)
+    if unencodable:
+        asyncio.get_running_loop().call_soon(settle, unencodable)
 
 
-def _expect_confirm(channel: aiormq.Channel, message_id: str) -> Confirmation:
-    """Take the next delivery tag, as aiormq's `basic_publish` would, so its reader settles it.
+class _Pending(Generic[T]):
+    """One message awaiting its confirm. aiormq's reader finds it by message id when the
+    broker returns the message, and calls `set_result` or `set_exception` on it."""
 
-    The future comes first: on a closed channel `create_future` raises before any
-    tag is taken, and as nothing runs between two calls, it raises on the first.
-    """
-    confirmation = channel.create_future()
-    channel.delivery_tag += 1
-    tag = channel.delivery_tag
-    channel.confirmations[tag] = confirmation
-    # A basic.return names the message by its message id only.
-    channel.message_id_delivery_tag[message_id] = tag
+    __slots__ = ("message_id", "returned", "settle", "token")
 
-    def forget(_: Confirmation) -> None:
-        if channel.message_id_delivery_tag.get(message_id) == tag:
-            del channel.message_id_delivery_tag[message_id]
+    def __init__(self, message_id: str, token: T, settle: Settle[T]) -> None:
+        self.message_id = message_id
+        self.token = token
+        self.settle = settle
+        self.returned = False
 
-    confirmation.add_done_callback(forget)
-    return confirmation
+    def done(self) -> bool:
+        return self.returned
+
+    def set_result(self, _: object) -> None:
+        self.returned = True
+
+    def set_exception(self, _: BaseException) -> None:
+        self.returned = True
 
 
-def _failed(exc: Exception) -> Confirmation:
-    confirmation: Confirmation = asyncio.get_running_loop().create_future()
-    confirmation.set_exception(exc)
-    return confirmation
+# The aiormq 7.2 internals the publisher relies on (pyproject.toml pins aiormq to 7.2.x, and
+# tests/test_publisher.py checks them): the channel's delivery tag counter, its
+# `confirmations` and `message_id_delivery_tag`, where its reader looks up a returned
+# message, and `_on_confirm_frame`, which its reader awaits for every basic.ack and basic.nack.
+AIORMQ_INTERNALS: Final = (
+    "delivery_tag",
+    "confirmations",
+    "message_id_delivery_tag",
+    "_on_confirm_frame",
+)
+
+
+class Confirms(Generic[T]):
+    """The confirms a channel awaits, settled in bulk: replaces aiormq's settlement, which
+    takes a future, a `call_soon` and three callbacks per message, and walks every pending
+    confirm on each ack."""
+
+    def __init__(self, channel: aiormq.Channel, publisher: Publisher) -> None:
+        missing = [name for name in AIORMQ_INTERNALS if not hasattr(channel, name)]
+        if missing:
+            raise TypeError(f"aiormq's Channel lacks {missing}: see AIORMQ_INTERNALS")
+        self._channel = channel
+        self._publisher = publisher
+        self._pending: OrderedDict[int, _Pending[T]] = OrderedDict()
+        self.failed = False
+        # The reader awaits the instance's attribute: this takes over every confirm frame.
+        setattr(channel, "_on_confirm_frame", self._on_confirm_frame)  # noqa: B010
+
+    def expect(self, written: Sequence[tuple[str, T]], settle: Settle[T]) -> None:
+        """Take the next delivery tags, as aiormq's `basic_publish` would."""
+        channel, pending = self._channel, self._pending
+        by_message_id, returnable = channel.message_id_delivery_tag, channel.confirmations
+        tag = channel.delivery_tag
+        for message_id, token in written:
+            tag += 1
+            entry = _Pending(message_id, token, settle)
+            pending[tag] = entry
+            # A basic.return names the message by its message id only.
+            by_message_id[message_id] = tag
+            returnable[tag] = entry  # type: ignore[assignment]
+        channel.delivery_tag = tag
+
+    async def _on_confirm_frame(self, frame: Basic.Ack | Basic.Nack) -> None:
+        self.settle(frame.delivery_tag, frame.multiple, isinstance(frame, Basic.Ack))
+
+    def settle(self, delivery_tag: int, multiple: bool, acked: bool) -> None:
+        """Settle `delivery_tag`, and every tag before it if `multiple`, in one pass."""
+        pending = self._pending
+        if multiple:
+            settled = []
+            while pending and next(iter(pending)) <= delivery_tag:
+                settled.append(pending.popitem(last=False))
+        elif (entry := pending.pop(delivery_tag, None)) is not None:
+            settled = [(delivery_tag, entry)]
+        else:
+            return
+        self._forget(settled)
+        error = None if acked else PublishError("DeliveryError: nacked")
+        publisher = self._publisher
+        self._notify(
+            [(entry, publisher.returned() if entry.returned else error) for _, entry in settled]
+        )
+
+    def _forget(self, settled: list[tuple[int, _Pending[T]]]) -> None:
+        channel = self._channel
+        by_message_id, returnable = channel.message_id_delivery_tag, channel.confirmations
+        for tag, entry in settled:
+            returnable.pop(tag, None)
+            if by_message_id.get(entry.message_id) == tag:
+                del by_message_id[entry.message_id]
+
+    def fail_all(self, error: PublishError) -> None:
+        """The channel is gone: nothing pending will be confirmed."""
+        self.failed = True
+        settled = list(self._pending.items())
+        self._pending.clear()
+        self._notify([(entry, error) for _, entry in settled])
+
+    @staticmethod
+    def _notify(outcomes: list[tuple[_Pending[T], PublishError | None]]) -> None:
+        """One call of `settle` per run of messages of one write, in the order written."""
+        if not outcomes:
+            return
+        settle = outcomes[0][0].settle
+        run: Outcomes[T] = []
+        for entry, error in outcomes:
+            # Equal, not identical: a bound method is a new object at each `write`.
+            if entry.settle != settle:
+                settle(run)
+                settle, run = entry.settle, []
+            run.append((entry.token, error))
+        settle(run)

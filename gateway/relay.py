@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Iterable
 from typing import Final
 
 from gateway.backlog import Backlog
-from gateway.publisher import Confirmation, Publisher, PublishError, Unencodable
+from gateway.publisher import Outcomes, Publisher, PublishError, Unencodable
 from gateway.spool import Record, Spool
 
 log = logging.getLogger(__name__)
@@ -75,7 +74,7 @@ class Relay:
             self._progress_at = time.monotonic()
 
     async def __aenter__(self) -> Relay:
-        """Dispatch until the exit; each record is settled by a callback on its own confirm."""
+        """Dispatch until the exit; records are settled as the broker's confirms come."""
         self._running = asyncio.create_task(self._run(), name="relay")
         return self
 
@@ -97,15 +96,12 @@ class Relay:
             batch = await self._next_batch()
             self.attempts += len(batch)
             try:
-                confirmations = await self._publisher.write([r.outbound for r in batch])
+                await self._publisher.write([(r.outbound, r) for r in batch], self._settle)
             except PublishError as exc:
                 log.debug("relay publish failed", extra={"error": str(exc)})
                 self._in_flight -= len(batch)
                 for record in reversed(batch):
                     self._failed(record)
-                continue
-            for record, confirmation in zip(batch, confirmations, strict=True):
-                confirmation.add_done_callback(functools.partial(self._settle, record))
 
     async def _next_batch(self) -> list[Record]:
         """As many records as there is room in flight for: one write carries them all."""
@@ -129,27 +125,36 @@ class Relay:
         self._in_flight += len(batch)
         return batch
 
-    def _settle(self, record: Record, confirmation: Confirmation) -> None:
-        self._in_flight -= 1
+    def _settle(self, outcomes: Outcomes[Record]) -> None:
+        """What one confirm frame of the broker said of the records it covers."""
+        self._in_flight -= len(outcomes)
         if self._stopped:
             return
-        try:
-            self._publisher.check(confirmation)
-        except Unencodable as exc:
-            self._set_aside(record, str(exc))
-        except PublishError as exc:
-            log.debug("relay publish failed", extra={"error": str(exc)})
-            self._failed(record)
-        else:
-            self._confirmed(record)
-        # A settled record frees room in flight: the dispatcher may go on.
+        confirmed = [record for record, error in outcomes if error is None]
+        if confirmed:
+            self._confirmed(confirmed)
+        if len(confirmed) < len(outcomes):
+            # Put back last first, so that they stay in order in front of the line.
+            for record, error in reversed(outcomes):
+                if error is not None:
+                    self._unconfirmed(record, error)
+        # Settled records free room in flight: the dispatcher may go on.
         self._wakeup.set()
         self._settled.set()
 
-    def _confirmed(self, record: Record) -> None:
+    def _unconfirmed(self, record: Record, error: PublishError) -> None:
+        if isinstance(error, Unencodable):
+            self._set_aside(record, str(error))
+        else:
+            log.debug("relay publish failed", extra={"error": str(error)})
+            self._failed(record)
+
+    def _confirmed(self, records: list[Record]) -> None:
         self._progress_at = time.monotonic()
-        self.published += 1
-        self._spool.confirm(record.seq)
+        self.published += len(records)
+        confirm = self._spool.confirm
+        for record in records:
+            confirm(record.seq)
 
     def _set_aside(self, record: Record, reason: str) -> None:
         """Keep a record AMQP cannot carry on disk for an operator, so it blocks nothing."""
@@ -164,7 +169,7 @@ class Relay:
             "event cannot be published; set aside",
             extra={"event_id": record.outbound.message_id, "path": str(path), "reason": reason},
         )
-        self._confirmed(record)
+        self._confirmed([record])
 
     def _failed(self, record: Record) -> None:
         """Put the record back in front and pause, so a refusing broker is not hammered."""

@@ -3,19 +3,25 @@ each mode, and what the gateway answers when it cannot make an event safe."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aio_pika.abc import AbstractChannel
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from core import contract
+from core.contract import Outbound
 from core.settings import Settings
 from devtools.rabbitnode import free_port
 from gateway import spool
 from gateway.pipeline import Pipeline, Unavailable
+from gateway.publisher import Publisher, Settle
 from gateway.spool import Spool
 from tests.support.broker import Capture, capturable
 from tests.support.gateway import AUTH, gateway_settings, started_client
@@ -66,6 +72,45 @@ async def test_confirmed_mode_answers_after_the_broker_confirmed(
     assert contract.decode_event(message.body)["type"] == contract.EVENT_TYPES["entered"]
     status = await (await confirmed.get("/readyz")).json()
     assert status["spool"]["depth"] == 0
+
+
+async def test_confirmed_requests_of_one_loop_turn_share_a_write_and_each_waits_for_its_own(
+    amqp_url: str, tmp_path: Path, channel: AbstractChannel, capture: Capture
+) -> None:
+    """20 requests, one write; the message a queue refuses (nacked) is not taken as
+    confirmed with its neighbours: its request waits for the spool, as after a timeout."""
+    refused = f"refused.{uuid.uuid4().hex}"
+    queue = await channel.declare_queue(
+        f"test.{refused}",
+        exclusive=True,
+        arguments={"x-max-length": 0, "x-overflow": "reject-publish"},
+    )
+    await queue.bind(contract.EXCHANGE, refused)
+    settings = gateway_settings(amqp_url, tmp_path, ack="confirmed")
+    async with Pipeline(settings) as pipeline:
+        await asyncio.wait_for(pipeline.publisher.wait_ready(), 10)
+        writes = counting_writes(pipeline.publisher)
+        batch = [capturable(f"turn-{n}") for n in range(20)]
+        batch[7] = capturable("turn-7", routing_key=refused)
+        await asyncio.gather(*(pipeline.accept(outbound) for outbound in batch))
+        # Then the relay's write of the spooled one.
+        assert writes[0] == 20, "one write for the requests of one loop turn"
+        assert pipeline.spool.stats().depth == 1, "only turn-7 spooled, and still refused"
+        await queue.delete(if_unused=False, if_empty=False)
+        assert await pipeline.relay.drain(10)
+
+
+def counting_writes(publisher: Publisher) -> list[int]:
+    """The number of messages of each `publisher.write` from now on."""
+    sizes: list[int] = []
+    write = publisher.write
+
+    async def counted(messages: Sequence[tuple[Outbound, Any]], settle: Settle[Any]) -> None:
+        sizes.append(len(messages))
+        await write(messages, settle)
+
+    publisher.write = counted  # type: ignore[method-assign]
+    return sizes
 
 
 def away(settings: Settings) -> Settings:

@@ -50,9 +50,9 @@ ORPHAN_SLACK_S = 3.0
 
 
 def process_pids(parent: int) -> list[int]:
-    """The spawned gateway processes of `parent` (not multiprocessing's resource tracker)."""
-    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-    return [int(p) for p in children if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    """The gateway processes of the supervisor `parent`: all its children (it forks them, so
+    there is no multiprocessing resource tracker)."""
+    return [int(p) for p in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
 
 
 def flock_inodes() -> set[int]:
@@ -239,6 +239,27 @@ async def test_a_killed_supervisor_takes_its_processes_along_and_a_restart_loses
     assert verdict.acknowledged >= LOAD // 4 + LOAD // 4
 
 
+def extension_modules(pid: int) -> str:
+    """The files `pid` maps: the compiled extension modules it imported among them."""
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+# Loaded by a gateway process, not needed to supervise: kept out of the supervisor's memory.
+APPLICATION_EXTENSIONS = ("pydantic_core", "aiohttp", "uvloop", "yaml")
+
+
+def test_the_supervisor_holds_neither_the_settings_models_nor_the_application(
+    two_processes: GatewayProcess,
+) -> None:
+    assert two_processes.process is not None
+    supervisor = two_processes.process.pid
+    pids = process_pids(supervisor)
+    assert len(pids) == 2, "two gateway processes, and no resource tracker beside them"
+    held = extension_modules(supervisor)
+    assert [name for name in APPLICATION_EXTENSIONS if name in held] == []
+    assert all("pydantic_core" in extension_modules(pid) for pid in pids)
+
+
 def test_sigterm_stops_every_process_with_exit_code_0(two_processes: GatewayProcess) -> None:
     assert two_processes.process is not None
     pids = process_pids(two_processes.process.pid)
@@ -249,7 +270,7 @@ def test_sigterm_stops_every_process_with_exit_code_0(two_processes: GatewayProc
 def test_stop_leaves_no_process_of_the_gateway_alive(two_processes: GatewayProcess) -> None:
     assert two_processes.process is not None
     group = group_members(two_processes.process.pid)
-    assert len(group) == 4, "the supervisor, two gateway processes and the resource tracker"
+    assert len(group) == 3, "the supervisor and two gateway processes"
     two_processes.stop()
     assert not any(map(is_alive, group))
 
