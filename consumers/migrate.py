@@ -26,7 +26,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
 from consumers import topology
-from consumers.settlement import ACK_GRACE_S
+from consumers.settlement import ACK_GRACE_S, copy
 from consumers.topology import QueueSpec, queue_specs
 from core.amqp import KEEP_DELIVERY_LIMIT, connect_first, declare_unrouted_exchange
 from core.settings import AmqpSettings, ConsumerSettings
@@ -145,24 +145,9 @@ async def _take(
 
 
 def verbatim(message: AbstractIncomingMessage) -> aio_pika.Message:
-    """The same message, less the old queue's delivery counts (and user_id: the broker
-    checks it against the user that publishes)."""
+    """The same message, less the old queue's delivery counts."""
     headers = {k: v for k, v in message.headers.items() if k not in DELIVERY_HEADERS}
-    return aio_pika.Message(
-        message.body,
-        headers=headers,
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        delivery_mode=message.delivery_mode,
-        priority=message.priority,
-        correlation_id=message.correlation_id,
-        reply_to=message.reply_to,
-        expiration=message.expiration,
-        message_id=message.message_id,
-        timestamp=message.timestamp,
-        type=message.type,
-        app_id=message.app_id,
-    )
+    return copy(message, headers, message.delivery_mode, message.expiration)
 
 
 async def _exists(connection: AbstractConnection, name: str, timeout_s: float) -> bool:

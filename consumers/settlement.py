@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import aio_pika
-from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, DeliveryMode
+from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, DateType, DeliveryMode
 
 from consumers import topology
 from consumers.handler import Reject
@@ -70,14 +70,21 @@ def describe(exc: BaseException) -> str:
     return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:MAX_REASON_CHARS]
 
 
-def copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
-    """The same message with other headers (user_id is left out: the broker checks it)."""
+def copy(
+    message: AbstractIncomingMessage,
+    headers: dict[str, Any],
+    delivery_mode: DeliveryMode | int | None = DeliveryMode.PERSISTENT,
+    expiration: DateType = None,
+) -> aio_pika.Message:
+    """The same message with other headers (user_id is left out: the broker checks it
+    against the user that publishes); persistent unless told otherwise."""
     return aio_pika.Message(
         message.body,
         headers=headers,
         content_type=message.content_type,
         content_encoding=message.content_encoding,
-        delivery_mode=DeliveryMode.PERSISTENT,
+        delivery_mode=delivery_mode,
+        expiration=expiration,
         priority=message.priority,
         correlation_id=message.correlation_id,
         reply_to=message.reply_to,
