@@ -30,6 +30,7 @@ from core.settings import AmqpSettings, ConsumerSettings, LedgerSettings
 from devtools.rabbitnode import Node, NodeSpec, free_port
 from tests.support import broker
 from tests.support.consumer import Scratch, running
+from tests.support.silent import SilentNode
 from tests.support.waiting import eventually
 
 BASE = ConsumerSettings(
@@ -447,3 +448,24 @@ async def test_a_queue_deleted_under_a_worker_is_declared_again_and_consumed(
     assert (status, body["consuming"]) == (200, True)
     assert [call[0] for call in handler.calls] == [first.message_id, second.message_id]
     assert consumer.state.reconnects >= 1
+
+
+async def test_a_node_holding_declarations_is_left_for_the_next_url(
+    amqp_url: str, channel: AbstractChannel, scratch: Scratch, store: int
+) -> None:
+    """A minority node of a 4.2+ cluster holds declarations ~30 s: bounded by
+    `amqp.declare_timeout_s`, the worker moves on to the next URL and consumes there."""
+    name, settings = scratch.consumer(f"entered.{store}")
+    handler, silent = Recorder(), SilentNode()
+    event = testing.transition("entered", store, "s1")
+    async with silent.serving() as silent_url:
+        # A publish bound far beyond the wait: only the declaration bound can free it.
+        urls = (silent_url, amqp_url)
+        amqp = AmqpSettings(urls=urls, declare_timeout_s=0.5, publish_timeout_s=120)
+        consumer = Worker(name, settings, amqp, Handlers(one=handler))
+        async with running(consumer):
+            await eventually(lambda: consumer.state.consuming, 15, "consuming on the next URL")
+            await broker.publish(channel, [event])
+            await eventually(lambda: consumer.state.acked == 1, what="the event acked")
+    assert silent.declarations == 1, "the silent node was tried first and held a declaration"
+    assert [call[0] for call in handler.calls] == [event.message_id]
