@@ -37,7 +37,7 @@ from bench.report import (
 )
 from bench.runner import Options, run_servers
 from bench.servers import NAMES, SPECS, ServerFailed
-from core.amqp import redact
+from core.logs import redact
 from core.settings import AmqpSettings
 
 CONSUMERS: Final = "consumers"

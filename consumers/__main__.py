@@ -27,7 +27,8 @@ from consumers.replay import replay
 from consumers.runner import Worker
 from consumers.topology import TopologyError, check_name
 from core import logs
-from core.amqp import BROKER_ERRORS, backoff_s, paused
+from core.aio import backoff_s, paused
+from core.amqp import BROKER_ERRORS
 from core.settings import (
     ConsumerSettings,
     Settings,

@@ -37,8 +37,9 @@ from consumers.ledger_effects import (
 )
 from consumers.ledger_postgres import PostgresStore
 from consumers.ledger_sqlite import LedgerDB, SqliteStore, passing
-from core.amqp import backoff_s, first_of, redact
+from core.aio import backoff_s, first_of
 from core.contract import Event
+from core.logs import redact
 from core.settings import LedgerSettings
 
 __all__ = [

@@ -39,7 +39,7 @@ from consumers.ledger_effects import (
     check_readable,
     tracking_answer,
 )
-from core.amqp import redact
+from core.logs import redact
 from core.settings import LedgerSettings
 
 # "C": text compares as its bytes, as in SQLite, so that "the greatest value" of a text

@@ -15,8 +15,10 @@ from consumers.handler import Handlers, Reject, RetryLater
 from consumers.health import ConsumerState
 from consumers.settlement import ACK_GRACE_S, Settler, describe
 from consumers.topology import TopologyError, declare
-from core.amqp import first_of, reconnecting, redact
+from core.aio import first_of
+from core.amqp import reconnecting
 from core.contract import Event, InvalidEvent
+from core.logs import redact
 from core.settings import AmqpSettings, ConsumerSettings
 
 log = logging.getLogger(__name__)

@@ -15,6 +15,8 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 
 from core import contract
+from core.aio import backoff_s, paused
+from core.logs import redact
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +65,6 @@ async def declare_topology(channel: AbstractChannel) -> AbstractExchange:
     )
 
 
-def redact(url: str) -> str:
-    """The URL without its password, for logs."""
-    scheme, sep, rest = url.partition("://")
-    creds, at, host = rest.rpartition("@")
-    return f"{scheme}{sep}{creds.partition(':')[0]}:***@{host}" if at else url
-
-
 async def connect_first(urls: Sequence[str], timeout_s: float) -> AbstractConnection:
     """A connection to the first of `urls` that answers, for a one-off command."""
     failure: BaseException | None = None
@@ -80,19 +75,6 @@ async def connect_first(urls: Sequence[str], timeout_s: float) -> AbstractConnec
             log.warning("amqp connection failed", extra={"url": redact(url), "error": repr(exc)})
             failure = exc
     raise ConnectionError(f"no broker answered at {len(urls)} URL(s)") from failure
-
-
-def backoff_s(attempt: int, cap_s: float) -> float:
-    return float(min(cap_s, 0.1 * 2**attempt))
-
-
-async def paused(pause_s: float, stop: asyncio.Event | None = None) -> bool:
-    """Sleep `pause_s`, cut short when `stop` is set; True if it was (the caller stops)."""
-    if stop is None:
-        await asyncio.sleep(pause_s)
-        return False
-    await first_of(stop.wait(), asyncio.sleep(pause_s))
-    return stop.is_set()
 
 
 Session = Callable[[str], Awaitable[None]]
@@ -161,12 +143,3 @@ def log_failure(url: str, exc: Exception, extra: Mapping[str, object]) -> None:
         log.warning("amqp connection failed", extra=where)
     else:
         log.error("amqp session broke unexpectedly", exc_info=exc, extra=where)
-
-
-async def first_of(*waitables: Awaitable[Any]) -> None:
-    tasks = [asyncio.ensure_future(w) for w in waitables]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()

@@ -16,8 +16,10 @@ from aiormq.abc import ChannelFrame
 from pamqp.commands import Basic
 
 from core import contract
-from core.amqp import BROKER_ERRORS, declare_topology, first_of, reconnecting, redact
+from core.aio import first_of
+from core.amqp import BROKER_ERRORS, declare_topology, reconnecting
 from core.contract import Outbound
+from core.logs import redact
 from core.settings import AmqpSettings
 from gateway.frames import PublishEncoder
 

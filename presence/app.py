@@ -13,7 +13,7 @@ from typing import Final
 import orjson
 from aiohttp import hdrs, web
 
-from core.amqp import first_of
+from core.aio import first_of
 from core.settings import Settings
 from presence import handlers, openapi
 from presence.auth import Tokens

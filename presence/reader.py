@@ -10,7 +10,7 @@ import asyncio
 import logging
 
 from consumers import ledger
-from core.amqp import backoff_s, first_of
+from core.aio import backoff_s, first_of
 from core.settings import LedgerSettings
 
 log = logging.getLogger(__name__)

@@ -106,3 +106,15 @@ def test_configure_installs_one_json_handler_on_stderr() -> None:
         root.handlers[:], root.level = saved[0], saved[1]
         for logger, level in zip(quieted, saved[2], strict=True):
             logger.setLevel(level)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("amqp://guest:s3cret@10.0.0.1:5672/", "amqp://guest:***@10.0.0.1:5672/"),
+        ("postgresql://aifi:s3cret@db/ledger", "postgresql://aifi:***@db/ledger"),
+        ("amqp://10.0.0.1:5672/", "amqp://10.0.0.1:5672/"),
+    ],
+)
+def test_redact_hides_a_urls_password(url: str, shown: str) -> None:
+    assert logs.redact(url) == shown

@@ -1,0 +1,30 @@
+"""asyncio helpers the processes share: waiting for the first of several things, a pause
+that a stop cuts short, and the backoff between attempts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any
+
+
+def backoff_s(attempt: int, cap_s: float) -> float:
+    return float(min(cap_s, 0.1 * 2**attempt))
+
+
+async def paused(pause_s: float, stop: asyncio.Event | None = None) -> bool:
+    """Sleep `pause_s`, cut short when `stop` is set; True if it was (the caller stops)."""
+    if stop is None:
+        await asyncio.sleep(pause_s)
+        return False
+    await first_of(stop.wait(), asyncio.sleep(pause_s))
+    return stop.is_set()
+
+
+async def first_of(*waitables: Awaitable[Any]) -> None:
+    tasks = [asyncio.ensure_future(w) for w in waitables]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()

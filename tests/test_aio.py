@@ -1,0 +1,29 @@
+"""The asyncio helpers the processes share."""
+
+from __future__ import annotations
+
+import asyncio
+
+from core.aio import backoff_s, first_of, paused
+
+
+def test_backoff_doubles_from_a_tenth_of_a_second_up_to_its_cap() -> None:
+    assert [backoff_s(attempt, 1.0) for attempt in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+
+
+async def test_a_pause_cut_short_by_stop_says_so() -> None:
+    stop = asyncio.Event()
+    stop.set()
+    assert await asyncio.wait_for(paused(3600, stop), 5) is True
+
+
+async def test_a_pause_that_runs_its_course_says_so() -> None:
+    assert await paused(0.01, asyncio.Event()) is False
+    assert await paused(0.01) is False
+
+
+async def test_first_of_returns_with_the_first_and_cancels_the_rest() -> None:
+    never = asyncio.get_running_loop().create_future()
+    await asyncio.wait_for(first_of(asyncio.sleep(0), never), 5)
+    await asyncio.sleep(0)
+    assert never.cancelled()
