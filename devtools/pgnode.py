@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
+from devtools import procs
+
 PG_ROOT: Final = Path("/usr/lib/postgresql")
 LOOPBACK: Final = "127.0.0.1"
 SUPERUSER: Final = "aifi"
@@ -110,16 +112,16 @@ class PgNode:
         if pid is None:
             return
         # The children first noted: once the postmaster is gone they belong to init.
-        group = [pid, *_children(pid)]
+        group = [pid, *(p.pid for p in procs.everyone() if p.ppid == pid)]
         for member in group:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(member, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while any(_alive(member) for member in group) and time.monotonic() < deadline:
+        while any(map(procs.living, group)) and time.monotonic() < deadline:
             time.sleep(0.05)
         # Where no init reaps orphans (a container) the postmaster stays a zombie, whose pid
         # still exists: PostgreSQL would take its lock files for a live server's.
-        if not _alive(pid):
+        if procs.living(pid) is None:
             socket_file = self.base_dir.resolve() / f".s.PGSQL.{self.port}"
             for stale in (self.data / "postmaster.pid", socket_file, Path(f"{socket_file}.lock")):
                 stale.unlink(missing_ok=True)
@@ -130,7 +132,7 @@ class PgNode:
             pid = int((self.data / "postmaster.pid").read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return None
-        return pid if _alive(pid) else None
+        return pid if procs.living(pid) is not None else None
 
     def is_running(self) -> bool:
         return self.pid() is not None
@@ -179,27 +181,6 @@ class PgNode:
             return "\n" + "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
-
-
-def _alive(pid: int) -> bool:
-    """Neither gone nor a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text() if entry.isdigit() else ""
-        except OSError:
-            continue
-        if stat and int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(entry))
-    return found
 
 
 def _ensure(url: str, base_dir: Path) -> int:

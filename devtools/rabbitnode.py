@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from devtools import procs
+
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 SERVER = RABBITMQ_BIN / "rabbitmq-server"
 CTL = RABBITMQ_BIN / "rabbitmqctl"
@@ -296,12 +298,12 @@ class Node:
         pgid = self._recorded_pgid()
         if pgid is None:
             return []
-        return [pid for pid, group in _live_processes() if group == pgid and self._owns(pid)]
+        return [p.pid for p in procs.everyone() if p.pgrp == pgid and self._owns(p.pid)]
 
     def _owns(self, pid: int) -> bool:
         # Pids are reused: only a live process launched with our pid-file path is this node.
         marker = f"RABBITMQ_PID_FILE={self.pid_file}".encode()
-        return _proc_pgrp(pid) is not None and marker in _proc_environ(pid)
+        return procs.living(pid) is not None and marker in procs.environ(pid)
 
 
 def ensure_installed() -> None:
@@ -384,43 +386,6 @@ def _tail(path: Path, lines: int) -> str:
     return "\n".join([f"--- {path} ---", *text])
 
 
-def _live_processes() -> list[tuple[int, int]]:
-    """(pid, process group) of every live process."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (pgrp := _proc_pgrp(int(entry))) is not None:
-            found.append((int(entry), pgrp))
-    return found
-
-
-def _proc_pgrp(pid: int) -> int | None:
-    """Process group of pid; None if it is gone or a zombie (a zombie holds no port or file)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may contain spaces and parentheses; split after it.
-    state, _ppid, pgrp = stat.rsplit(")", 1)[1].split()[:3]
-    return None if state in ("Z", "X") else int(pgrp)
-
-
-def _proc_environ(pid: int) -> list[bytes]:
-    try:
-        return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return []
-
-
-def _proc_start_ticks(pid: int) -> int | None:
-    """When pid started (clock ticks after boot); None if it is gone or a zombie."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    # fields[0] is field 3 (state) of proc(5); the start time is field 22.
-    return None if fields[0] in ("Z", "X") else int(fields[19])
-
-
 @dataclass(frozen=True)
 class Owner:
     """The process a node belongs to. The start time tells it apart from a later process
@@ -431,17 +396,18 @@ class Owner:
 
     @classmethod
     def from_pid(cls, pid: int) -> Owner:
-        ticks = _proc_start_ticks(pid)
-        if ticks is None:
+        found = procs.living(pid)
+        if found is None:
             raise ProcessLookupError(pid)
-        return cls(pid, ticks)
+        return cls(pid, found.start_ticks)
 
     @classmethod
     def this_process(cls) -> Owner:
         return cls.from_pid(os.getpid())
 
     def alive(self) -> bool:
-        return _proc_start_ticks(self.pid) == self.start_ticks
+        found = procs.living(self.pid)
+        return found is not None and found.start_ticks == self.start_ticks
 
     def describe(self) -> str:
         try:

@@ -24,7 +24,7 @@ from aiohttp.test_utils import TestClient
 
 from core.amqp import declare_topology
 from core.settings import ConsumerSettings, LedgerSettings, Settings
-from devtools import pgnode
+from devtools import pgnode, procs
 from devtools.rabbitnode import Node, NodeSpec, ensure_installed, free_port
 from tests.support.broker import Capture
 from tests.support.consumer import Scratch
@@ -246,19 +246,17 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 def _marked_processes(mark: bytes) -> list[tuple[int, str]]:
     """(pid, command line) of live processes other than this one whose environment has mark."""
     found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
+    for process in procs.everyone():
+        if process.pid == os.getpid() or mark not in procs.environ(process.pid):
             continue
-        proc = Path("/proc", entry)
+        proc = Path("/proc", str(process.pid))
         try:
-            if mark not in (proc / "environ").read_bytes().split(b"\0"):
-                continue
             if (proc / "comm").read_text().strip() in SHARED_DAEMONS:
                 continue
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:  # gone meanwhile, or not ours to read
+        except OSError:  # gone meanwhile
             continue
-        found.append((int(entry), cmdline.strip()))
+        found.append((process.pid, cmdline.strip()))
     return found
 
 

@@ -23,7 +23,7 @@ import pytest
 
 from core import contract
 from core.settings import load
-from devtools import stack
+from devtools import procs, stack
 from devtools.rabbitnode import Node, NodeSpec, amqp_reachable, ensure_installed, free_port
 from tests.support.gateway import CONFIG
 from tests.support.processes import child_environ
@@ -109,13 +109,7 @@ def wait_for(
 
 def parents() -> dict[int, int]:
     """Parent of every live process."""
-    found = {}
-    for entry in os.listdir("/proc"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            if fields[0] not in ("Z", "X"):
-                found[int(entry)] = int(fields[1])
-    return found
+    return {found.pid: found.ppid for found in procs.everyone()}
 
 
 def children_of(pid: int) -> list[int]:
@@ -141,11 +135,7 @@ def command_names(pids: list[int]) -> set[str]:
 
 
 def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
+    return procs.living(pid) is not None
 
 
 def gateway_answers(port: int) -> bool:

@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from devtools import procs
 from devtools.stack import BIN, GATEWAY_COMMAND
 
 GATEWAY_ARGV = (str(BIN / GATEWAY_COMMAND[0]), *GATEWAY_COMMAND[1:])
@@ -31,24 +32,12 @@ def child_environ() -> dict[str, str]:
 
 def is_alive(pid: int) -> bool:
     """Neither gone nor a zombie (dead, not yet reaped: an orphan waits for init)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
+    return procs.living(pid) is not None
 
 
 def group_members(pgid: int) -> list[int]:
-    """The live processes of a process group (Linux: read from /proc)."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(stat.parent.name))
-    return members
+    """The live processes of a process group."""
+    return [found.pid for found in procs.everyone() if found.pgrp == pgid]
 
 
 def kill_group(pgid: int, timeout_s: float = 10.0) -> None:
