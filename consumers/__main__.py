@@ -30,16 +30,15 @@ from core import logs
 from core.aio import backoff_s, paused
 from core.amqp import BROKER_ERRORS
 from core.settings import (
+    BUILT_IN_CONSUMERS,
     ConsumerSettings,
     Settings,
     SettingsError,
-    default_consumers,
     load as load_settings,
 )
 
 log = logging.getLogger("consumers")
 
-BUILT_IN: Final = tuple(default_consumers())
 USAGE: Final = (
     "aifi-consumer NAME\n       aifi-consumer replay NAME [--limit N]"
     "\n       aifi-consumer migrate [NAME ...]"
@@ -62,7 +61,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     if command == "migrate":
         parser.add_argument("names", nargs="*", help="default: the built-in and configured ones")
     else:
-        parser.add_argument("name", help=f"consumer name: {', '.join(BUILT_IN)} or one in config")
+        parser.add_argument(
+            "name", help=f"consumer name: {', '.join(BUILT_IN_CONSUMERS)} or one in config"
+        )
     if command == "replay":
         parser.add_argument("--limit", type=int, default=None, help="move at most N messages")
     args = parser.parse_args(argv if command == "run" else argv[1:])
@@ -76,11 +77,7 @@ def consumer_settings(settings: Settings, name: str) -> ConsumerSettings:
         check_name(name)
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
-    if name in settings.consumers:
-        return settings.consumers[name]
-    if name in BUILT_IN:
-        return ConsumerSettings()
-    raise SettingsError(f"no consumer {name!r}: add consumers.{name} to the config")
+    return settings.consumer(name)
 
 
 @contextlib.asynccontextmanager
@@ -179,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = load_settings()
         logs.configure(settings.log.level)
         if args.command == "migrate":
-            names = args.names or sorted({*BUILT_IN, *settings.consumers})
+            names = args.names or sorted({*BUILT_IN_CONSUMERS, *settings.consumers})
             run(migrate_and_report(settings, {n: consumer_settings(settings, n) for n in names}))
             return
         consumer = consumer_settings(settings, args.name)

@@ -190,8 +190,12 @@ class PresenceSettings(_Section):
     ready_timeout_s: float = Field(2.0, gt=0)
 
 
+# The workers that keep the presence ledger: they run with no `consumers.<name>` entry.
+BUILT_IN_CONSUMERS: Final = ("entered", "exited", "tracking")
+
+
 def default_consumers() -> dict[str, ConsumerSettings]:
-    return {name: ConsumerSettings() for name in ("entered", "exited", "tracking")}
+    return {name: ConsumerSettings() for name in BUILT_IN_CONSUMERS}
 
 
 class LogSettings(_Section):
@@ -209,6 +213,14 @@ class Settings(_Section):
     consumers: dict[str, ConsumerSettings] = Field(default_factory=default_consumers)
     ledger: LedgerSettings = LedgerSettings()
     presence: PresenceSettings = PresenceSettings()
+
+    def consumer(self, name: str) -> ConsumerSettings:
+        """`consumers.<name>`; the built-in workers need no entry."""
+        if name in self.consumers:
+            return self.consumers[name]
+        if name in BUILT_IN_CONSUMERS:
+            return ConsumerSettings()
+        raise SettingsError(f"no consumer {name!r}: add consumers.{name} to the config")
 
     @model_validator(mode="after")
     def _body_fits_a_message(self) -> Settings:

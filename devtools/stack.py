@@ -30,8 +30,7 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
 
-from consumers.__main__ import BUILT_IN, consumer_settings
-from core.settings import Settings, load
+from core.settings import BUILT_IN_CONSUMERS, Settings, load
 from devtools.rabbitnode import (
     DEFAULT_NAME,
     broker_for,
@@ -85,7 +84,7 @@ def program(command: tuple[str, ...], *args: str) -> list[str]:
 def commands() -> list[list[str]]:
     """Consumers first, the presence API, gateway last, so that stopping in reverse stops
     the gateway first."""
-    workers = [program(CONSUMER_COMMAND, name) for name in BUILT_IN]
+    workers = [program(CONSUMER_COMMAND, name) for name in BUILT_IN_CONSUMERS]
     return [*workers, program(PRESENCE_COMMAND), program(GATEWAY_COMMAND)]
 
 
@@ -117,8 +116,8 @@ def listen_ports(settings: Settings) -> dict[str, tuple[str, int]]:
     """What the stack will listen on: the gateway, each worker's health endpoint and the
     presence API."""
     wanted = {"gateway": (settings.http.host, settings.http.port)}
-    for name in BUILT_IN:
-        consumer = consumer_settings(settings, name)
+    for name in BUILT_IN_CONSUMERS:
+        consumer = settings.consumer(name)
         if consumer.health_port:
             wanted[f"{name} worker health"] = (consumer.health_host, consumer.health_port)
     wanted["presence API"] = (settings.presence.host, settings.presence.port)

@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from consumers.__main__ import BUILT_IN
-from core.settings import load
+from core.settings import BUILT_IN_CONSUMERS, load
 from devtools.stack import CONSUMER_COMMAND, GATEWAY_COMMAND, PRESENCE_COMMAND
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,7 +80,7 @@ def test_the_stack_is_a_gateway_one_service_per_consumer_and_the_presence_api(
     compose: dict[str, Any],
 ) -> None:
     default = {n for n, s in ours(compose).items() if "profiles" not in s}
-    workers = {f"consumer-{name}" for name in BUILT_IN}
+    workers = {f"consumer-{name}" for name in BUILT_IN_CONSUMERS}
     assert default == {"gateway", "migrate", *workers, "presence"}
 
 
@@ -135,7 +134,7 @@ def test_every_command_is_one_the_tests_run(compose: dict[str, Any]) -> None:
         else:
             assert (program,) == CONSUMER_COMMAND, name
             assert len(args) == 1, name
-            assert args[0] in {*BUILT_IN, "migrate"}, name
+            assert args[0] in {*BUILT_IN_CONSUMERS, "migrate"}, name
 
 
 def test_health_checks_probe_the_ports_config_yaml_gives(compose: dict[str, Any]) -> None:
@@ -191,7 +190,7 @@ def test_the_postgres_profile_runs_each_worker_on_the_postgres_ledger(
     workers = {
         n: s for n, s in worker_services(compose).items() if s.get("profiles") == ["postgres"]
     }
-    assert {s["command"][1] for s in workers.values()} == set(BUILT_IN)
+    assert {s["command"][1] for s in workers.values()} == set(BUILT_IN_CONSUMERS)
     for name, service in workers.items():
         assert service["depends_on"]["postgres"]["condition"] == "service_healthy", name
         environ = {**service["environment"], "AIFI_CONFIG": str(ROOT / "config.yaml")}

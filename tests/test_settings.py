@@ -213,3 +213,11 @@ def test_a_larger_body_fits_once_max_message_bytes_is_raised(tmp_path: Path) -> 
     }
     loaded = settings.load(env)
     assert (loaded.http.max_body_bytes, loaded.amqp.max_message_bytes) == (2**25, 2**26)
+
+
+def test_a_consumer_is_its_entry_or_a_built_in_default(tmp_path: Path) -> None:
+    loaded = settings.load(write(tmp_path, "consumers:\n  printer:\n    prefetch: 7\n"))
+    assert loaded.consumer("printer").prefetch == 7
+    assert loaded.consumer("entered") == settings.ConsumerSettings()
+    with pytest.raises(SettingsError, match="no consumer 'nosuch'"):
+        loaded.consumer("nosuch")
