@@ -22,6 +22,7 @@ from gateway.handlers import (
     Gateway,
     Receiver,
     RequestHandler,
+    answering_errors,
     expectation_refusal,
     healthz,
     metrics,
@@ -96,7 +97,7 @@ def add_routes(app: web.Application, settings: Settings, gateway: Gateway) -> No
     add_receiver(app, f"{base}/exited", Receiver(events.EXITED, gateway))
     add_receiver(app, settings.http.tracking_path, Receiver(events.TRACKING, gateway))
     for path, handler in GETS:
-        app.router.add_get(path, handler, expect_handler=expect_anything)
+        app.router.add_get(path, answering_errors(handler), expect_handler=expect_anything)
         refuse_other_methods(app, path, frozenset({hdrs.METH_GET, hdrs.METH_HEAD}))
     app.router.add_route(hdrs.METH_ANY, "/{path:.*}", nothing_here, expect_handler=expect_anything)
 

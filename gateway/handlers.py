@@ -258,8 +258,7 @@ class Receiver(Generic[Model]):
         try:
             response = await self.respond(request)
         except Exception:
-            log.exception("unhandled error", extra={"path": request.path})
-            response = stamped_problem(request, 500, "Internal Server Error", SEE_THE_LOG)
+            response = server_error(request)
         self._observe(response.status, time.perf_counter() - started_s)
         return response
 
@@ -359,6 +358,24 @@ def stamped_problem(request: web.Request, status: int, title: str, detail: str) 
 
 
 SEE_THE_LOG: Final = "unexpected error; see the gateway log"
+
+
+def server_error(request: web.Request) -> web.Response:
+    """The answer to a handler's unexpected exception (call it in the `except` block)."""
+    log.exception("unhandled error", extra={"path": request.path})
+    return stamped_problem(request, 500, "Internal Server Error", SEE_THE_LOG)
+
+
+def answering_errors(handler: RequestHandler) -> RequestHandler:
+    """`handler`, answering an unexpected exception as a JSON problem."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except Exception:
+            return server_error(request)
+
+    return answer
 
 
 def not_found(request: web.Request) -> web.Response:
