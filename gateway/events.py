@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -12,7 +11,7 @@ from typing import Final, Generic, Literal, TypeVar
 from pydantic import BaseModel
 
 from core import contract
-from core.contract import Context, Headers, Kind, Normalized, Outbound
+from core.contract import ContextFields, Headers, Kind, NormalizedFields, Outbound
 from core.times import iso
 from gateway.models import Tracking, Transition
 
@@ -37,65 +36,73 @@ def fingerprint(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-def transition_data(model: Transition, kind: Kind, receipt: Receipt) -> Normalized:
-    session = model.session
-    return Normalized.model_construct(
-        kind=kind,
-        storeId=model.storeId,
-        oasisApiStoreId=model.store.oasisApiStoreId,
-        aifiUniqueStoreId=model.store.aifiUniqueStoreId,
-        timeOfOrigin=iso(model.timeOfOrigin),
-        timeOfIssue=iso(model.timeOfIssue),
-        receivedAt=iso(receipt.received_at),
-        tokenName=receipt.token_name,
-        fingerprint=fingerprint(receipt.raw_body),
-        storeExternalId=model.storeExternalId,
-        sessionId=model.session_id,
-        customerId=model.customer.id,
-        customerRole=model.customer.role,
-        shopperId=model.shopperId or model.shopper.shopperId,
-        groupSize=session.groupSize if session else None,
-        uniqueEventId=None,
-    )
+def new_event_id() -> str:
+    """A new event's id: a random (version 4) UUID."""
+    return contract.random_uuid()
 
 
-def tracking_data(model: Tracking, receipt: Receipt) -> Normalized:
-    return Normalized.model_construct(
-        kind="tracking",
-        storeId=model.storeId,
-        oasisApiStoreId=model.store.oasisApiStoreId,
-        aifiUniqueStoreId=model.store.aifiUniqueStoreId,
-        timeOfOrigin=iso(model.timeOfOrigin),
-        timeOfIssue=iso(model.timeOfIssue),
-        receivedAt=iso(receipt.received_at),
-        tokenName=receipt.token_name,
-        fingerprint=fingerprint(receipt.raw_body),
-        storeExternalId=model.storeExternalId,
-        sessionId=None,
-        customerId=None,
-        customerRole=None,
-        shopperId=model.shopperId,
-        groupSize=None,
-        uniqueEventId=model.uniqueEventId,
-    )
+def transition_data(
+    model: Transition, kind: Kind, receipt: Receipt, session_id: str
+) -> NormalizedFields:
+    session, store, customer = model.session, model.store, model.customer
+    return {
+        "kind": kind,
+        "storeId": model.storeId,
+        "oasisApiStoreId": store.oasisApiStoreId,
+        "aifiUniqueStoreId": store.aifiUniqueStoreId,
+        "timeOfOrigin": iso(model.timeOfOrigin),
+        "timeOfIssue": iso(model.timeOfIssue),
+        "receivedAt": iso(receipt.received_at),
+        "tokenName": receipt.token_name,
+        "fingerprint": fingerprint(receipt.raw_body),
+        "storeExternalId": model.storeExternalId,
+        "sessionId": session_id,
+        "customerId": customer.id,
+        "customerRole": customer.role,
+        "shopperId": model.shopperId or model.shopper.shopperId,
+        "groupSize": session.groupSize if session else None,
+        "uniqueEventId": None,
+    }
 
 
-def context(event_id: str, subject: str, data: Normalized) -> Context:
+def tracking_data(model: Tracking, receipt: Receipt) -> NormalizedFields:
+    store = model.store
+    return {
+        "kind": "tracking",
+        "storeId": model.storeId,
+        "oasisApiStoreId": store.oasisApiStoreId,
+        "aifiUniqueStoreId": store.aifiUniqueStoreId,
+        "timeOfOrigin": iso(model.timeOfOrigin),
+        "timeOfIssue": iso(model.timeOfIssue),
+        "receivedAt": iso(receipt.received_at),
+        "tokenName": receipt.token_name,
+        "fingerprint": fingerprint(receipt.raw_body),
+        "storeExternalId": model.storeExternalId,
+        "sessionId": None,
+        "customerId": None,
+        "customerRole": None,
+        "shopperId": model.shopperId,
+        "groupSize": None,
+        "uniqueEventId": model.uniqueEventId,
+    }
+
+
+def context(event_id: str, subject: str, data: NormalizedFields) -> ContextFields:
     """The context attributes: `time` is AiFi's `timeOfOrigin`, `type` follows the kind."""
-    return Context.model_construct(
-        specversion=contract.SPECVERSION,
-        id=event_id,
-        source=f"/aifi/stores/{data.storeId}",
-        type=contract.EVENT_TYPES[data.kind],
-        time=data.timeOfOrigin,
-        subject=subject,
-        datacontenttype=contract.DATA_CONTENT_TYPE,
-    )
+    return {
+        "specversion": contract.SPECVERSION,
+        "id": event_id,
+        "source": f"/aifi/stores/{data['storeId']}",
+        "type": contract.EVENT_TYPES[data["kind"]],
+        "time": data["timeOfOrigin"],
+        "subject": subject,
+        "datacontenttype": contract.DATA_CONTENT_TYPE,
+    }
 
 
-def message(event_id: str, subject: str, data: Normalized, receipt: Receipt) -> Outbound:
+def message(event_id: str, subject: str, data: NormalizedFields, receipt: Receipt) -> Outbound:
     """The event's message; the received body rides untouched in `data.payload`."""
-    return contract.outbound(
+    return contract.message(
         context(event_id, subject, data),
         data,
         receipt.raw_body,
@@ -108,8 +115,9 @@ def transition(kind: Literal["entered", "exited"]) -> Callable[[Transition, Rece
     """The normalization of an "entered" or "left" call: a new event id for every call."""
 
     def build(model: Transition, receipt: Receipt) -> Outbound:
-        data = transition_data(model, kind, receipt)
-        return message(str(uuid.uuid4()), model.session_id, data, receipt)
+        session_id = model.session_id
+        data = transition_data(model, kind, receipt, session_id)
+        return message(new_event_id(), session_id, data, receipt)
 
     return build
 
@@ -143,7 +151,7 @@ def amqp_content_type(content_type: str) -> str:
 def quarantined(kind: str, reason: str, receipt: Receipt, content_type: str) -> Outbound:
     """An authenticated request we could not accept, kept as received for inspection and replay."""
     return Outbound(
-        message_id=str(uuid.uuid4()),
+        message_id=new_event_id(),
         routing_key=contract.invalid_routing_key(kind),
         body=receipt.raw_body,
         content_type=amqp_content_type(content_type),

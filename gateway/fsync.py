@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import queue
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Literal, Protocol
 
@@ -27,10 +29,11 @@ class Durability(Protocol):
 class GroupCommit:
     """`always`: one fdatasync covers every append waiting when it starts (group commit)."""
 
-    def __init__(self, sync: Sync) -> None:
-        self._sync = sync
+    def __init__(self, sync: Sync, window_s: float = 0.0) -> None:
+        self._sync, self._window_s = sync, window_s
         self._waiting: list[asyncio.Future[None]] = []
         self._flushing: asyncio.Task[None] | None = None
+        self._last_start_s = float("-inf")
 
     async def durable(self) -> None:
         waiter = asyncio.get_running_loop().create_future()
@@ -40,7 +43,12 @@ class GroupCommit:
         await waiter
 
     async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._waiting:
+            wait_s = self._last_start_s + self._window_s - loop.time()
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+            self._last_start_s = loop.time()
             batch, self._waiting = self._waiting, []
             try:
                 await self._sync()
@@ -94,19 +102,67 @@ class NoSync:
         return None
 
 
-async def fdatasync(fd: int | None) -> None:
-    """fdatasync in a thread, on a duplicate: a segment rotation may close `fd` meanwhile,
-    and a cancelled caller leaves the thread a descriptor of its own to close."""
-    if fd is None:
-        return
-    await asyncio.to_thread(_fdatasync_and_close, os.dup(fd))
+class SyncThread:
+    """fdatasync off the event loop, in one long-lived thread fed by a queue.
+
+    A flush costs two thread hand-offs whatever carries it; `asyncio.to_thread` adds an
+    executor work item, a copied context and a chained future on top (about 110 us of CPU
+    per flush against 80-95 us this way, fdatasync included).
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    async def fdatasync(self, fd: int | None) -> None:
+        """fdatasync `fd` on a duplicate: a segment rotation may close `fd` meanwhile, and a
+        cancelled caller leaves the thread a descriptor of its own to close."""
+        if fd is None:
+            return
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[OSError | None] = loop.create_future()
+        self._start()
+        self._queue.put((os.dup(fd), loop, done))
+        error = await done
+        if error is not None:
+            raise error
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="spool-fsync", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            fd, loop, done = job
+            error = _fdatasync_and_close(fd)
+            # A loop closed meanwhile has no one left to tell.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, done, error)
+
+    def close(self) -> None:
+        """Let the thread end once the syncs queued before are done."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread = None
 
 
-def _fdatasync_and_close(fd: int) -> None:
+Job = tuple[int, asyncio.AbstractEventLoop, "asyncio.Future[OSError | None]"]
+
+
+def _fdatasync_and_close(fd: int) -> OSError | None:
     try:
         os.fdatasync(fd)
+    except OSError as exc:
+        return exc
     finally:
         os.close(fd)
+    return None
+
+
+def _resolve(done: asyncio.Future[OSError | None], error: OSError | None) -> None:
+    if not done.done():  # its waiter may have been cancelled
+        done.set_result(error)
 
 
 def settle(waiters: list[asyncio.Future[None]], error: OSError | None) -> None:

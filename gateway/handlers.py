@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import secrets
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 OK_BODY: Final = b'"ok"'
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 JSON_MEDIA_TYPE: Final = "application/json"
+X_REQUEST_ID: Final = "X-Request-Id"
+X_EVENT_ID: Final = "X-Event-Id"
 RETRY_AFTER_S: Final = 5
 RequestHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -47,9 +49,9 @@ class Gateway:
 
 
 GATEWAY: Final = web.AppKey("gateway", Gateway)
-REQUEST_ID: Final = web.RequestKey("request_id", str)
 # The token name of a request its head was found acceptable for, before its body was read.
 ADMITTED: Final = web.RequestKey("admitted", str)
+NO_HEADERS: Final[Headers] = {}
 
 
 class Rejection(Exception):
@@ -87,17 +89,12 @@ def unread(response: web.Response) -> web.Response:
 
 
 def request_id(request: web.Request) -> str:
-    """The client's `X-Request-Id` if it is usable, else one made up once for the request."""
-    if REQUEST_ID not in request:
-        given = request.headers.get("X-Request-Id", "")
-        usable = 0 < len(given) <= 128 and given.isprintable()
-        request[REQUEST_ID] = given if usable else secrets.token_hex(16)
-    return request[REQUEST_ID]
-
-
-async def stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """Every answer carries the request id, aiohttp's own (404, 405, 417) included."""
-    response.headers.setdefault("X-Request-Id", request_id(request))
+    """The client's `X-Request-Id` if it is usable, else a new one: each answer asks once,
+    and uses it for its log lines too."""
+    given = request.headers.get(X_REQUEST_ID, "")
+    if 0 < len(given) <= 128 and given.isprintable():
+        return given
+    return os.urandom(16).hex()
 
 
 def media_type(request: web.Request) -> str | None:
@@ -122,72 +119,72 @@ def field_errors(error: ValidationError) -> list[dict[str, str]]:
     ]
 
 
-def check_rate(limiter: RateLimiter | None, token_name: str) -> None:
+# The head checks return the refusal, or None: an accepted request builds no exception.
+
+
+def rate_refusal(limiter: RateLimiter | None, token_name: str) -> Rejection | None:
     wait_s = limiter.retry_after_s(token_name) if limiter else 0
     if wait_s:
-        raise Rejection(429, "Too Many Requests", f"rate limit of {token_name!r}", wait_s)
+        return Rejection(429, "Too Many Requests", f"rate limit of {token_name!r}", wait_s)
+    return None
 
 
 def too_large(max_body_bytes: int) -> Rejection:
     return Rejection(413, "Payload Too Large", f"body exceeds {max_body_bytes} bytes")
 
 
-def check_declared_size(content_length: int | None, max_body_bytes: int) -> None:
-    if content_length is not None and content_length > max_body_bytes:
-        raise too_large(max_body_bytes)
-
-
-def check_media_type(content_type: str | None) -> None:
+def media_type_refusal(content_type: str | None) -> Rejection | None:
     if content_type is None:
-        raise Rejection(415, "Unsupported Media Type", "expected application/json; no Content-Type")
+        return Rejection(
+            415, "Unsupported Media Type", "expected application/json; no Content-Type"
+        )
     if not is_json(content_type):
         detail = f"expected application/json, got {content_type}"
-        raise Rejection(415, "Unsupported Media Type", detail)
+        return Rejection(415, "Unsupported Media Type", detail)
+    return None
 
 
-def check_expectation(expect: str) -> None:
+def expectation_refusal(expect: str) -> Rejection | None:
     if expect.lower() != "100-continue":
         detail = f"the only expectation supported is 100-continue, not {expect}"
-        raise Rejection(417, "Expectation Failed", detail)
+        return Rejection(417, "Expectation Failed", detail)
+    return None
 
 
-def check_head(
+def head_refusal(
     gateway: Gateway, request: web.Request, token_name: str | None, *, before_body: bool
-) -> str:
-    """`token_name`, if the head allows the body to be read; else raise the refusal.
+) -> Rejection | None:
+    """The refusal of a request its head rules out, None if its body may be read.
 
     `before_body`: the client awaits `100 Continue`, so the media type is checked now.
     """
-    if before_body:
-        check_expectation(request.headers.get(hdrs.EXPECT, ""))
+    if before_body and (refused := expectation_refusal(request.headers.get(hdrs.EXPECT, ""))):
+        return refused
     if token_name is None:
-        raise Rejection(401, "Unauthorized", "a valid bearer token is required")
-    check_rate(gateway.rate_limiter, token_name)
-    check_declared_size(request.content_length, gateway.max_body_bytes)
-    if before_body:
-        check_media_type(media_type(request))
-    return token_name
+        return Rejection(401, "Unauthorized", "a valid bearer token is required")
+    if refused := rate_refusal(gateway.rate_limiter, token_name):
+        return refused
+    declared = request.content_length
+    if declared is not None and declared > gateway.max_body_bytes:
+        return too_large(gateway.max_body_bytes)
+    return media_type_refusal(media_type(request)) if before_body else None
 
 
 def identify(gateway: Gateway, request: web.Request) -> str | None:
-    """The name of the request's token (found once: when its head was admitted, if it was)."""
-    return request.get(ADMITTED) or gateway.tokens.identify(request.headers.get(hdrs.AUTHORIZATION))
+    return gateway.tokens.identify(request.headers.get(hdrs.AUTHORIZATION))
 
 
-def admit(
-    gateway: Gateway, request: web.Request, token_name: str | None, *, before_body: bool
-) -> None:
-    """Raise the refusal of a request its head rules out; else note it as admitted, once."""
-    if ADMITTED not in request:
-        request[ADMITTED] = check_head(gateway, request, token_name, before_body=before_body)
+def admitted(request: web.Request) -> str | None:
+    """The token name the expect handler admitted the head for, if it ran."""
+    return request.get(ADMITTED) if hdrs.EXPECT in request.headers else None
 
 
 async def read_body(request: web.Request, max_body_bytes: int, timeout_s: float) -> bytes:
     """The whole body within `timeout_s`; a chunked one is cut off at `max_body_bytes`."""
-    if request.content.is_eof():
-        # Usual for a webhook: the body came with the head, so no timer is needed.
-        return await request.read()
     try:
+        if request.content.is_eof():
+            # Usual for a webhook: the body came with the head, so no timer is needed.
+            return await request.read()
         async with asyncio.timeout(timeout_s):
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -210,53 +207,69 @@ def check_json(raw: bytes) -> None:
 
 def parse(raw: bytes, content_type: str | None, model: type[Model]) -> Model:
     """The validated body, sent as `content_type` (None if the client declared none)."""
-    check_media_type(content_type)
+    if refused := media_type_refusal(content_type):
+        raise refused
     check_json(raw)
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        if first["type"] == "json_invalid":
-            # Deeper nesting than pydantic-core allows (orjson allows more).
-            reason = first.get("ctx", {}).get("error", first["msg"])
-            raise Rejection(400, "Bad Request", f"invalid JSON: {reason}") from None
-        errors = field_errors(exc)
-        detail = "body does not match the schema: " + ", ".join(e["field"] for e in errors)
-        raise Rejection(422, "Unprocessable Content", detail, errors=errors) from None
+        raise invalid(exc) from None
+
+
+def invalid(exc: ValidationError) -> Rejection:
+    first = exc.errors()[0]
+    if first["type"] == "json_invalid":
+        # Deeper nesting than pydantic-core allows (orjson allows more).
+        reason = first.get("ctx", {}).get("error", first["msg"])
+        return Rejection(400, "Bad Request", f"invalid JSON: {reason}")
+    errors = field_errors(exc)
+    detail = "body does not match the schema: " + ", ".join(e["field"] for e in errors)
+    return Rejection(422, "Unprocessable Content", detail, errors=errors)
 
 
 def forwarded(request: web.Request, names: tuple[str, ...]) -> Headers:
+    if not names:
+        return NO_HEADERS
     return {forwarded_header(n): request.headers[n] for n in names if n in request.headers}
 
 
-def accepted(event_id: str) -> web.Response:
-    headers = {"X-Event-Id": event_id}
-    return web.Response(body=OK_BODY, content_type=JSON_MEDIA_TYPE, headers=headers)
+def accepted(event_id: str, rid: str) -> web.Response:
+    headers = {hdrs.CONTENT_TYPE: JSON_MEDIA_TYPE, X_EVENT_ID: event_id, X_REQUEST_ID: rid}
+    return web.Response(body=OK_BODY, headers=headers)
 
 
-def unavailable(exc: Unavailable) -> web.Response:
+def unavailable(exc: Unavailable) -> Rejection:
     # The pipeline logs the cause once when it starts, not on every request.
-    return refusal(Rejection(503, "Service Unavailable", f"not accepted: {exc}", RETRY_AFTER_S))
+    return Rejection(503, "Service Unavailable", f"not accepted: {exc}", RETRY_AFTER_S)
 
 
 class Receiver(Generic[Model]):
     """The handler of one webhook kind, built with the normalization of its bodies."""
 
-    def __init__(self, normalizer: Normalizer[Model]) -> None:
+    def __init__(self, normalizer: Normalizer[Model], gateway: Gateway) -> None:
         self.kind = normalizer.kind
         self.normalizer = normalizer
+        self.gateway = gateway
+        self._observe = gateway.metrics.observer(self.kind)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        gateway, started_s = request.app[GATEWAY], time.perf_counter()
-        response = await self.respond(gateway, request)
-        gateway.metrics.observe(self.kind, response.status, time.perf_counter() - started_s)
+        """The request path: admit the head, read the body, normalize it, hand it over."""
+        started_s = time.perf_counter()
+        try:
+            response = await self.respond(request)
+        except Exception:
+            response = server_error(request)
+        self._observe(response.status, time.perf_counter() - started_s)
         return response
 
-    async def respond(self, gateway: Gateway, request: web.Request) -> web.Response:
-        """The request path: admit the head, read the body, normalize it, hand it over."""
-        token_name = identify(gateway, request)
+    async def respond(self, request: web.Request) -> web.Response:
+        gateway = self.gateway
+        token_name = admitted(request)
+        if token_name is None:
+            token_name = identify(gateway, request)
+            if refused := head_refusal(gateway, request, token_name, before_body=False):
+                return unread(self.refuse(request, refused, token_name))
         try:
-            admit(gateway, request, token_name, before_body=False)
             raw = await read_body(request, gateway.max_body_bytes, gateway.body_timeout_s)
         except Rejection as rejection:
             return unread(self.refuse(request, rejection, token_name))
@@ -265,17 +278,17 @@ class Receiver(Generic[Model]):
         try:
             model = parse(raw, media_type(request), self.normalizer.model)
         except Rejection as rejection:
-            await self.quarantine(gateway, request, rejection, receipt)
+            await self.quarantine(request, rejection, receipt)
             return self.refuse(request, rejection, token_name)
         outbound = self.normalizer.build(model, receipt)
         try:
             await gateway.pipeline.accept(outbound)
         except Unavailable as exc:
-            return unavailable(exc)
-        log.debug(
-            "accepted", extra={"request_id": request_id(request), "event_id": outbound.message_id}
-        )
-        return accepted(outbound.message_id)
+            return stamped(request, refusal(unavailable(exc)))
+        rid = request_id(request)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("accepted", extra={"request_id": rid, "event_id": outbound.message_id})
+        return accepted(outbound.message_id, rid)
 
     async def expect(self, request: web.Request) -> web.StreamResponse | None:
         """The route's expect handler: `100 Continue` only to a head that can be accepted.
@@ -286,60 +299,107 @@ class Receiver(Generic[Model]):
         """
         if request.version != HttpVersion11:
             return None
-        gateway, started_s = request.app[GATEWAY], time.perf_counter()
-        token_name = identify(gateway, request)
-        try:
-            admit(gateway, request, token_name, before_body=True)
-        except Rejection as rejection:
-            refused = unread(self.refuse(request, rejection, token_name))
-            gateway.metrics.observe(self.kind, refused.status, time.perf_counter() - started_s)
-            return refused
+        started_s = time.perf_counter()
+        token_name = identify(self.gateway, request)
+        if refused := head_refusal(self.gateway, request, token_name, before_body=True):
+            response = unread(self.refuse(request, refused, token_name))
+            self._observe(response.status, time.perf_counter() - started_s)
+            return response
+        if token_name is not None:  # always so once admitted
+            request[ADMITTED] = token_name
         await request.writer.write(CONTINUE)
         # As aiohttp's own expect handler does: the answer's size is counted from here.
         request.writer.output_size = 0
         return None
 
     async def quarantine(
-        self, gateway: Gateway, request: web.Request, rejection: Rejection, receipt: Receipt
+        self, request: web.Request, rejection: Rejection, receipt: Receipt
     ) -> None:
         """Keep a body we refused (400, 415, 422) under `invalid.<kind>`, as received."""
         kept = events.quarantined(self.kind, rejection.detail, receipt, request.content_type)
         try:
-            await gateway.pipeline.accept(kept)
+            await self.gateway.pipeline.accept(kept)
         except Unavailable as exc:
             log.error(
                 "invalid request could not be quarantined",
                 extra={"request_id": request_id(request), "kind": self.kind, "reason": str(exc)},
             )
             return
-        gateway.metrics.quarantined.labels(self.kind).inc()
+        self.gateway.metrics.quarantined.labels(self.kind).inc()
 
     def refuse(
         self, request: web.Request, rejection: Rejection, token_name: str | None
     ) -> web.Response:
         """The answer to a refused request, logged."""
+        rid = request_id(request)
         log.info(
             "request refused",
             extra={
-                "request_id": request_id(request),
+                "request_id": rid,
                 "kind": self.kind,
                 "status": rejection.status,
                 "token_name": token_name,
                 "reason": rejection.detail,
             },
         )
-        return refusal(rejection)
+        response = refusal(rejection)
+        response.headers[X_REQUEST_ID] = rid
+        return response
+
+
+def stamped(request: web.Request, response: web.Response) -> web.Response:
+    """`response` with the request id: every answer carries one."""
+    response.headers[X_REQUEST_ID] = request_id(request)
+    return response
+
+
+def stamped_problem(request: web.Request, status: int, title: str, detail: str) -> web.Response:
+    return stamped(request, problem(status, title, detail))
+
+
+SEE_THE_LOG: Final = "unexpected error; see the gateway log"
+
+
+def server_error(request: web.Request) -> web.Response:
+    """The answer to a handler's unexpected exception (call it in the `except` block)."""
+    log.exception("unhandled error", extra={"path": request.path})
+    return stamped_problem(request, 500, "Internal Server Error", SEE_THE_LOG)
+
+
+def answering_errors(handler: RequestHandler) -> RequestHandler:
+    """`handler`, answering an unexpected exception as a JSON problem."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except Exception:
+            return server_error(request)
+
+    return answer
+
+
+def not_found(request: web.Request) -> web.Response:
+    return stamped_problem(request, 404, "Not Found", f"nothing at {request.path}")
+
+
+def not_allowed(request: web.Request, allowed: frozenset[str]) -> web.Response:
+    detail = f"{request.method} is not allowed here; allowed: {', '.join(sorted(allowed))}"
+    response = stamped_problem(request, 405, "Method Not Allowed", detail)
+    response.headers[hdrs.ALLOW] = ",".join(sorted(allowed))
+    return response
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "alive"})
+    return stamped(request, web.json_response({"status": "alive"}))
 
 
 async def readyz(request: web.Request) -> web.Response:
     status = request.app[GATEWAY].pipeline.status()
-    return web.json_response(dataclasses.asdict(status), status=200 if status.ready else 503)
+    answer = web.json_response(dataclasses.asdict(status), status=200 if status.ready else 503)
+    return stamped(request, answer)
 
 
 async def metrics(request: web.Request) -> web.Response:
     body = request.app[GATEWAY].metrics.exposition()
-    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+    answer = web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+    return stamped(request, answer)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -13,6 +13,7 @@ from gateway.pipeline import Status
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 Snapshot = Callable[[], Status]
+Observer = Callable[[int, float], None]
 
 
 class PipelineCollector(Collector):
@@ -54,6 +55,8 @@ class Metrics:
     requests: Counter
     ack_latency: Histogram
     quarantined: Counter
+    # The children of `requests` by (kind, status): `.labels()` looks them up under a lock.
+    _counted: dict[tuple[str, int], Counter] = field(default_factory=dict)
 
     @classmethod
     def create(cls, snapshot: Snapshot) -> Metrics:
@@ -83,8 +86,24 @@ class Metrics:
         )
 
     def observe(self, kind: str, status: int, elapsed_s: float) -> None:
-        self.requests.labels(kind, str(status)).inc()
+        self._counter(kind, status).inc()
         self.ack_latency.labels(kind).observe(elapsed_s)
+
+    def observer(self, kind: str) -> Observer:
+        """`observe` for one kind, its latency child looked up once."""
+        latency = self.ack_latency.labels(kind)
+
+        def observe(status: int, elapsed_s: float) -> None:
+            self._counter(kind, status).inc()
+            latency.observe(elapsed_s)
+
+        return observe
+
+    def _counter(self, kind: str, status: int) -> Counter:
+        child = self._counted.get((kind, status))
+        if child is None:
+            child = self._counted[kind, status] = self.requests.labels(kind, str(status))
+        return child
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

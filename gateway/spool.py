@@ -163,6 +163,7 @@ class Spool:
         self._saved_watermark = 0
         self._lock_fd: int | None = None
         self._bytes = 0
+        self._sync_thread = fsync.SyncThread()
         self._durability = fsync.policy(fsync_mode, self._sync, fsync_interval_s)
 
     def recover(self) -> list[Record]:
@@ -221,7 +222,7 @@ class Spool:
     async def _sync(self) -> None:
         """fdatasync the segment appended to now: the policy calls it after the appends it
         covers, and a rotation in between has already fsynced the segment it sealed."""
-        await fsync.fdatasync(self._fd)
+        await self._sync_thread.fdatasync(self._fd)
 
     def _write(self, segment: Segment, frame: bytes) -> None:
         assert self._fd is not None
@@ -326,6 +327,7 @@ class Spool:
 
     def close(self) -> None:
         self._durability.close()
+        self._sync_thread.close()
         self._seal()
         self.save_watermark()
         if self._lock_fd is not None:

@@ -6,6 +6,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from gateway.app import PIPELINE
 from tests.support.gateway import AUTH
 
 Client = TestClient[web.Request, web.Application]
@@ -56,3 +57,19 @@ async def test_every_answer_carries_a_request_id_made_up_when_none_was_sent(
     ids = [(await client.request(method, path)).headers["X-Request-Id"] for _ in range(2)]
     assert ids[0] != ids[1]
     assert all(len(rid) == 32 and int(rid, 16) >= 0 for rid in ids)
+
+
+async def test_an_unexpected_error_is_a_json_problem_with_the_request_id(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert client.app is not None
+    pipeline = client.app[PIPELINE]
+
+    def broken() -> None:
+        raise RuntimeError("broken on purpose")
+
+    monkeypatch.setattr(pipeline, "status", broken)
+    response = await client.get("/readyz", headers={"X-Request-Id": "r-500"})
+    assert response.status == 500
+    assert response.content_type == "application/problem+json"
+    assert response.headers["X-Request-Id"] == "r-500"

@@ -9,6 +9,7 @@ CloudEvents: stricter, never in conflict).
 from __future__ import annotations
 
 import copy
+import uuid
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -326,3 +327,17 @@ def test_outbound_routes_and_mirrors_the_attributes_in_headers() -> None:
         contract.FINGERPRINT_HEADER: FINGERPRINT,
         "aifi_http_x-a": "1",
     }
+
+
+def test_the_plain_field_dicts_mirror_the_models_in_wire_order() -> None:
+    assert list(contract.ContextFields.__annotations__) == list(contract.Context.model_fields)
+    assert list(contract.NormalizedFields.__annotations__) == list(contract.Normalized.model_fields)
+
+
+def test_ids_are_formatted_as_the_uuid_module_formats_them() -> None:
+    for store_id, unique in [(0, "string"), (-(2**63), "é😀"), (42, "")]:
+        expected = uuid.uuid5(contract.TRACKING_NAMESPACE, f"{store_id}:{unique}")
+        assert contract.tracking_event_id(store_id, unique) == str(expected)
+    made = [uuid.UUID(contract.random_uuid()) for _ in range(100)]
+    assert all(u.version == 4 and u.variant == uuid.RFC_4122 for u in made)
+    assert len(set(made)) == 100

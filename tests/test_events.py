@@ -234,7 +234,7 @@ GOLDEN_TRACKING: Final = (
 def test_the_examples_envelopes_are_byte_for_byte_as_pinned(
     monkeypatch: pytest.MonkeyPatch, normalizer: events.Normalizer[Any], name: str
 ) -> None:
-    monkeypatch.setattr(uuid, "uuid4", lambda: GOLDEN_ID)
+    monkeypatch.setattr(events, "new_event_id", lambda: str(GOLDEN_ID))
     raw = (EXAMPLES / f"{name}.json").read_bytes()
     receipt = Receipt(raw, "aifi", GOLDEN_RECEIVED, FORWARDED)
     out = normalizer.build(normalizer.model.model_validate_json(raw), receipt)

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,3 +113,16 @@ async def test_closing_the_spool_cancels_a_pending_interval_sync(
     spool.close()  # seals the segment with an fsync of its own
     await asyncio.sleep(0.4)
     assert sync_calls == []
+
+
+async def test_every_flush_goes_through_one_thread_that_ends_with_the_spool(
+    tmp_path: Path,
+) -> None:
+    with opened(tmp_path, "always") as spool:
+        for n in range(5):
+            spool.append(capturable(f"fsync-{n}"))
+            await spool.durable()
+        syncing = [t for t in threading.enumerate() if t.name == "spool-fsync"]
+        assert len(syncing) == 1
+    syncing[0].join(5)
+    assert not syncing[0].is_alive()
