@@ -1,4 +1,4 @@
-"""The aiohttp application: routes, middlewares (metrics, problems, auth), the ledger in
+"""The aiohttp application: routes, one middleware (auth, problems, metrics), the ledger in
 cleanup_ctx."""
 
 from __future__ import annotations
@@ -48,16 +48,6 @@ def route_of(request: web.Request) -> str:
     return resource.canonical if resource is not None else UNMATCHED
 
 
-@web.middleware
-async def observed(request: web.Request, handler: RequestHandler) -> web.StreamResponse:
-    """Count every answer by route and status, and time it."""
-    started_s = time.perf_counter()
-    response = await handler(request)
-    elapsed_s = time.perf_counter() - started_s
-    request.app[PRESENCE].metrics.observe(route_of(request), response.status, elapsed_s)
-    return response
-
-
 def http_problem(request: web.Request, exc: web.HTTPException) -> web.Response:
     """aiohttp's own error as a problem, keeping its headers (a 405's `Allow`)."""
     detail = f"nothing at {request.path}" if exc.status == 404 else exc.reason
@@ -68,9 +58,20 @@ def http_problem(request: web.Request, exc: web.HTTPException) -> web.Response:
 
 
 @web.middleware
-async def problems(request: web.Request, handler: RequestHandler) -> web.StreamResponse:
+async def served(request: web.Request, handler: RequestHandler) -> web.StreamResponse:
+    """One layer around every route (each layer costs every request): the token checked,
+    every error answered as a problem, and the answer counted by route and status."""
+    started_s = time.perf_counter()
+    response = await answered(request, handler)
+    elapsed_s = time.perf_counter() - started_s
+    request.app[PRESENCE].metrics.observe(route_of(request), response.status, elapsed_s)
+    return response
+
+
+async def answered(request: web.Request, handler: RequestHandler) -> web.StreamResponse:
     """Every error answer is a JSON problem, aiohttp's own 404 and 405 included."""
     try:
+        check_token(request)
         return await handler(request)
     except Problem as problem:
         return problem.response()
@@ -83,15 +84,13 @@ async def problems(request: web.Request, handler: RequestHandler) -> web.StreamR
         return Problem(500, "Internal Server Error", "unexpected error; see the log").response()
 
 
-@web.middleware
-async def authorized(request: web.Request, handler: RequestHandler) -> web.StreamResponse:
+def check_token(request: web.Request) -> None:
     """A valid bearer token, except on the public routes."""
-    if request.path not in PUBLIC:
-        tokens = request.app[PRESENCE].tokens
-        if tokens.identify(request.headers.get(hdrs.AUTHORIZATION)) is None:
-            detail = "a valid bearer token is required"
-            raise Problem(401, "Unauthorized", detail, **{hdrs.WWW_AUTHENTICATE: "Bearer"})
-    return await handler(request)
+    if request.path in PUBLIC:
+        return
+    if request.app[PRESENCE].tokens.identify(request.headers.get(hdrs.AUTHORIZATION)) is None:
+        detail = "a valid bearer token is required"
+        raise Problem(401, "Unauthorized", detail, **{hdrs.WWW_AUTHENTICATE: "Bearer"})
 
 
 async def ledger_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -120,7 +119,7 @@ def add_routes(app: web.Application) -> None:
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[observed, problems, authorized])
+    app = web.Application(middlewares=[served])
     presence = settings.presence
     app[PRESENCE] = Presence(
         reader=Reader(settings.ledger, presence.retry_max_s),
