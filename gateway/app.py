@@ -13,9 +13,9 @@ from typing import Any
 
 from aiohttp import HttpVersion11, hdrs, web
 
+from core.auth import TokenTable
 from core.settings import Settings
 from gateway import events, openapi
-from gateway.auth import TokenTable
 from gateway.handlers import (
     CONTINUE,
     GATEWAY,

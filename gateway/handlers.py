@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -16,9 +15,10 @@ import orjson
 from aiohttp import HttpVersion11, hdrs, web
 from pydantic import ValidationError
 
+from core.auth import TokenTable
 from core.contract import Headers, forwarded_header
+from core.http import X_REQUEST_ID, problem, request_id
 from gateway import events
-from gateway.auth import TokenTable
 from gateway.events import Model, Normalizer, Receipt
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, Unavailable
@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 OK_BODY: Final = b'"ok"'
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 JSON_MEDIA_TYPE: Final = "application/json"
-X_REQUEST_ID: Final = "X-Request-Id"
 X_EVENT_ID: Final = "X-Event-Id"
 RETRY_AFTER_S: Final = 5
 RequestHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -65,14 +64,6 @@ class Rejection(Exception):
         self.retry_after_s, self.extra = retry_after_s, extra
 
 
-def problem(status: int, title: str, detail: str, **extra: Any) -> web.Response:
-    """An RFC 9457 problem document; every error the gateway gives is one."""
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail} | extra
-    return web.Response(
-        status=status, body=orjson.dumps(body), content_type="application/problem+json"
-    )
-
-
 def refusal(rejection: Rejection) -> web.Response:
     response = problem(rejection.status, rejection.title, rejection.detail, **rejection.extra)
     if rejection.status == 401:
@@ -86,15 +77,6 @@ def unread(response: web.Response) -> web.Response:
     """`response`, closing the connection: the body was not read, and need not be."""
     response.force_close()
     return response
-
-
-def request_id(request: web.Request) -> str:
-    """The client's `X-Request-Id` if it is usable, else a new one: each answer asks once,
-    and uses it for its log lines too."""
-    given = request.headers.get(X_REQUEST_ID, "")
-    if 0 < len(given) <= 128 and given.isprintable():
-        return given
-    return os.urandom(16).hex()
 
 
 def media_type(request: web.Request) -> str | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
@@ -13,10 +12,11 @@ from typing import Final
 import orjson
 from aiohttp import hdrs, web
 
+from core import http
 from core.aio import first_of
+from core.auth import TokenTable
 from core.settings import Settings
 from presence import handlers, openapi
-from presence.auth import Tokens
 from presence.handlers import PRESENCE, Presence, Problem
 from presence.metrics import UNMATCHED, Metrics
 from presence.reader import Reader
@@ -32,15 +32,13 @@ PUBLIC: Final = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 def request_id(request: web.Request) -> str:
     """The client's `X-Request-Id` if it is usable, else one made up once for the request."""
     if REQUEST_ID not in request:
-        given = request.headers.get("X-Request-Id", "")
-        usable = 0 < len(given) <= 128 and given.isprintable()
-        request[REQUEST_ID] = given if usable else secrets.token_hex(16)
+        request[REQUEST_ID] = http.request_id(request)
     return request[REQUEST_ID]
 
 
 async def stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
     """Every answer carries the request id, aiohttp's own (404, 405) included."""
-    response.headers.setdefault("X-Request-Id", request_id(request))
+    response.headers.setdefault(http.X_REQUEST_ID, request_id(request))
 
 
 def route_of(request: web.Request) -> str:
@@ -123,7 +121,7 @@ def create_app(settings: Settings) -> web.Application:
     presence = settings.presence
     app[PRESENCE] = Presence(
         reader=Reader(settings.ledger, presence.retry_max_s),
-        tokens=Tokens.from_settings(presence.tokens),
+        tokens=TokenTable.from_settings(presence.tokens),
         metrics=Metrics.create(),
         openapi=orjson.dumps(openapi.document()),
         ready_timeout_s=presence.ready_timeout_s,

@@ -8,19 +8,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
-import orjson
 from aiohttp import hdrs, web
 from pydantic import BaseModel
 
 from consumers.ledger import Ledger, LedgerUnavailable
-from presence.auth import Tokens
+from core.auth import TokenTable
+from core.http import problem
 from presence.metrics import Metrics
 from presence.models import Health, Readiness, StoreOccupancy, Stores, Tracking, Visit
 from presence.reader import NotOpen, Reader
 
 T = TypeVar("T")
 JSON: Final = "application/json"
-PROBLEM_JSON: Final = "application/problem+json"
 RETRY_AFTER_S: Final = 5
 STORE_ID: Final = re.compile(r"-?[0-9]{1,19}")
 BIGINT: Final = range(-(2**63), 2**63)  # the ledger's store_id column
@@ -31,7 +30,7 @@ class Presence:
     """What handlers read; built once at start-up and never replaced."""
 
     reader: Reader
-    tokens: Tokens
+    tokens: TokenTable
     metrics: Metrics
     openapi: bytes
     ready_timeout_s: float
@@ -48,13 +47,7 @@ class Problem(Exception):
         self.status, self.title, self.detail, self.headers = status, title, detail, headers
 
     def response(self) -> web.Response:
-        body = {"type": "about:blank", "title": self.title, "status": self.status}
-        return web.Response(
-            status=self.status,
-            body=orjson.dumps(body | {"detail": self.detail}),
-            content_type=PROBLEM_JSON,
-            headers=self.headers,
-        )
+        return problem(self.status, self.title, self.detail, self.headers)
 
 
 def answer(model: BaseModel, status: int = 200) -> web.Response:

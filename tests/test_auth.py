@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
-from gateway.auth import ANONYMOUS, TokenTable, bearer
+from core.auth import ANONYMOUS, TokenTable, bearer
 
 CURRENT = "tok-current-7Yh2q"
 NEXT = "tok-next-Qm93z"

@@ -1,4 +1,5 @@
-"""Bearer-token authentication against every configured token, in constant time."""
+"""Bearer-token authentication against every configured token, in constant time: the
+gateway's webhooks and the presence API's reads alike. Tokens are never shown."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ class TokenTable:
         return f"TokenTable(names={names!r}, allow_anonymous={self.allow_anonymous})"
 
     @classmethod
-    def from_settings(cls, tokens: Mapping[str, SecretStr], allow_anonymous: bool) -> TokenTable:
+    def from_settings(
+        cls, tokens: Mapping[str, SecretStr], allow_anonymous: bool = False
+    ) -> TokenTable:
         pairs = tuple((name, s.get_secret_value().encode()) for name, s in tokens.items())
         return cls(pairs, allow_anonymous)
 
@@ -44,6 +47,7 @@ class TokenTable:
 
 
 def bearer(authorization: str | None) -> bytes | None:
+    """The credentials of an `Authorization: Bearer ...` header; None for anything else."""
     if not authorization:
         return None
     scheme, _, credentials = authorization.partition(" ")

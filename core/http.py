@@ -1,0 +1,37 @@
+"""What the gateway and the presence API answer alike: RFC 9457 problem documents and the
+request id every answer carries."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+
+X_REQUEST_ID: Final = "X-Request-Id"
+PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
+
+
+def request_id(request: web.BaseRequest) -> str:
+    """The client's `X-Request-Id` if it is usable (1 to 128 printable characters), else a
+    new one. The caller asks once per request and uses it for its log lines too."""
+    given = request.headers.get(X_REQUEST_ID, "")
+    if 0 < len(given) <= 128 and given.isprintable():
+        return given
+    return os.urandom(16).hex()
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> web.Response:
+    """An RFC 9457 problem document; `extra` members join the standard ones."""
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail} | extra
+    return web.Response(
+        status=status, body=orjson.dumps(body), content_type=PROBLEM_MEDIA_TYPE, headers=headers
+    )
