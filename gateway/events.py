@@ -44,12 +44,50 @@ def new_event_id() -> str:
 def transition_data(
     model: Transition, kind: Kind, receipt: Receipt, session_id: str
 ) -> NormalizedFields:
-    session, store, customer = model.session, model.store, model.customer
+    session = model.session
+    return normalized(
+        model,
+        kind,
+        receipt,
+        session_id=session_id,
+        customer=(model.customer.id, model.customer.role),
+        shopper_id=model.shopperId or model.shopper.shopperId,
+        group_size=session.groupSize if session else None,
+        unique_event_id=None,
+    )
+
+
+def tracking_data(model: Tracking, receipt: Receipt) -> NormalizedFields:
+    return normalized(
+        model,
+        "tracking",
+        receipt,
+        session_id=None,
+        customer=(None, None),
+        shopper_id=model.shopperId,
+        group_size=None,
+        unique_event_id=model.uniqueEventId,
+    )
+
+
+def normalized(
+    model: Transition | Tracking,
+    kind: Kind,
+    receipt: Receipt,
+    *,
+    session_id: str | None,
+    customer: tuple[str | int | None, str | None],
+    shopper_id: str | None,
+    group_size: int | None,
+    unique_event_id: str | None,
+) -> NormalizedFields:
+    """`data` without the payload, in wire order, built in one literal (no merges): what both
+    kinds share comes from the model and the receipt, the rest is the kind's."""
     return {
         "kind": kind,
         "storeId": model.storeId,
-        "oasisApiStoreId": store.oasisApiStoreId,
-        "aifiUniqueStoreId": store.aifiUniqueStoreId,
+        "oasisApiStoreId": model.store.oasisApiStoreId,
+        "aifiUniqueStoreId": model.store.aifiUniqueStoreId,
         "timeOfOrigin": iso(model.timeOfOrigin),
         "timeOfIssue": iso(model.timeOfIssue),
         "receivedAt": iso(receipt.received_at),
@@ -57,33 +95,11 @@ def transition_data(
         "fingerprint": fingerprint(receipt.raw_body),
         "storeExternalId": model.storeExternalId,
         "sessionId": session_id,
-        "customerId": customer.id,
-        "customerRole": customer.role,
-        "shopperId": model.shopperId or model.shopper.shopperId,
-        "groupSize": session.groupSize if session else None,
-        "uniqueEventId": None,
-    }
-
-
-def tracking_data(model: Tracking, receipt: Receipt) -> NormalizedFields:
-    store = model.store
-    return {
-        "kind": "tracking",
-        "storeId": model.storeId,
-        "oasisApiStoreId": store.oasisApiStoreId,
-        "aifiUniqueStoreId": store.aifiUniqueStoreId,
-        "timeOfOrigin": iso(model.timeOfOrigin),
-        "timeOfIssue": iso(model.timeOfIssue),
-        "receivedAt": iso(receipt.received_at),
-        "tokenName": receipt.token_name,
-        "fingerprint": fingerprint(receipt.raw_body),
-        "storeExternalId": model.storeExternalId,
-        "sessionId": None,
-        "customerId": None,
-        "customerRole": None,
-        "shopperId": model.shopperId,
-        "groupSize": None,
-        "uniqueEventId": model.uniqueEventId,
+        "customerId": customer[0],
+        "customerRole": customer[1],
+        "shopperId": shopper_id,
+        "groupSize": group_size,
+        "uniqueEventId": unique_event_id,
     }
 
 
