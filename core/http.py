@@ -9,9 +9,21 @@ from typing import Any, Final
 
 import orjson
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict
 
 X_REQUEST_ID: Final = "X-Request-Id"
 PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document, as the OpenAPI documents describe every error."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
 
 
 def request_id(request: web.BaseRequest) -> str:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from core import http
 from core.settings import Settings
 from gateway.models import Tracking, Transition
 
@@ -28,15 +29,9 @@ class FieldError(BaseModel):
     message: str
 
 
-class Problem(BaseModel):
-    """An RFC 9457 problem document."""
+class Problem(http.Problem):
+    """An RFC 9457 problem document; a 422 lists what broke the schema in `errors`."""
 
-    model_config = ConfigDict(extra="allow")
-
-    type: str
-    title: str
-    status: int
-    detail: str
     errors: list[FieldError] | None = None
 
 

@@ -17,7 +17,7 @@ from core.aio import first_of
 from core.auth import TokenTable
 from core.settings import Settings
 from presence import handlers, openapi
-from presence.handlers import PRESENCE, Presence, Problem
+from presence.handlers import PRESENCE, Presence, Rejection
 from presence.metrics import UNMATCHED, Metrics
 from presence.reader import Reader
 
@@ -52,7 +52,7 @@ def http_problem(request: web.Request, exc: web.HTTPException) -> web.Response:
     if isinstance(exc, web.HTTPMethodNotAllowed):
         detail = f"{exc.method} is not allowed; allowed: {', '.join(sorted(exc.allowed_methods))}"
     headers = {k: v for k, v in exc.headers.items() if k != hdrs.CONTENT_TYPE}
-    return Problem(exc.status, exc.reason, detail, **headers).response()
+    return Rejection(exc.status, exc.reason, detail, **headers).response()
 
 
 @web.middleware
@@ -71,15 +71,15 @@ async def answered(request: web.Request, handler: RequestHandler) -> web.StreamR
     try:
         check_token(request)
         return await handler(request)
-    except Problem as problem:
-        return problem.response()
+    except Rejection as rejection:
+        return rejection.response()
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         return http_problem(request, exc)
     except Exception:
         log.exception("unhandled error", extra={"request_id": request_id(request)})
-        return Problem(500, "Internal Server Error", "unexpected error; see the log").response()
+        return Rejection(500, "Internal Server Error", "unexpected error; see the log").response()
 
 
 def check_token(request: web.Request) -> None:
@@ -88,7 +88,7 @@ def check_token(request: web.Request) -> None:
         return
     if request.app[PRESENCE].tokens.identify(request.headers.get(hdrs.AUTHORIZATION)) is None:
         detail = "a valid bearer token is required"
-        raise Problem(401, "Unauthorized", detail, **{hdrs.WWW_AUTHENTICATE: "Bearer"})
+        raise Rejection(401, "Unauthorized", detail, **{hdrs.WWW_AUTHENTICATE: "Bearer"})
 
 
 async def ledger_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -11,7 +11,7 @@ from typing import Final, TypeVar
 from aiohttp import hdrs, web
 from pydantic import BaseModel
 
-from consumers.ledger import Ledger, LedgerUnavailable
+from consumers.ledger import Ledger, LedgerUnavailable, Row
 from core.auth import TokenTable
 from core.http import problem
 from presence.metrics import Metrics
@@ -39,7 +39,7 @@ class Presence:
 PRESENCE: Final = web.AppKey("presence", Presence)
 
 
-class Problem(Exception):
+class Rejection(Exception):
     """An answer refusing the request, as an RFC 9457 problem document."""
 
     def __init__(self, status: int, title: str, detail: str, **headers: str) -> None:
@@ -57,7 +57,7 @@ def answer(model: BaseModel, status: int = 200) -> web.Response:
 def store_id(text: str) -> int:
     """The path's storeId as the ledger keeps it (a 64-bit integer), else a 422."""
     if not STORE_ID.fullmatch(text) or int(text) not in BIGINT:
-        raise Problem(422, "Unprocessable Content", f"storeId must be a 64-bit integer: {text!r}")
+        raise Rejection(422, "Unprocessable Content", f"storeId must be a 64-bit integer: {text!r}")
     return int(text)
 
 
@@ -68,11 +68,11 @@ async def read(request: web.Request, query: Callable[[Ledger], Awaitable[T]]) ->
     except (NotOpen, LedgerUnavailable):
         detail = "the ledger cannot be read now; /readyz says why"
         retry = {hdrs.RETRY_AFTER: str(RETRY_AFTER_S)}
-        raise Problem(503, "Service Unavailable", detail, **retry) from None
+        raise Rejection(503, "Service Unavailable", detail, **retry) from None
 
 
-def not_found(what: str) -> Problem:
-    return Problem(404, "Not Found", f"no {what} in the ledger")
+def not_found(what: str) -> Rejection:
+    return Rejection(404, "Not Found", f"no {what} in the ledger")
 
 
 async def stores(request: web.Request) -> web.Response:
@@ -84,25 +84,26 @@ async def stores(request: web.Request) -> web.Response:
 async def store(request: web.Request) -> web.Response:
     wanted = store_id(request.match_info["storeId"])
     rows = await read(request, lambda ledger: ledger.occupancy(wanted))
-    if not rows:
-        raise not_found(f"visit to store {wanted}")
-    return answer(StoreOccupancy.model_validate(rows[0]))
+    return found(StoreOccupancy, rows[0] if rows else None, f"visit to store {wanted}")
 
 
 async def session(request: web.Request) -> web.Response:
     wanted = request.match_info["sessionId"]
     row = await read(request, lambda ledger: ledger.visit(wanted))
-    if row is None:
-        raise not_found(f"session {wanted!r}")
-    return answer(Visit.model_validate(row))
+    return found(Visit, row, f"session {wanted!r}")
 
 
 async def tracking(request: web.Request) -> web.Response:
     wanted = request.match_info["uniqueEventId"]
     row = await read(request, lambda ledger: ledger.tracking(wanted))
+    return found(Tracking, row, f"tracking event {wanted!r}")
+
+
+def found(model: type[BaseModel], row: Row | None, what: str) -> web.Response:
+    """The row as `model`, or a 404 problem naming `what`."""
     if row is None:
-        raise not_found(f"tracking event {wanted!r}")
-    return answer(Tracking.model_validate(row))
+        raise not_found(what)
+    return answer(model.model_validate(row))
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -67,14 +67,3 @@ class Readiness(_Answer):
     ready: bool
     ledger: str = Field(description="where the ledger is (never a password)")
     reason: str | None = Field(None, description="why it is not ready")
-
-
-class Problem(BaseModel):
-    """An RFC 9457 problem document."""
-
-    model_config = ConfigDict(extra="allow")
-
-    type: str
-    title: str
-    status: int
-    detail: str

@@ -7,7 +7,8 @@ from typing import Any, Final
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from presence.models import Problem, Readiness, StoreOccupancy, Stores, Tracking, Visit
+from core.http import Problem
+from presence.models import Readiness, StoreOccupancy, Stores, Tracking, Visit
 
 REF_TEMPLATE: Final = "#/components/schemas/{model}"
 MODELS: Final[tuple[type[BaseModel], ...]] = (
