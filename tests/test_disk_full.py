@@ -32,6 +32,7 @@ from tests.support.loadcheck import (
     delete_queue,
     marked_body,
     markers,
+    post_one,
 )
 from tests.support.processes import GatewayProcess
 
@@ -101,13 +102,9 @@ def start_gateway(amqp_url: str, spool: Path, log: Path) -> GatewayProcess:
 async def post(
     session: aiohttp.ClientSession, url: str, marker: str, body: bytes, answers: Answers
 ) -> None:
-    try:
-        async with session.post(url, data=body) as response:
-            await response.read()
-            answers.sent.record(marker, response.status, response.headers.get("X-Event-Id"))
-            answers.retry_after[marker] = response.headers.get("Retry-After")
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        answers.sent.record(marker, type(exc).__name__)
+    headers = await post_one(session, url, marker, body, answers.sent)
+    if headers is not None:
+        answers.retry_after[marker] = headers.get("Retry-After")
 
 
 async def post_until_refused(url: str, sent_markers: list[str]) -> Answers:

@@ -20,6 +20,7 @@ import aio_pika
 import aiohttp
 import orjson
 from aiormq.abc import FieldTable
+from multidict import CIMultiDictProxy
 
 from core import contract
 from core.amqp import declare_topology
@@ -77,13 +78,17 @@ class Verdict:
 
 async def post_one(
     session: aiohttp.ClientSession, url: str, marker: str, body: bytes, sent: Sent
-) -> None:
+) -> CIMultiDictProxy[str] | None:
+    """POST `body`, its answer (or the error that came instead) recorded in `sent`; the
+    answer's headers, or None when there was none."""
     try:
         async with session.post(url, data=body) as response:
             await response.read()
             sent.record(marker, response.status, response.headers.get("X-Event-Id"))
+            return response.headers
     except (TimeoutError, aiohttp.ClientError) as exc:
         sent.record(marker, type(exc).__name__)
+        return None
 
 
 async def send_load(
