@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 X_REQUEST_ID: Final = "X-Request-Id"
 PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
+REQUEST_ID: Final = web.RequestKey("request_id", str)
 
 
 class Problem(BaseModel):
@@ -28,11 +29,13 @@ class Problem(BaseModel):
 
 def request_id(request: web.BaseRequest) -> str:
     """The client's `X-Request-Id` if it is usable (1 to 128 printable characters), else a
-    new one. The caller asks once per request and uses it for its log lines too."""
-    given = request.headers.get(X_REQUEST_ID, "")
-    if 0 < len(given) <= 128 and given.isprintable():
-        return given
-    return os.urandom(16).hex()
+    new one; made once per request, so that its answer and every log line agree."""
+    known = request.get(REQUEST_ID)
+    if known is None:
+        given = request.headers.get(X_REQUEST_ID, "")
+        usable = 0 < len(given) <= 128 and given.isprintable()
+        known = request[REQUEST_ID] = given if usable else os.urandom(16).hex()
+    return known
 
 
 def problem(

@@ -24,21 +24,13 @@ from presence.reader import Reader
 log = logging.getLogger(__name__)
 
 RequestHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-REQUEST_ID: Final = web.RequestKey("request_id", str)
 # Answered without a token: probes, scrapes and the API's own description.
 PUBLIC: Final = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 
 
-def request_id(request: web.Request) -> str:
-    """The client's `X-Request-Id` if it is usable, else one made up once for the request."""
-    if REQUEST_ID not in request:
-        request[REQUEST_ID] = http.request_id(request)
-    return request[REQUEST_ID]
-
-
 async def stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
     """Every answer carries the request id, aiohttp's own (404, 405) included."""
-    response.headers.setdefault(http.X_REQUEST_ID, request_id(request))
+    response.headers.setdefault(http.X_REQUEST_ID, http.request_id(request))
 
 
 def route_of(request: web.Request) -> str:
@@ -78,7 +70,7 @@ async def answered(request: web.Request, handler: RequestHandler) -> web.StreamR
             raise
         return http_problem(request, exc)
     except Exception:
-        log.exception("unhandled error", extra={"request_id": request_id(request)})
+        log.exception("unhandled error", extra={"request_id": http.request_id(request)})
         return Rejection(500, "Internal Server Error", "unexpected error; see the log").response()
 
 

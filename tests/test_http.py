@@ -38,3 +38,8 @@ def test_a_problem_is_rfc_9457_json_with_its_headers_and_members() -> None:
         "detail": "slow down",
         "limit": 3,
     }
+
+
+def test_a_made_up_request_id_is_made_once_per_request() -> None:
+    request = make_mocked_request("GET", "/")
+    assert http.request_id(request) == http.request_id(request)
