@@ -37,7 +37,7 @@ from consumers.ledger_effects import (
 )
 from consumers.ledger_postgres import PostgresStore
 from consumers.ledger_sqlite import LedgerDB, SqliteStore, passing
-from core.aio import backoff_s, first_of
+from core.aio import backoff_s, paused
 from core.contract import Event
 from core.logs import redact
 from core.settings import LedgerSettings
@@ -159,7 +159,7 @@ class Ledger:
     async def keep_pruned(self, retention_s: float, interval_s: float, stop: asyncio.Event) -> None:
         """Prune every `interval_s` until `stop` is set."""
         failures: tuple[type[Exception], ...] = (LedgerUnavailable, *self._store.errors)
-        while not stop.is_set():
+        while True:
             try:
                 removed = await self.prune(retention_s)
             except failures as exc:
@@ -168,7 +168,8 @@ class Ledger:
             else:
                 if removed:
                     log.info("forgot processed event ids", extra={"count": removed})
-            await first_of(stop.wait(), asyncio.sleep(interval_s))
+            if await paused(interval_s, stop):
+                return
 
 
 async def connect(settings: LedgerSettings, retry: Retry | None, create: bool = True) -> Store:
@@ -189,8 +190,6 @@ async def connect(settings: LedgerSettings, retry: Retry | None, create: bool = 
             if retry is None:
                 raise LedgerError(f"cannot open the ledger at {where(settings)}: {exc}") from exc
             await retry(exc, attempt)
-        except LedgerError:
-            raise
         except failures as exc:
             raise LedgerError(f"cannot open the ledger at {where(settings)}: {exc}") from exc
         attempt += 1

@@ -80,16 +80,21 @@ class SchemaTooOld(LedgerMissing):
     """A reader found a schema that no worker of this release has migrated yet."""
 
 
-def check_readable(version: int, where: str, current: int) -> None:
+def check_not_newer(version: int, where: str) -> None:
+    """A schema a newer release made is refused: this one would misread it."""
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"the ledger at {where} has schema version {version}, newer than this "
+            f"release's {SCHEMA_VERSION}: run a release that knows it"
+        )
+
+
+def check_readable(version: int, where: str) -> None:
     """A reader writes nothing, migrations included: it reads only the current schema."""
     if version == 0:
         raise LedgerMissing(f"no ledger at {where} (no worker has created it yet)")
-    if version > current:
-        raise SchemaTooNew(
-            f"the ledger at {where} has schema version {version}, newer than this "
-            f"release's {current}: run a release that knows it"
-        )
-    if version < current:
+    check_not_newer(version, where)
+    if version < SCHEMA_VERSION:
         raise SchemaTooOld(
             f"the ledger at {where} has schema version {version}: a worker of this release "
             "migrates it when it starts"
@@ -196,6 +201,9 @@ class Batch:
 
     visits: tuple[Applied, ...]
     tracking: tuple[Applied, ...]
+    # Every distinct event id, sorted (the order rows are locked in), and its kind.
+    ids: tuple[str, ...]
+    kinds: tuple[str, ...]
 
     @classmethod
     def of(cls, events: Sequence[Event]) -> Batch:
@@ -204,14 +212,9 @@ class Batch:
         return cls(
             tuple(a for a in built if a.kind != "tracking"),
             tuple(a for a in built if a.kind == "tracking"),
+            tuple(a.event_id for a in built),
+            tuple(a.kind for a in built),
         )
-
-    @property
-    def ids(self) -> list[str]:
-        return sorted(a.event_id for a in (*self.visits, *self.tracking))
-
-    def kinds(self) -> dict[str, str]:
-        return {a.event_id: a.kind for a in (*self.visits, *self.tracking)}
 
     def visit_rows(self, fresh: set[str]) -> list[Row]:
         """The merged visit rows of the events in `fresh`, one per session."""

@@ -35,7 +35,7 @@ from consumers.ledger_effects import (
     LedgerError,
     LedgerUnavailable,
     Row,
-    SchemaTooNew,
+    check_not_newer,
     check_readable,
     tracking_answer,
 )
@@ -200,12 +200,11 @@ def _columns(prefix: str, fields: tuple[str, ...], rows: list[tuple[str, Row]]) 
 
 
 def parameters(batch: Batch) -> dict[str, Any]:
-    kinds = batch.kinds()
     visits = [(a.event_id, a.row) for a in batch.visits]
     tracking = [(a.event_id, a.row) for a in batch.tracking]
     return {
-        "event_id": batch.ids,
-        "kind": [kinds[i] for i in batch.ids],
+        "event_id": list(batch.ids),
+        "kind": list(batch.kinds),
         **_columns("v_", VISIT_FIELDS, visits),
         **_columns("t_", TRACKING_FIELDS, tracking),
     }
@@ -218,17 +217,13 @@ async def migrate(
     refuse a schema newer than this release knows. Waiting longer than `timeout_s` for
     another opener raises `LockNotAvailable`, a passing error."""
     if not create:
-        check_readable(await schema_version(connection), where, SCHEMA_VERSION)
+        check_readable(await schema_version(connection), where)
         return
     async with connection.transaction():
         await connection.execute(f"SET LOCAL lock_timeout = {int(timeout_s * 1000):d}")
         await connection.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
         version = await schema_version(connection)
-        if version > SCHEMA_VERSION:
-            raise SchemaTooNew(
-                f"the ledger at {where} has schema version {version}, newer than this "
-                f"release's {SCHEMA_VERSION}: run a release that knows it"
-            )
+        check_not_newer(version, where)
         for step in range(version + 1, SCHEMA_VERSION + 1):
             for statement in MIGRATIONS[step]:
                 await connection.execute(statement)

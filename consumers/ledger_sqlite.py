@@ -28,11 +28,10 @@ from consumers.ledger_effects import (
     LedgerMissing,
     LedgerUnavailable,
     Row,
-    SchemaTooNew,
+    check_not_newer,
     check_readable,
     tracking_answer,
 )
-from core.contract import Event
 from core.settings import LedgerSettings
 
 # Each step takes the schema from the version before it to its own; statements one by one,
@@ -179,7 +178,7 @@ class LedgerDB:
             db.execute(f"PRAGMA busy_timeout = {busy_timeout_ms:d}")
             ledger = cls(db)
             if not create:
-                check_readable(ledger.version(), str(path), SCHEMA_VERSION)
+                check_readable(ledger.version(), str(path))
                 return ledger
             use_wal(db, busy_timeout_ms / 1000)
             db.execute(f"PRAGMA synchronous = {settings.synchronous}")
@@ -194,11 +193,7 @@ class LedgerDB:
         openers take turns; refuse a schema newer than this release knows."""
         with self._transaction():
             version = self.version()
-            if version > SCHEMA_VERSION:
-                raise SchemaTooNew(
-                    f"the ledger at {path} has schema version {version}, newer than this "
-                    f"release's {SCHEMA_VERSION}: run a release that knows it"
-                )
+            check_not_newer(version, str(path))
             for step in range(version + 1, SCHEMA_VERSION + 1):
                 for statement in filter(str.strip, MIGRATIONS[step].split(";")):
                     self._db.execute(statement)
@@ -220,16 +215,13 @@ class LedgerDB:
     def close(self) -> None:
         self._db.close()
 
-    def apply(self, events: Sequence[Event]) -> int:
-        """Apply `events` in one transaction; return how many were new (not redeliveries)."""
-        return self.apply_batch(Batch.of(events))
-
     def apply_batch(self, batch: Batch) -> int:
         now = datetime.now(UTC).isoformat()
         with self._transaction():
             fresh = self._unseen(batch.ids)
-            kinds = batch.kinds()
-            self._db.executemany(MARK_PROCESSED, [(i, kinds[i], now) for i in sorted(fresh)])
+            pairs = zip(batch.ids, batch.kinds, strict=True)
+            marks = [(i, k, now) for i, k in pairs if i in fresh]
+            self._db.executemany(MARK_PROCESSED, marks)
             self._db.executemany(UPSERT_VISIT, batch.visit_rows(fresh))
             self._db.executemany(UPSERT_TRACKING, batch.tracking_rows(fresh))
         return len(fresh)

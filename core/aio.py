@@ -28,3 +28,13 @@ async def first_of(*waitables: Awaitable[Any]) -> None:
     finally:
         for task in tasks:
             task.cancel()
+
+
+async def stop_task(task: asyncio.Task[Any] | None) -> None:
+    """Cancel `task` and wait for its end; what ended it early, if anything, is raised."""
+    if task is None:
+        return
+    task.cancel()
+    await asyncio.wait([task])
+    if not task.cancelled():
+        task.result()

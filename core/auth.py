@@ -51,6 +51,7 @@ def bearer(authorization: str | None) -> bytes | None:
     if not authorization:
         return None
     scheme, _, credentials = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not credentials.strip():
+    token = credentials.strip()
+    if scheme.lower() != "bearer" or not token:
         return None
-    return credentials.strip().encode()
+    return token.encode()

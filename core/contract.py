@@ -331,11 +331,6 @@ def mirrored_headers(context: ContextFields, data: NormalizedFields, extra: Head
     }
 
 
-def event_headers(context: Context, data: Normalized) -> Headers:
-    """AMQP headers mirroring the CloudEvents attributes, plus store, session and fingerprint."""
-    return mirrored_headers(_context_fields(context), _data_fields(data), {})
-
-
 def fields(model: BaseModel) -> dict[str, Any]:
     """A model's fields, in declaration order: its `__dict__`, where pydantic keeps them
     (`dict(model)` walks a generator, several times slower on this path)."""

@@ -17,7 +17,6 @@ from core.auth import TokenTable
 from core.settings import Settings
 from gateway import events, openapi
 from gateway.handlers import (
-    CONTINUE,
     GATEWAY,
     Gateway,
     Receiver,
@@ -30,6 +29,7 @@ from gateway.handlers import (
     not_found,
     readyz,
     refusal,
+    send_continue,
     stamped,
 )
 from gateway.metrics import Metrics
@@ -50,8 +50,7 @@ async def expect_anything(request: web.Request) -> web.StreamResponse | None:
     refused = expectation_refusal(request.headers.get(hdrs.EXPECT, ""))
     if refused is not None:
         return stamped(request, refusal(refused))
-    await request.writer.write(CONTINUE)
-    request.writer.output_size = 0
+    await send_continue(request)
     return None
 
 

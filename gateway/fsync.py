@@ -29,11 +29,10 @@ class Durability(Protocol):
 class GroupCommit:
     """`always`: one fdatasync covers every append waiting when it starts (group commit)."""
 
-    def __init__(self, sync: Sync, window_s: float = 0.0) -> None:
-        self._sync, self._window_s = sync, window_s
+    def __init__(self, sync: Sync) -> None:
+        self._sync = sync
         self._waiting: list[asyncio.Future[None]] = []
         self._flushing: asyncio.Task[None] | None = None
-        self._last_start_s = float("-inf")
 
     async def durable(self) -> None:
         waiter = asyncio.get_running_loop().create_future()
@@ -43,12 +42,7 @@ class GroupCommit:
         await waiter
 
     async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
         while self._waiting:
-            wait_s = self._last_start_s + self._window_s - loop.time()
-            if wait_s > 0:
-                await asyncio.sleep(wait_s)
-            self._last_start_s = loop.time()
             batch, self._waiting = self._waiting, []
             try:
                 await self._sync()

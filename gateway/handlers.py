@@ -225,6 +225,12 @@ def unavailable(exc: Unavailable) -> Rejection:
     return Rejection(503, "Service Unavailable", f"not accepted: {exc}", RETRY_AFTER_S)
 
 
+async def send_continue(request: web.Request) -> None:
+    await request.writer.write(CONTINUE)
+    # As aiohttp's own expect handler does: the answer's size is counted from here.
+    request.writer.output_size = 0
+
+
 class Receiver(Generic[Model]):
     """The handler of one webhook kind, built with the normalization of its bodies."""
 
@@ -233,6 +239,7 @@ class Receiver(Generic[Model]):
         self.normalizer = normalizer
         self.gateway = gateway
         self._observe = gateway.metrics.observer(self.kind)
+        self._quarantined = gateway.metrics.quarantined.labels(self.kind)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The request path: admit the head, read the body, normalize it, hand it over."""
@@ -289,9 +296,7 @@ class Receiver(Generic[Model]):
             return response
         if token_name is not None:  # always so once admitted
             request[ADMITTED] = token_name
-        await request.writer.write(CONTINUE)
-        # As aiohttp's own expect handler does: the answer's size is counted from here.
-        request.writer.output_size = 0
+        await send_continue(request)
         return None
 
     async def quarantine(
@@ -307,7 +312,7 @@ class Receiver(Generic[Model]):
                 extra={"request_id": request_id(request), "kind": self.kind, "reason": str(exc)},
             )
             return
-        self.gateway.metrics.quarantined.labels(self.kind).inc()
+        self._quarantined.inc()
 
     def refuse(
         self, request: web.Request, rejection: Rejection, token_name: str | None

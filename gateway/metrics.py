@@ -85,12 +85,8 @@ class Metrics:
             ),
         )
 
-    def observe(self, kind: str, status: int, elapsed_s: float) -> None:
-        self._counter(kind, status).inc()
-        self.ack_latency.labels(kind).observe(elapsed_s)
-
     def observer(self, kind: str) -> Observer:
-        """`observe` for one kind, its latency child looked up once."""
+        """Counts and times the answers of one kind, its latency child looked up once."""
         latency = self.ack_latency.labels(kind)
 
         def observe(status: int, elapsed_s: float) -> None:

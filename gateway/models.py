@@ -6,6 +6,7 @@ and tells receivers to expect it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -104,24 +105,24 @@ class Transition(_Open):
 
     @model_validator(mode="after")
     def _has_session_id(self) -> Transition:
-        if not self._session_ids():
+        if next(self._session_ids(), None) is None:
             raise ValueError(
                 "one of session.sessionId, sessionId or sessionToken is required, not empty"
             )
         return self
 
-    def _session_ids(self) -> list[str]:
+    def _session_ids(self) -> Iterator[str]:
+        """The given session ids in order of preference; a blank one counts as missing."""
         nested = self.session.sessionId if self.session else None
-        given = (nested, self.sessionId, self.sessionToken)
-        return [candidate for candidate in given if candidate is not None and candidate.strip()]
+        for candidate in (nested, self.sessionId, self.sessionToken):
+            if candidate is not None and not is_blank(candidate):
+                yield candidate
 
     @property
     def session_id(self) -> str:
-        """`session.sessionId`, then `sessionId`, then the deprecated `sessionToken`.
-
-        An empty or blank one counts as missing; the model refuses a body without one.
-        """
-        return self._session_ids()[0]
+        """`session.sessionId`, then `sessionId`, then the deprecated `sessionToken`; the
+        model refuses a body without one."""
+        return next(self._session_ids())
 
 
 class Tracking(_Open):

@@ -16,7 +16,7 @@ from aiormq.abc import ChannelFrame
 from pamqp.commands import Basic
 
 from core import contract
-from core.aio import first_of
+from core.aio import first_of, stop_task
 from core.amqp import BROKER_ERRORS, declare_topology, reconnecting
 from core.contract import Outbound
 from core.logs import redact
@@ -72,11 +72,7 @@ class Publisher:
 
     async def __aexit__(self, *exc_info: object) -> None:
         task, self._serving = self._serving, None
-        if task is not None:
-            task.cancel()
-            await asyncio.wait([task])
-            if not task.cancelled():
-                task.result()  # what ended it early
+        await stop_task(task)
 
     def _reconnected(self) -> None:
         self.reconnects += 1

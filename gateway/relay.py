@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterable
 from typing import Final
 
+from core.aio import stop_task
 from gateway.backlog import Backlog
 from gateway.publisher import Outcomes, Publisher, PublishError, Unencodable
 from gateway.spool import Record, Spool
@@ -82,11 +83,7 @@ class Relay:
         """Stop dispatching; unconfirmed records stay in the spool for the next start."""
         self._stopped = True
         task, self._running = self._running, None
-        if task is not None:
-            task.cancel()
-            await asyncio.wait([task])
-            if not task.cancelled():
-                task.result()  # what ended it early
+        await stop_task(task)
 
     async def _run(self) -> None:
         await asyncio.gather(self._dispatch(), self._checkpoint())

@@ -10,7 +10,7 @@ import asyncio
 import logging
 
 from consumers import ledger
-from core.aio import backoff_s, first_of
+from core.aio import backoff_s, paused
 from core.settings import LedgerSettings
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class Reader:
                 pause_s = backoff_s(attempt, self._retry_max_s)
                 self._failed(exc, pause_s)
                 attempt += 1
-                await first_of(stop.wait(), asyncio.sleep(pause_s))
+                await paused(pause_s, stop)
 
     async def _hold(self, stop: asyncio.Event) -> None:
         async with ledger.opened(self._settings, create=False) as opened:
