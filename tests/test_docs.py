@@ -1,0 +1,201 @@
+"""The documentation: the README as the front door, the MkDocs site (docs/, mkdocs.yml,
+devtools/docsite.py) built strictly, and every shell block of either run as written.
+
+A shell block (```sh) runs with bash from the repository's root, without the caller's
+AIFI_* variables, and must exit 0. A block that cannot run here (it needs the running
+stack of `make run`, Docker, a cluster, or is itself the whole suite) says so on the line
+before its fence, `<!-- check: syntax; why -->`, and is only parsed (`bash -n`). No
+block needs a broker to be checked."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+import pytest
+import yaml
+
+from core import asyncapi
+from presence import openapi as presence_openapi
+
+ROOT: Final = Path(__file__).resolve().parents[1]
+README: Final = ROOT / "README.md"
+DOCS: Final = ROOT / "docs"
+README_MAX_LINES: Final = 200
+FENCE: Final = re.compile(r"^(```+)\s*([\w+-]*)")
+SYNTAX_ONLY: Final = re.compile(r"^<!--\s*check:\s*syntax;\s*(\S.*?)\s*-->$")
+LINK: Final = re.compile(r"\]\(([^)\s]+)\)")
+SHELL_NAMES: Final = {"bash", "shell", "console", "zsh", "shell-session"}
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    page: Path
+    line: int
+    language: str
+    code: str
+    syntax_only_because: str | None
+
+    @property
+    def name(self) -> str:
+        return f"{self.page.relative_to(ROOT)}:{self.line}"
+
+
+def blocks(page: Path) -> Iterator[Block]:
+    lines = page.read_text().splitlines()
+    index = 0
+    while index < len(lines):
+        opening = FENCE.match(lines[index])
+        if opening is None:
+            index += 1
+            continue
+        end = next(i for i in range(index + 1, len(lines)) if lines[i] == opening[1])
+        previous = lines[index - 1] if index else ""
+        reason = SYNTAX_ONLY.match(previous)
+        code = "\n".join(lines[index + 1 : end]) + "\n"
+        yield Block(page, index + 1, opening[2], code, reason[1] if reason else None)
+        index = end + 1
+
+
+def pages() -> list[Path]:
+    return [README, *sorted(DOCS.rglob("*.md"))]
+
+
+def shell_blocks() -> list[Block]:
+    return [block for page in pages() for block in blocks(page) if block.language == "sh"]
+
+
+def build(site: Path, root: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=root,
+        # Material's notice about MkDocs 2.0 is no warning of this site's.
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    site = tmp_path_factory.mktemp("site")
+    built = build(site)
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert "WARNING" not in built.stderr, built.stderr
+    return site
+
+
+def test_the_site_builds_strictly_with_every_page(site: Path) -> None:
+    for page in DOCS.rglob("*.md"):
+        assert (site / page.relative_to(DOCS).with_suffix("") / "index.html").exists() or (
+            page.name == "index.md" and (site / "index.html").exists()
+        ), page
+
+
+def test_the_generated_documents_are_the_codes(site: Path) -> None:
+    reference = site / "reference"
+    assert orjson.loads((reference / "asyncapi.json").read_bytes()) == asyncapi.document()
+    built = orjson.loads((reference / "presence-openapi.json").read_bytes())
+    assert built == presence_openapi.document()
+    gateway = orjson.loads((reference / "gateway-openapi.json").read_bytes())
+    assert "/webhooks/aifi/entered" in gateway["paths"]
+    assert "/webhooks/aifi/entered" in (reference / "gateway-openapi" / "index.html").read_text()
+
+
+def test_a_broken_anchor_fails_the_build(tmp_path: Path) -> None:
+    """The strictness the site fixture relies on, on a copy with one link to nowhere."""
+    copy = tmp_path / "copy"
+    shutil.copytree(DOCS, copy / "docs")
+    for name in ("mkdocs.yml", "config.yaml", "devtools/docsite.py"):
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, copy / name)
+    with (copy / "docs" / "development.md").open("a") as page:
+        page.write("\n[nowhere](contract.md#no-such-heading)\n")
+    built = build(tmp_path / "site", copy)
+    assert built.returncode != 0
+    assert "no-such-heading" in built.stderr
+
+
+def nav_pages(nav: Any) -> Iterator[str]:
+    if isinstance(nav, str):
+        yield nav
+    elif isinstance(nav, list):
+        for item in nav:
+            yield from nav_pages(item)
+    elif isinstance(nav, dict):
+        for value in nav.values():
+            yield from nav_pages(value)
+
+
+def test_the_readme_is_the_front_door() -> None:
+    text = README.read_text()
+    assert len(text.splitlines()) < README_MAX_LINES
+    assert "make run" in text
+    assert "make test" in text
+    linked = set(LINK.findall(text))
+    nav = yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"]
+    # Each page written by hand is one click away; the generated ones from their pages.
+    for page in nav_pages(nav):
+        if not page.startswith("reference/"):
+            assert f"docs/{page}" in linked, f"README links no docs/{page}"
+
+
+def anchors(page: Path) -> set[str]:
+    """The ids MkDocs' toc gives the page's headings (its default slugify)."""
+    headings = [line.lstrip("#").strip() for line in page.read_text().splitlines()]
+    return {
+        re.sub(r"[-\s]+", "-", re.sub(r"[^\w\s-]", "", heading).strip().lower())
+        for heading, line in zip(headings, page.read_text().splitlines(), strict=True)
+        if line.startswith("#")
+    }
+
+
+def test_the_readmes_links_resolve() -> None:
+    for target in LINK.findall(README.read_text()):
+        if re.match(r"[a-z]+://", target):
+            continue
+        path, _, anchor = target.partition("#")
+        assert (ROOT / path).exists(), target
+        if anchor:
+            assert anchor in anchors(ROOT / path), target
+
+
+def test_shell_blocks_are_marked_sh() -> None:
+    for page in pages():
+        for block in blocks(page):
+            assert block.language, f"{block.name}: a fence without a language"
+            assert block.language not in SHELL_NAMES, f"{block.name}: write ```sh"
+
+
+def environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("AIFI_")}
+
+
+@pytest.mark.parametrize("block", shell_blocks(), ids=lambda block: block.name)
+def test_shell_block(block: Block) -> None:
+    if block.syntax_only_because is not None:
+        parsed = subprocess.run(
+            ["bash", "-n"], input=block.code, capture_output=True, text=True, check=False
+        )
+        assert parsed.returncode == 0, parsed.stderr
+        return
+    ran = subprocess.run(
+        ["bash", "-e", "-o", "pipefail", "-c", block.code],
+        cwd=ROOT,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert ran.returncode == 0, f"{block.name}\n{block.code}{ran.stdout}{ran.stderr}"
