@@ -2,10 +2,14 @@
 devtools/docsite.py) built strictly, and every shell block of either run as written.
 
 A shell block (```sh) runs with `bash -e -o pipefail` from a view of the repository
-without its data/ (nor the caller's AIFI_* variables), and must exit 0. A block that
-cannot run here (it needs the running stack of `make run`, Docker, a cluster, or is
-itself the whole suite) says so on the line before its fence, `<!-- check: syntax; why
--->`, and is only parsed (`bash -n`). No block needs a broker to be checked."""
+without its data/ (nor the caller's AIFI_* variables), and must exit 0. The line before
+its fence may say otherwise, with a reason:
+- `<!-- check: gateway; why -->`: its curls post to the gateway of a running `make run`;
+  it runs beside a gateway of its own, started in a network namespace of its own
+  (port 8080 there is no one else's), and each curl must be answered "ok";
+- `<!-- check: syntax; why -->`: it needs what a test cannot have here (the whole stack
+  of `make run`, Docker, a cluster), or is the suite itself: it is only parsed, `bash -n`.
+No block needs a broker to be checked."""
 
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ import yaml
 
 from core import asyncapi
 from core.settings import load
+from devtools.stack import dev_token
 from gateway import openapi as gateway_openapi
 from presence import openapi as presence_openapi
 
@@ -35,11 +40,24 @@ README: Final = ROOT / "README.md"
 DOCS: Final = ROOT / "docs"
 README_MAX_LINES: Final = 200
 FENCE: Final = re.compile(r"^(```+)\s*([\w+-]*)")
-SYNTAX_ONLY: Final = re.compile(r"^<!--\s*check:\s*syntax;\s*(\S.*?)\s*-->$")
+MARKER: Final = re.compile(r"^<!--\s*check:\s*(syntax|gateway);\s*(\S.*?)\s*-->$")
 LINK: Final = re.compile(r"\]\(([^)\s]+)\)")
 SHELL_NAMES: Final = {"bash", "shell", "console", "zsh", "shell-session"}
 BLOCK_TIMEOUT_S: Final = 60
 STACK_COMMAND: Final = re.compile(r"\b(make|docker|curl|rabbitmqctl|pytest)\b")
+NOT_BESIDE_A_GATEWAY: Final = re.compile(r"\b(make|docker|rabbitmqctl|pytest)\b")
+BASH: Final = ["bash", "-e", "-o", "pipefail"]
+# Run inside the namespace: loopback up, the gateway in the background (its output to a
+# file: it must not hold the test's pipe open), the block once it answers.
+GATEWAY: Final = """
+ip link set lo up
+.venv/bin/aifi-gateway >data/gateway.log 2>&1 </dev/null &
+for _ in $(seq 300); do
+  curl -s -o /dev/null http://127.0.0.1:8080/healthz && break
+  sleep 0.1
+done
+exec bash -e -o pipefail -c "$1"
+"""
 # What a running `make run` (and a build of this site) keeps in the checkout.
 PRIVATE: Final = frozenset({"data", ".rabbitmq", "build"})
 
@@ -50,7 +68,7 @@ class Block:
     line: int
     language: str
     code: str
-    syntax_only_because: str | None
+    check: str  # "run", or the marker's: "gateway" or "syntax"
 
     @property
     def name(self) -> str:
@@ -67,9 +85,9 @@ def blocks(page: Path) -> Iterator[Block]:
             continue
         end = next(i for i in range(index + 1, len(lines)) if lines[i] == opening[1])
         previous = lines[index - 1] if index else ""
-        reason = SYNTAX_ONLY.match(previous)
+        marker = MARKER.match(previous)
         code = "\n".join(lines[index + 1 : end]) + "\n"
-        yield Block(page, index + 1, opening[2], code, reason[1] if reason else None)
+        yield Block(page, index + 1, opening[2], code, marker[1] if marker else "run")
         index = end + 1
 
 
@@ -189,24 +207,25 @@ def environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("AIFI_")}
 
 
-@pytest.fixture(scope="module")
-def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
     """The repository as a block sees it, without the data of a running `make run`:
     every top-level entry linked but `data/` (tokens, spool, ledger), `.rabbitmq/` and
     `build/`, so a block reads and writes no state of the developer's."""
-    view = tmp_path_factory.mktemp("checkout")
+    view = tmp_path / "checkout"
+    view.mkdir()
     for entry in ROOT.iterdir():
         if entry.name not in PRIVATE:
             (view / entry.name).symlink_to(entry)
     return view
 
 
-def run(block: Block, cwd: Path) -> tuple[int, str]:
-    """The block under bash -e in a process group of its own, killed whole if it hangs."""
+def run(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str]:
+    """`argv` in a process group of its own, killed whole when it ends or hangs."""
     with subprocess.Popen(
-        ["bash", "-e", "-o", "pipefail", "-c", block.code],
+        argv,
         cwd=cwd,
-        env=environment(),
+        env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -221,19 +240,50 @@ def run(block: Block, cwd: Path) -> tuple[int, str]:
             return -1, f"still running after {BLOCK_TIMEOUT_S} s\n{output}"
         finally:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)  # what it left behind
+                os.killpg(process.pid, signal.SIGKILL)  # what it left behind: a gateway
     return process.returncode, output
+
+
+def with_gateway(block: Block, view: Path) -> tuple[int, str]:
+    """The block beside a gateway of its own, as `make run` starts it (the view's
+    data/dev-token, port 8080), in a network namespace of its own: its 127.0.0.1:8080
+    is no one else's, and no broker answers there, so the gateway answers from its
+    spool (the view's data/spool)."""
+    env = environment() | {"AIFI_TOKENS": f"dev={dev_token(view / 'data' / 'dev-token')}"}
+    code, output = run(
+        ["unshare", "--net", "bash", "-c", GATEWAY, "gateway", block.code], view, env
+    )
+    log = view / "data" / "gateway.log"
+    return code, output + (f"\ngateway log:\n{log.read_text()}" if code and log.exists() else "")
+
+
+def parses(block: Block) -> None:
+    parsed = subprocess.run(
+        ["bash", "-n"], input=block.code, capture_output=True, text=True, check=False
+    )
+    assert parsed.returncode == 0, parsed.stderr
+
+
+def runs(block: Block, view: Path) -> None:
+    # A safety net: these start or reach a stack, a suite, containers or a cluster.
+    assert STACK_COMMAND.search(block.code) is None, f"{block.name}: mark it"
+    code, output = run([*BASH, "-c", block.code], view, environment())
+    assert code == 0, f"{block.name} exited {code}\n{block.code}{output}"
+
+
+def runs_beside_a_gateway(block: Block, view: Path) -> None:
+    assert NOT_BESIDE_A_GATEWAY.search(block.code) is None, f"{block.name}: mark it syntax"
+    code, output = with_gateway(block, view)
+    assert code == 0, f"{block.name} exited {code}\n{block.code}{output}"
+    # Each curl of such a block posts a webhook; each must have been taken.
+    assert output.count('"ok"') == block.code.count("curl "), output
 
 
 @pytest.mark.parametrize("block", shell_blocks(), ids=lambda block: block.name)
 def test_shell_block(block: Block, checkout: Path) -> None:
-    if block.syntax_only_because is not None:
-        parsed = subprocess.run(
-            ["bash", "-n"], input=block.code, capture_output=True, text=True, check=False
-        )
-        assert parsed.returncode == 0, parsed.stderr
-        return
-    # A safety net: these start or reach a stack, a suite, containers or a cluster.
-    assert STACK_COMMAND.search(block.code) is None, f"{block.name}: mark it syntax-only"
-    code, output = run(block, checkout)
-    assert code == 0, f"{block.name} exited {code}\n{block.code}{output}"
+    if block.check == "syntax":
+        parses(block)
+    elif block.check == "gateway":
+        runs_beside_a_gateway(block, checkout)
+    else:
+        runs(block, checkout)
