@@ -25,7 +25,7 @@ from consumers.health import ConsumerState
 from consumers.migrate import MigrationError, migrate
 from consumers.replay import replay
 from consumers.runner import Worker
-from consumers.topology import TopologyError, check_name
+from consumers.topology import check_name
 from core import logs
 from core.aio import backoff_s, paused
 from core.amqp import BROKER_ERRORS
@@ -36,6 +36,7 @@ from core.settings import (
     SettingsError,
     load as load_settings,
 )
+from core.topology import TopologyError
 
 log = logging.getLogger("consumers")
 

@@ -20,7 +20,7 @@ from aio_pika.abc import AbstractChannel
 
 from consumers import testing, topology
 from consumers.ledger import LedgerDB
-from consumers.topology import dead_queue_name, queue_name
+from core.contract import dead_queue_name, queue_name
 from core.settings import ConsumerSettings, LedgerSettings
 from devtools.rabbitnode import free_port
 from devtools.stack import BIN, CONSUMER_COMMAND
