@@ -31,7 +31,7 @@ def outbound(n: int, routing_key: str = "invalid.entered", content_type: str = "
 
 @pytest.fixture
 async def publisher(amqp_url: str) -> AsyncIterator[Publisher]:
-    async with Publisher(AmqpSettings(urls=(amqp_url,))) as publisher:
+    async with Publisher(AmqpSettings(urls=(amqp_url,)), {}) as publisher:
         await asyncio.wait_for(publisher.wait_ready(), 10)
         yield publisher
 
@@ -189,7 +189,7 @@ async def test_a_node_holding_declarations_is_left_for_the_next_url(
     silent = SilentNode()
     async with silent.serving() as silent_url:
         settings = AmqpSettings(urls=(silent_url, amqp_url), declare_timeout_s=0.5)
-        async with Publisher(settings) as publisher:
+        async with Publisher(settings, {}) as publisher:
             # Without a bound on the declaration, the publisher would wait on the first URL forever.
             await asyncio.wait_for(publisher.wait_ready(), 15)
             await asyncio.wait_for(send(publisher, outbound(7)), 10)
