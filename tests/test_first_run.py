@@ -25,8 +25,9 @@ import pytest
 import yaml
 
 from consumers.ledger import LedgerDB
+from consumers.replay import replay_unrouted
 from core import contract
-from core.settings import ConsumerSettings, LedgerSettings
+from core.settings import AmqpSettings, ConsumerSettings, LedgerSettings
 from core.topology import all_specs
 from devtools.rabbitnode import Node, NodeSpec, free_port
 from devtools.stack import BIN, CONSUMER_COMMAND
@@ -261,3 +262,21 @@ async def test_an_event_no_consumer_binds_still_lands_in_unrouted(
     assert await ours_unrouted(private_node.url, store) == [contract.routing_key("tracking", store)]
     queues = [contract.queue_name(name) for name in wanted]
     assert await depths(private_node.url, queues) == dict.fromkeys(queues, 0)
+
+
+async def test_events_an_earlier_release_left_in_unrouted_are_routed_anew(
+    private_node: Node, tmp_path: Path, store: int
+) -> None:
+    # As before the gateway declared the consumers' queues: all three land in aifi.unrouted.
+    async for client in started_client(gateway_settings(private_node.url, tmp_path)):
+        for name in POSTS:
+            answer = await client.post(POSTS[name], data=example(name, store), headers=AUTH)
+            assert answer.status == 200
+        await eventually(functools.partial(_client_confirmed, client, 3), 10, "3 confirmed")
+    wanted = {k: v for k, v in consumers_of(store).items() if not k.endswith("-tracking")}
+    amqp = AmqpSettings(urls=(private_node.url,))
+    assert await replay_unrouted(amqp, wanted) >= 3
+    queues = [contract.queue_name(name) for name in wanted]
+    assert await depths(private_node.url, queues) == dict.fromkeys(queues, 1)
+    # Wanted by no one still: back where it was, not dropped.
+    assert await ours_unrouted(private_node.url, store) == [contract.routing_key("tracking", store)]
