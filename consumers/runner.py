@@ -14,12 +14,13 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from consumers.handler import Handlers, Reject, RetryLater
 from consumers.health import ConsumerState
 from consumers.settlement import ACK_GRACE_S, Settler, describe
-from consumers.topology import TopologyError, declare
+from consumers.topology import declare
 from core.aio import first_of
 from core.amqp import reconnecting
 from core.contract import Event, InvalidEvent
 from core.logs import redact
 from core.settings import AmqpSettings, ConsumerSettings
+from core.topology import TopologyError
 
 log = logging.getLogger(__name__)
 

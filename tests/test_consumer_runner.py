@@ -22,10 +22,9 @@ from consumers.handler import Handlers, Reject, RetryLater
 from consumers.ledger import Ledger, LedgerDB
 from consumers.runner import HandlerTimeout, Worker
 from consumers.settlement import ATTEMPTS_HEADER, REASON_HEADER
-from consumers.topology import dead_queue_name, delay_queue_name, queue_name
 from core import contract
 from core.amqp import declare_topology
-from core.contract import Event, Outbound
+from core.contract import Event, Outbound, dead_queue_name, delay_queue_name, queue_name
 from core.settings import AmqpSettings, ConsumerSettings, LedgerSettings
 from devtools.rabbitnode import Node, NodeSpec, free_port
 from tests.support import broker
