@@ -114,6 +114,13 @@ class StateCollector(Collector):
         for name, doc, flag in (
             ("connected", "1 while connected to the broker", state.connected),
             ("consuming", "1 while consuming its queue", state.consuming),
+            # The ledger: being opened (`starting`), or its database away mid-stream.
+            ("starting", "1 until it can consume (its ledger being opened)", bool(state.starting)),
+            (
+                "waiting",
+                "1 while its handler waits (the ledger's database away)",
+                bool(state.waiting),
+            ),
         ):
             yield gauge(f"aifi_consumer_{name}", doc, labels, float(flag))
         latency = SummaryMetricFamily(
