@@ -49,6 +49,8 @@ class ConsumerState:
     handler_calls: int = 0
     handler_seconds: float = 0.0
     last_error: str | None = None
+    # Messages waiting in its queue, its dead-letter queue and aifi.unrouted, by queue name.
+    queued: dict[str, int] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
 
     @contextlib.contextmanager
@@ -123,6 +125,14 @@ class StateCollector(Collector):
             ),
         ):
             yield gauge(f"aifi_consumer_{name}", doc, labels, float(flag))
+        queued = GaugeMetricFamily(
+            "aifi_consumer_queue_messages",
+            "messages waiting in a queue it reads (its own, its dead letters, aifi.unrouted)",
+            labels=["consumer", "queue"],
+        )
+        for queue, count in sorted(state.queued.items()):
+            queued.add_metric([state.consumer, queue], count)
+        yield queued
         latency = SummaryMetricFamily(
             "aifi_consumer_handler_seconds", "handler calls and their time", labels=["consumer"]
         )

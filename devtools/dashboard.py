@@ -127,6 +127,12 @@ WORKERS: Final = (
         "One call handles a batch of events (up to prefetch).",
     ),
     Panel(
+        "Messages waiting by queue",
+        "short",
+        (q("max by (queue) (aifi_consumer_queue_messages)", "{{queue}}"),),
+        "Each worker's queue (its backlog), its dead letters, and aifi.unrouted.",
+    ),
+    Panel(
         "Worker state",
         "short",
         (
