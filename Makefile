@@ -55,7 +55,13 @@ lint: $(VENV)/.installed
 # The suite starts a private node of its own (tests/conftest.py) and never uses the
 # broker of a running `make run`.
 test: lint rabbitmq-server postgresql prometheus node_modules/.installed
-	$(VENV)/bin/pytest $(PYTEST_ARGS) -m "not cluster"
+	$(VENV)/bin/pytest $(PYTEST_ARGS) -m "not cluster and not alerts"
+
+# The alert rules live (tests/test_alerts_live.py): RabbitMQ stopped and started, a worker
+# killed, under the shipped `for:` durations; minutes long, so not in `make test`. -rP prints
+# the measured times from each fault to its alerts firing.
+test-alerts: rabbitmq-server prometheus
+	$(VENV)/bin/pytest $(PYTEST_ARGS) -rP -m alerts
 
 test-fast: $(VENV)/.installed
 	$(VENV)/bin/pytest $(PYTEST_ARGS) -m "$(FAST_MARKERS)"

@@ -41,10 +41,13 @@ def alerts() -> list[dict[str, Any]]:
 
 
 def test_promtool_checks_the_rules_and_the_scrape_config() -> None:
-    checked = promtool("check", "config", "prometheus.yml")
+    checked = promtool("check", "rules", *RULE_FILES)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"{len(alerts())} rules found" in checked.stdout
+    configured = promtool("check", "config", "prometheus.yml")
+    assert configured.returncode == 0, configured.stdout + configured.stderr
     for name in RULE_FILES:
-        assert f"Checking {name}" in checked.stdout
+        assert f"Checking {name}" in configured.stdout
 
 
 def without_annotations(path: Path) -> str:
@@ -97,6 +100,7 @@ def test_every_alert_says_why_and_links_its_runbook_section() -> None:
     assert len(sections) == len(alerts())  # no section for an alert that is gone
 
 
+@pytest.mark.slow
 def test_every_metric_and_label_read_is_exposed(monitored: tuple[Stack, Prometheus]) -> None:
     stack, _ = monitored
     exposed = stack.exposed()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from devtools import dashboard
 from tests.support.monitoring import DASHBOARD, Prometheus, Stack, dashboard_queries
 
@@ -22,6 +24,7 @@ def test_it_shows_what_an_operator_needs() -> None:
         assert any(wanted in title for title in titles), wanted
 
 
+@pytest.mark.slow
 def test_every_query_parses_and_returns_series(monitored: tuple[Stack, Prometheus]) -> None:
     _, prometheus = monitored
     queries = dashboard_queries()
