@@ -1,0 +1,163 @@
+"""devtools/standins.py and the stand-ins' entrypoints, without a Docker engine: which images
+the project names and which recipe serves each, the mirror, the cache keys, and the
+entrypoints' handling of their arguments and of the official images' environment."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devtools import standins
+
+ROOT = Path(__file__).resolve().parent.parent
+RABBITMQ_ENTRYPOINT = ROOT / "deploy" / "standins" / "rabbitmq" / "docker-entrypoint.sh"
+POSTGRES_ENTRYPOINT = ROOT / "deploy" / "standins" / "postgres" / "docker-entrypoint.sh"
+
+
+def test_the_images_to_ensure_are_the_dockerfile_s_base_then_the_compose_file_s() -> None:
+    base, names = standins.wanted()
+    assert base.startswith("python:3.11.")
+    assert names[0] == base
+    assert {standins.kind_of(name) for name in names} == {"base", "rabbitmq", "postgres"}
+    assert "aifi-gateway:local" not in names, "built by compose, never pulled"
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("python:3.11.14-slim-bookworm", "base"),
+        ("docker.io/library/rabbitmq:4.2.9-management", "rabbitmq"),
+        ("postgres:17.6", "postgres"),
+        ("postgres", "postgres"),
+    ],
+)
+def test_each_image_has_its_recipe(name: str, kind: str) -> None:
+    assert standins.kind_of(name) == kind
+
+
+def test_an_image_without_a_recipe_is_refused_by_name() -> None:
+    with pytest.raises(standins.StandinError, match="redis:7"):
+        standins.kind_of("redis:7")
+
+
+def test_stages_the_dockerfile_names_itself_are_no_images(tmp_path: Path) -> None:
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text("FROM python:3.11.14-slim AS build\nRUN true\nFROM build\n")
+    assert standins.dockerfile_bases(dockerfile) == ["python:3.11.14-slim"]
+
+
+def test_the_mirror_is_the_one_apt_uses_for_the_suite(tmp_path: Path) -> None:
+    (tmp_path / "debian.sources").write_text(
+        "Types: deb\nURIs: http://security.example/debian-security\n"
+        "Suites: bookworm-security\n\n"
+        "Types: deb\n# a comment\nURIs: http://mirror.example/debian\n"
+        "Suites: bookworm bookworm-updates\nComponents: main\n"
+    )
+    assert standins.mirror(tmp_path) == "http://mirror.example/debian"
+    assert standins.mirror(tmp_path / "none") == standins.DEFAULT_MIRROR
+
+
+def test_a_stand_in_is_rebuilt_when_its_base_changes() -> None:
+    first = standins.service_recipe_hash("rabbitmq", "sha256:aaaa")
+    assert first == standins.service_recipe_hash("rabbitmq", "sha256:aaaa")
+    assert first != standins.service_recipe_hash("rabbitmq", "sha256:bbbb")
+    assert first != standins.service_recipe_hash("postgres", "sha256:aaaa")
+
+
+def test_the_cache_file_names_the_image_and_its_recipe(tmp_path: Path) -> None:
+    path = standins.cache_path(tmp_path, "rabbitmq:4.2.9-management", "0123")
+    assert path == tmp_path / "rabbitmq_4.2.9-management-0123.tar"
+
+
+def entrypoint(
+    script: Path, args: list[str], env: dict[str, str], user: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    run_as = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups"] if user else []
+    path = {"PATH": os.environ["PATH"], "HOME": "/nonexistent"}
+    return subprocess.run(
+        [*run_as, "bash", str(script), *args],
+        env=path | env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def pgdata() -> Iterator[Path]:
+    """An empty PGDATA the postgres user can reach (the suite's tmp_path is root's only)."""
+    with tempfile.TemporaryDirectory(prefix="standin-pg-") as scratch:
+        os.chmod(scratch, 0o777)
+        yield Path(scratch) / "data"
+
+
+@pytest.mark.parametrize("args", [["postgres"], ["-c", "fsync=off"], []])
+def test_postgres_refuses_to_initialise_without_a_password(pgdata: Path, args: list[str]) -> None:
+    done = entrypoint(POSTGRES_ENTRYPOINT, args, {"PGDATA": str(pgdata)}, user="postgres")
+    assert done.returncode == 1
+    assert "superuser password is not specified" in done.stderr
+    assert not pgdata.exists()
+
+
+def test_postgres_runs_any_other_command_as_given(pgdata: Path) -> None:
+    done = entrypoint(POSTGRES_ENTRYPOINT, ["echo", "as", "given"], {"PGDATA": str(pgdata)})
+    assert (done.returncode, done.stdout) == (0, "as given\n")
+
+
+def test_rabbitmq_runs_any_other_command_as_given() -> None:
+    done = entrypoint(RABBITMQ_ENTRYPOINT, ["echo", "as", "given"], {})
+    assert (done.returncode, done.stdout) == (0, "as given\n")
+
+
+def rabbitmq_prepare(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The entrypoint's preparation of conf.d and the cookie, on folders of the test's own."""
+    steps = (
+        f"source {RABBITMQ_ENTRYPOINT}; DATA={tmp_path}/data; CONF_D={tmp_path}/conf.d;"
+        f' EFFECTIVE={tmp_path}/effective.d; mkdir -p "$DATA"; write_cookie; copy_conf_d;'
+        " write_environment"
+    )
+    return subprocess.run(
+        ["bash", "-c", steps],
+        env={"PATH": os.environ["PATH"], **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+
+
+def test_rabbitmq_takes_the_default_user_and_the_cookie_from_the_environment(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "conf.d").mkdir()
+    env = {
+        "RABBITMQ_DEFAULT_USER": "aifi",
+        "RABBITMQ_DEFAULT_PASS": "s3cret",
+        "RABBITMQ_ERLANG_COOKIE": "the-cookie",
+    }
+    rabbitmq_prepare(tmp_path, env)
+    conf = (tmp_path / "effective.d" / "90-environment.conf").read_text()
+    assert conf.splitlines() == ["default_user = aifi", "default_pass = s3cret"]
+    cookie = tmp_path / "data" / ".erlang.cookie"
+    assert cookie.read_text() == "the-cookie"
+    assert cookie.stat().st_mode & 0o777 == 0o600
+
+
+def test_rabbitmq_reads_conf_d_less_the_keys_3_10_cannot(tmp_path: Path) -> None:
+    (tmp_path / "conf.d").mkdir()
+    cluster = ROOT / "deploy" / "rabbitmq-cluster.conf"
+    (tmp_path / "conf.d" / "30-cluster.conf").write_text(cluster.read_text())
+    done = rabbitmq_prepare(tmp_path, {})
+    kept = (tmp_path / "effective.d" / "30-cluster.conf").read_text()
+    assert "cluster_formation.classic_config.nodes.3 = rabbit@rabbitmq-3" in kept
+    assert "queue_leader_locator = balanced" in kept
+    for key in ("default_queue_type", "quorum_queue.initial_cluster_size"):
+        assert f"\n{key}" not in kept
+        assert key in done.stderr
+    assert (tmp_path / "data" / ".erlang.cookie").stat().st_size > 0
