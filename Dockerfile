@@ -1,33 +1,39 @@
 # One image for the gateway, every consumer worker and the presence API; the command picks which.
-# The base is pinned to a full release (Python and Debian). Pinning it by digest as well
-# would make it immutable; add `@sha256:…` from `docker buildx imagetools inspect` where a
-# registry is reachable (where it is not, devtools/standins.py builds a stand-in by this name).
-FROM python:3.11.14-slim-bookworm
+# The base is pinned to a full release of Python and Debian. Pinning it by digest as well
+# would make it immutable; add `@sha256:…` (from `docker buildx imagetools inspect`) where a
+# registry is reachable (where none is, devtools/standins.py builds a stand-in by this name).
+FROM python:3.11.14-slim-bookworm AS build
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
-WORKDIR /app
-
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # The locked dependency tree first (every version and file hash fixed in requirements.lock,
-# made by pip-compile from pyproject.toml), so that a code change rebuilds only the layers
-# below it and two builds months apart run the same libraries.
-COPY requirements.lock ./
-RUN pip install --require-hashes --requirement requirements.lock
+# made by `make lock` from pyproject.toml), so that a code change rebuilds only the layers
+# below it and two builds months apart run the same libraries; then the project alone.
+RUN python -m venv /opt/aifi
+COPY requirements.lock /tmp/
+RUN /opt/aifi/bin/pip install --require-hashes --requirement /tmp/requirements.lock
 
+WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY core ./core
 COPY gateway ./gateway
 COPY consumers ./consumers
 COPY presence ./presence
-# The project itself adds no dependency the lock lacks (--no-deps); the user owns only
-# /app/data, the one place the processes write (besides /tmp): the rest of the root
-# filesystem can be mounted read-only.
-RUN pip install --no-deps . \
-    && useradd --system --uid 10001 --user-group --no-create-home --home-dir /app \
+# pip and setuptools install nothing at run time: left out of the environment (22 MB).
+RUN /opt/aifi/bin/pip install --no-deps ./ \
+    && /opt/aifi/bin/pip uninstall --yes --quiet pip setuptools
+
+# The image takes only the virtual environment from the build: no sources, no build tree.
+FROM python:3.11.14-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/aifi/bin:$PATH
+# The processes write only under /app/data (and /tmp): the root filesystem can be read-only.
+RUN groupadd --system --gid 10001 aifi \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /app \
         --shell /usr/sbin/nologin aifi \
     && mkdir -p /app/data/spool \
     && chown -R 10001:10001 /app/data
-
+COPY --from=build /opt/aifi /opt/aifi
+WORKDIR /app
 COPY config.yaml ./
 # Numeric, so that a runtime refusing root (runAsNonRoot) can check it without /etc/passwd.
 USER 10001:10001

@@ -115,7 +115,7 @@ def dockerfile_bases(dockerfile: Path) -> list[str]:
     for line in dockerfile.read_text().splitlines():
         words = [w for w in line.split() if not w.startswith("--")]
         if words and words[0].upper() == "FROM":
-            if words[1] not in stages:
+            if words[1] not in stages and words[1] not in bases:
                 bases.append(words[1])
             if len(words) >= 4 and words[2].upper() == "AS":
                 stages.add(words[3])

@@ -257,9 +257,10 @@ def excluded(path: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bool:
 def copied_sources() -> list[str]:
     """The sources of the Dockerfile's COPY instructions (all but the destination)."""
     sources: list[str] = []
-    # Only COPY lines are split: others may end in a line continuation shlex refuses.
+    # Only COPY lines are split (others may end in a line continuation shlex refuses), and
+    # not those copying from an earlier stage of the build.
     for line in (ROOT / "Dockerfile").read_text().splitlines():
-        if line.split()[:1] == ["COPY"]:
+        if line.split()[:1] == ["COPY"] and "--from=" not in line:
             args = [w for w in shlex.split(line)[1:] if not w.startswith("--")]
             sources += [str(PurePosixPath(a)) for a in args[:-1]]
     return sources
