@@ -46,6 +46,7 @@ SUITE: Final = "bookworm"
 BASE_PACKAGES: Final = ("python3", "python3-venv", "python3-pip", "ca-certificates")
 DEFAULT_CACHE_DIR: Final = Path.home() / ".cache" / "aifi-standins"
 PULL_TIMEOUT_S: Final = 120.0
+HASH_CHARS: Final = 16
 # The official python image's environment; Debian's pip reads the system CA bundle anyway.
 BASE_CHANGES: Final = (
     "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -155,7 +156,7 @@ def digest(*parts: bytes) -> str:
     hashed = hashlib.sha256()
     for part in parts:
         hashed.update(hashlib.sha256(part).digest())
-    return hashed.hexdigest()[:16]
+    return hashed.hexdigest()[:HASH_CHARS]
 
 
 def base_recipe_hash(mirror_url: str) -> str:
@@ -233,10 +234,19 @@ def recipe_hash_of(docker: Docker, kind: str, base: str) -> str:
 
 
 def save(docker: Docker, name: str, tarball: Path) -> None:
-    """Write the image to the cache, whole or not at all."""
+    """Write the image to the cache, whole or not at all, in place of older recipes'."""
     partial = tarball.with_suffix(".partial")
     docker.run("save", "--output", str(partial), name)
     partial.replace(tarball)
+    prune_older(tarball)
+
+
+def prune_older(tarball: Path) -> None:
+    """Delete the cached tarballs of the same image made from other recipes."""
+    image = tarball.name.rpartition("-")[0]
+    for older in tarball.parent.glob(f"{image}-{'?' * HASH_CHARS}.tar"):
+        if older != tarball:
+            older.unlink()
 
 
 def ensure_image(docker: Docker, name: str, base: str, cache_dir: Path) -> bool:
@@ -291,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"standins: {exc}", file=sys.stderr)
         return 1
     for name in standins:
-        print(f"{name}: stand-in built from Debian's packages")
+        print(f"{name}: a stand-in built from Debian's packages, not the registry's image")
     return 0
 
 

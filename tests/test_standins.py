@@ -161,3 +161,20 @@ def test_rabbitmq_reads_conf_d_less_the_keys_3_10_cannot(tmp_path: Path) -> None
         assert f"\n{key}" not in kept
         assert key in done.stderr
     assert (tmp_path / "data" / ".erlang.cookie").stat().st_size > 0
+
+
+def test_a_new_recipe_s_tarball_replaces_the_older_ones_of_that_image_only(
+    tmp_path: Path,
+) -> None:
+    def cached(name: str, recipe: str) -> Path:
+        path = standins.cache_path(tmp_path, name, standins.digest(recipe.encode()))
+        path.touch()
+        return path
+
+    older = cached("postgres:17.6", "old")
+    others = [cached("postgres:17", "old"), cached("rabbitmq:4.2.9-management", "old")]
+    newer = cached("postgres:17.6", "new")
+    standins.prune_older(newer)
+    assert not older.exists()
+    assert newer.exists()
+    assert all(other.exists() for other in others)
