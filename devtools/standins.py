@@ -20,6 +20,8 @@ recipe's hash), which tells it apart from a pulled image.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import os
 import re
@@ -28,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -81,6 +83,14 @@ class Docker:
         if done.returncode != 0:
             raise StandinError(f"docker {' '.join(args[:3])}: {done.stderr.strip()[-2000:]}")
         return done.stdout
+
+    def answers(self) -> None:
+        """Fail early, with what the client said, where no engine answers."""
+        try:
+            self.run("version", "--format", "{{.Server.Version}}")
+        except StandinError as exc:
+            where = self.env.get("DOCKER_HOST", "the default socket")
+            raise StandinError(f"no Docker engine answers at {where}: {exc}") from exc
 
     def label(self, name: str) -> str | None:
         """The stand-in label of image `name` ("" on other images), or None when absent."""
@@ -278,6 +288,15 @@ def wanted(root: Path = ROOT) -> tuple[str, list[str]]:
     return base, [base, *(n for n in compose_images(root / "docker-compose.yml") if n != base)]
 
 
+@contextlib.contextmanager
+def cache_lock(cache_dir: Path) -> Iterator[None]:
+    """One builder per cache at a time: a second one waits, then loads what the first built."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with (cache_dir / ".lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def ensure_standins(env: Mapping[str, str], cache_dir: Path) -> list[str]:
     """Make every image the Dockerfile and docker-compose.yml name exist in the engine
     `env` names (DOCKER_HOST), building stand-ins where a pull fails; which are stand-ins.
@@ -286,9 +305,10 @@ def ensure_standins(env: Mapping[str, str], cache_dir: Path) -> list[str]:
     `cache_dir` as tarballs and loaded from there afterwards.
     """
     docker = Docker({**os.environ, **env})
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    docker.answers()
     base, names = wanted()
-    return [name for name in names if ensure_image(docker, name, base, cache_dir)]
+    with cache_lock(cache_dir):
+        return [name for name in names if ensure_image(docker, name, base, cache_dir)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,3 +179,19 @@ def test_a_new_recipe_s_tarball_replaces_the_older_ones_of_that_image_only(
     assert not older.exists()
     assert newer.exists()
     assert all(other.exists() for other in others)
+
+
+def test_without_an_engine_the_cli_says_so_before_building_anything(tmp_path: Path) -> None:
+    env = {"PATH": os.environ["PATH"], "DOCKER_HOST": f"unix://{tmp_path}/none.sock"}
+    done = subprocess.run(
+        [sys.executable, "-m", "devtools.standins", "--cache-dir", str(tmp_path / "cache")],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert f"no Docker engine answers at unix://{tmp_path}/none.sock" in done.stderr
+    assert not list((tmp_path / "cache").glob("*.tar"))
