@@ -1,7 +1,7 @@
 # One image for the gateway, every consumer worker and the presence API; the command picks which.
-# The base is pinned to a full release of Python and Debian. Pinning it by digest as well
-# would make it immutable; add `@sha256:…` (from `docker buildx imagetools inspect`) where a
-# registry is reachable (where none is, devtools/standins.py builds a stand-in by this name).
+# The base is pinned to a full release of Python and Debian, not to a digest: no digest
+# could be checked where this was written (no registry answers there), and a digest would
+# refuse the stand-in that devtools/standins.py builds under this name where none does.
 FROM python:3.11.14-slim-bookworm AS build
 
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -27,16 +27,18 @@ FROM python:3.11.14-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/aifi/bin:$PATH
 # The processes write only under /app/data (and /tmp): the root filesystem can be read-only.
-RUN groupadd --system --gid 10001 aifi \
-    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /app \
+# 999:999 is the user earlier releases ran as (the first system user on this base), so
+# the spool and ledger volumes they wrote stay writable after an upgrade.
+RUN groupadd --system --gid 999 aifi \
+    && useradd --system --uid 999 --gid 999 --no-create-home --home-dir /app \
         --shell /usr/sbin/nologin aifi \
     && mkdir -p /app/data/spool \
-    && chown -R 10001:10001 /app/data
+    && chown -R 999:999 /app/data
 COPY --from=build /opt/aifi /opt/aifi
 WORKDIR /app
 COPY config.yaml ./
 # Numeric, so that a runtime refusing root (runAsNonRoot) can check it without /etc/passwd.
-USER 10001:10001
+USER 999:999
 ENV AIFI_CONFIG=/app/config.yaml AIFI_SPOOL_DIR=/app/data/spool AIFI_LEDGER_DB=/app/data/ledger.sqlite3
 EXPOSE 8080 8090
 CMD ["aifi-gateway"]

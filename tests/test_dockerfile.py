@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 LOCK = ROOT / "requirements.lock"
 HADOLINT = Path(sys.executable).parent / "hadolint"
+EARLIER_UID = 999
 PINNED = re.compile(r"^([A-Za-z0-9._-]+)==([^ \\]+) \\$")
 
 
@@ -113,12 +114,15 @@ def test_the_image_installs_the_lock_with_hashes_and_nothing_else_with_dependenc
         assert installs.index(run) > installs.index(lock), run
 
 
-def test_the_processes_run_as_an_unprivileged_numeric_user() -> None:
+def test_the_processes_run_as_the_user_that_owns_earlier_releases_volumes() -> None:
+    """Earlier releases ran as `useradd --system` gave on this base: 999:999. The spool and
+    ledger volumes they wrote are owned by it; another uid could not write them."""
     users = [words[1] for words in instructions(DOCKERFILE) if words[0] == "USER"]
     assert users, "no USER: the processes would run as root"
-    uid = users[-1].split(":")[0]
-    assert uid.isdigit(), users[-1]
-    assert int(uid) >= 1000, users[-1]
+    assert users[-1] == f"{EARLIER_UID}:{EARLIER_UID}"
+    [setup] = [" ".join(w) for w in instructions(DOCKERFILE) if "useradd" in " ".join(w)]
+    assert f"--uid {EARLIER_UID} --gid {EARLIER_UID}" in setup
+    assert f"chown -R {EARLIER_UID}:{EARLIER_UID} /app/data" in setup
 
 
 def dockerfiles() -> list[Path]:
