@@ -220,8 +220,27 @@ def import_root(docker: Docker, root: Path, name: str, recipe_hash: str) -> None
 def build_base(docker: Docker, name: str, recipe_hash: str, cache_dir: Path) -> None:
     with tempfile.TemporaryDirectory(dir=cache_dir, prefix="root-") as scratch:
         root = Path(scratch) / "root"
-        make_root(root, mirror())
-        import_root(docker, root, name, recipe_hash)
+        try:
+            make_root(root, mirror())
+            import_root(docker, root, name, recipe_hash)
+        finally:
+            unmount_under(Path(scratch))
+
+
+def unmount_under(path: Path) -> None:
+    """Unmount what an interrupted debootstrap left mounted in its root (/proc, /sys)."""
+    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    for point in sorted((m for m in mounts if m.startswith(f"{path}/")), reverse=True):
+        subprocess.run(["umount", "--lazy", point], stdin=subprocess.DEVNULL, check=False)
+
+
+def remove_leftovers(cache_dir: Path) -> None:
+    """What an interrupted run left in the cache: partial tarballs and debootstrap roots."""
+    for partial in [*cache_dir.glob("*.partial"), *cache_dir.glob(".tmp-*")]:
+        partial.unlink()
+    for scratch in cache_dir.glob("root-*"):
+        unmount_under(scratch)
+        shutil.rmtree(scratch)
 
 
 def build_service(docker: Docker, name: str, kind: str, base: str, recipe_hash: str) -> None:
@@ -308,6 +327,7 @@ def ensure_standins(env: Mapping[str, str], cache_dir: Path) -> list[str]:
     docker.answers()
     base, names = wanted()
     with cache_lock(cache_dir):
+        remove_leftovers(cache_dir)
         return [name for name in names if ensure_image(docker, name, base, cache_dir)]
 
 

@@ -195,3 +195,36 @@ def test_without_an_engine_the_cli_says_so_before_building_anything(tmp_path: Pa
     assert done.returncode == 1
     assert f"no Docker engine answers at unix://{tmp_path}/none.sock" in done.stderr
     assert not list((tmp_path / "cache").glob("*.tar"))
+
+
+def test_what_an_interrupted_run_left_in_the_cache_is_removed(tmp_path: Path) -> None:
+    kept = standins.cache_path(tmp_path, "postgres:17.6", "0" * standins.HASH_CHARS)
+    kept.touch()
+    (tmp_path / "root-abc" / "root" / "usr").mkdir(parents=True)
+    (tmp_path / f"{kept.stem}.partial").touch()
+    (tmp_path / ".tmp-postgres.partial123").touch()
+    standins.remove_leftovers(tmp_path)
+    assert sorted(tmp_path.iterdir()) == [kept]
+
+
+def mounted_under(path: Path) -> list[str]:
+    mounts = Path("/proc/self/mounts").read_text().splitlines()
+    return [line.split()[1] for line in mounts if line.split()[1].startswith(f"{path}/")]
+
+
+@pytest.fixture
+def leftover_root(tmp_path: Path) -> Iterator[Path]:
+    """A debootstrap root left with a file system mounted in it, unmounted afterwards."""
+    proc = tmp_path / "root-abc" / "root" / "proc"
+    proc.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "leftover", str(proc)], check=True)
+    (proc / "kept-by-the-mount").write_text("x")
+    yield tmp_path
+    for point in mounted_under(tmp_path):
+        subprocess.run(["umount", "--lazy", point], check=False)
+
+
+def test_a_leftover_root_is_unmounted_before_it_is_removed(leftover_root: Path) -> None:
+    standins.remove_leftovers(leftover_root)
+    assert mounted_under(leftover_root) == []
+    assert not (leftover_root / "root-abc").exists()
