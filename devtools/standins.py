@@ -56,8 +56,29 @@ BASE_CHANGES: Final = (
     f"ENV PIP_CERT={CA_BUNDLE}",
     'CMD ["python3"]',
 )
+# What Debian's own container images add to a root, so that a package installed on the
+# base leaves neither its downloads nor its documentation in the layer, and starts no service.
+APT_CLEAN: Final = (
+    'DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb'
+    ' /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };\n'
+    'APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb'
+    ' /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };\n'
+    'Dir::Cache::pkgcache "";\nDir::Cache::srcpkgcache "";\n'
+)
+CONTAINER_FILES: Final = (
+    ("etc/apt/apt.conf.d/docker-clean", APT_CLEAN, 0o644),
+    ("etc/apt/apt.conf.d/docker-no-languages", 'Acquire::Languages "none";\n', 0o644),
+    (
+        "etc/dpkg/dpkg.cfg.d/docker-excludes",
+        "path-exclude /usr/share/doc/*\npath-include /usr/share/doc/*/copyright\n"
+        "path-exclude /usr/share/man/*\npath-exclude /usr/share/info/*\n"
+        "path-exclude /usr/share/locale/*\n",
+        0o644,
+    ),
+    ("usr/sbin/policy-rc.d", "#!/bin/sh\nexit 101\n", 0o755),
+)
 # Bumped when the way a base root is made changes, so that cached bases are rebuilt.
-BASE_RECIPE_VERSION: Final = "1"
+BASE_RECIPE_VERSION: Final = "2"
 
 
 class StandinError(RuntimeError):
@@ -171,7 +192,8 @@ def digest(*parts: bytes) -> str:
 
 def base_recipe_hash(mirror_url: str) -> str:
     """What a base root is made of: the packages, the mirror and the CA bundle it trusts."""
-    recipe = [BASE_RECIPE_VERSION, SUITE, mirror_url, *BASE_PACKAGES, *BASE_CHANGES]
+    files = [f"{path}\n{text}\n{mode:o}" for path, text, mode in CONTAINER_FILES]
+    recipe = [BASE_RECIPE_VERSION, SUITE, mirror_url, *BASE_PACKAGES, *BASE_CHANGES, *files]
     return digest("\n".join(recipe).encode(), CA_BUNDLE.read_bytes())
 
 
@@ -195,7 +217,16 @@ def make_root(root: Path, mirror_url: str) -> None:
     if done.returncode != 0:
         raise StandinError(f"debootstrap failed: {(done.stdout + done.stderr)[-2000:]}")
     shutil.copyfile(CA_BUNDLE, root / CA_BUNDLE.relative_to("/"))
-    # Like the official image's own Python, pip installs into it (PEP 668 marker gone).
+    fit_for_containers(root)
+
+
+def fit_for_containers(root: Path) -> None:
+    """Debian's container settings, an installable Python (as the official image's), and
+    no package index or download left in the image."""
+    for path, text, mode in CONTAINER_FILES:
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+        (root / path).chmod(mode)
     for marker in (root / "usr" / "lib").glob("python3*/EXTERNALLY-MANAGED"):
         marker.unlink()
     for link, target in (("python", "python3"), ("pip", "pip3")):

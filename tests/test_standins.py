@@ -228,3 +228,23 @@ def test_a_leftover_root_is_unmounted_before_it_is_removed(leftover_root: Path) 
     standins.remove_leftovers(leftover_root)
     assert mounted_under(leftover_root) == []
     assert not (leftover_root / "root-abc").exists()
+
+
+def test_a_debootstrap_root_is_fit_for_containers(tmp_path: Path) -> None:
+    for path in (
+        "usr/lib/python3.11/EXTERNALLY-MANAGED",
+        "usr/bin/python3",
+        "usr/bin/pip3",
+        "var/cache/apt/archives/python3_3.11.2-1_amd64.deb",
+        "var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_InRelease",
+    ):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).touch()
+    standins.fit_for_containers(tmp_path)
+    assert not (tmp_path / "usr/lib/python3.11/EXTERNALLY-MANAGED").exists()
+    assert os.readlink(tmp_path / "usr/bin/python") == "python3"
+    assert os.readlink(tmp_path / "usr/bin/pip") == "pip3"
+    assert [p.name for p in (tmp_path / "var/cache/apt/archives").iterdir()] == ["partial"]
+    assert [p.name for p in (tmp_path / "var/lib/apt/lists").iterdir()] == ["partial"]
+    assert (tmp_path / "usr/sbin/policy-rc.d").stat().st_mode & 0o777 == 0o755
+    assert "archives/*.deb" in (tmp_path / "etc/apt/apt.conf.d/docker-clean").read_text()
