@@ -4,6 +4,7 @@ entrypoints' handling of their arguments and of the official images' environment
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -120,7 +121,8 @@ def rabbitmq_prepare(tmp_path: Path, env: dict[str, str]) -> subprocess.Complete
     """The entrypoint's preparation of conf.d and the cookie, on folders of the test's own."""
     steps = (
         f"source {RABBITMQ_ENTRYPOINT}; DATA={tmp_path}/data; CONF_D={tmp_path}/conf.d;"
-        f' EFFECTIVE={tmp_path}/effective.d; mkdir -p "$DATA"; write_cookie; copy_conf_d;'
+        f" EFFECTIVE={tmp_path}/effective.d; DEFINITIONS={tmp_path}/definitions.json;"
+        ' mkdir -p "$DATA"; write_cookie; copy_conf_d;'
         " write_environment"
     )
     return subprocess.run(
@@ -162,6 +164,32 @@ def test_rabbitmq_reads_conf_d_less_the_keys_3_10_cannot(tmp_path: Path) -> None
         assert f"\n{key}" not in kept
         assert key in done.stderr
     assert (tmp_path / "data" / ".erlang.cookie").stat().st_size > 0
+
+
+def test_rabbitmq_4_s_default_queue_type_becomes_the_default_vhost_s(tmp_path: Path) -> None:
+    """3.10 knows a default queue type per virtual host only: the default one is made by
+    definitions, with that type and the default user, which definitions then also make."""
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "conf.d" / "30-cluster.conf").write_text("default_queue_type = quorum\n")
+    env = {"RABBITMQ_DEFAULT_USER": "aifi", "RABBITMQ_DEFAULT_PASS": 'p"w'}
+    rabbitmq_prepare(tmp_path, env)
+    definitions = json.loads((tmp_path / "definitions.json").read_text())
+    assert definitions["vhosts"][0]["name"] == "/"
+    assert definitions["vhosts"][0]["default_queue_type"] == "quorum"
+    assert definitions["users"][0] | {"tags": []} == {"name": "aifi", "password": 'p"w', "tags": []}
+    assert definitions["permissions"][0]["user"] == "aifi"
+    conf = (tmp_path / "effective.d" / "90-environment.conf").read_text()
+    assert f"load_definitions = {tmp_path}/definitions.json" in conf.splitlines()
+
+
+def test_rabbitmq_without_default_queue_type_makes_its_default_user_itself(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "conf.d").mkdir()
+    rabbitmq_prepare(tmp_path, {"RABBITMQ_DEFAULT_USER": "aifi", "RABBITMQ_DEFAULT_PASS": "pw"})
+    assert not (tmp_path / "definitions.json").exists()
+    conf = (tmp_path / "effective.d" / "90-environment.conf").read_text()
+    assert "load_definitions" not in conf
 
 
 def test_a_new_recipe_s_tarball_replaces_the_older_ones_of_that_image_only(
