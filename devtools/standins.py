@@ -321,15 +321,20 @@ def ensure_image(docker: Docker, name: str, base: str, cache_dir: Path) -> bool:
     tarball = cache_path(cache_dir, name, recipe_hash)
     if tarball.exists():
         docker.run("load", "--input", str(tarball))
-        return True
+    else:
+        build(docker, name, base, recipe_hash, cache_dir)
+        save(docker, name, tarball)
+    return True
+
+
+def build(docker: Docker, name: str, base: str, recipe_hash: str, cache_dir: Path) -> None:
     started = time.monotonic()
+    kind = kind_of(name)
     if kind == "base":
         build_base(docker, name, recipe_hash, cache_dir)
     else:
         build_service(docker, name, kind, base, recipe_hash)
     print(f"stand-in {name}: built in {time.monotonic() - started:.0f} s", file=sys.stderr)
-    save(docker, name, tarball)
-    return True
 
 
 def wanted(root: Path = ROOT) -> tuple[str, list[str]]:
@@ -349,10 +354,13 @@ def cache_lock(cache_dir: Path) -> Iterator[None]:
 
 def ensure_standins(env: Mapping[str, str], cache_dir: Path) -> list[str]:
     """Make every image the Dockerfile and docker-compose.yml name exist in the engine
-    `env` names (DOCKER_HOST), building stand-ins where a pull fails; which are stand-ins.
+    `env` names (DOCKER_HOST), building stand-ins where a pull fails. Returns the names
+    that are stand-ins.
 
     `env` is laid over this process's environment (for PATH). Built stand-ins are kept in
-    `cache_dir` as tarballs and loaded from there afterwards.
+    `cache_dir` as tarballs and loaded from there afterwards. Building the base needs root
+    and debootstrap; the other stand-ins' builds need the engine's containers to reach the
+    Debian mirror. Raises StandinError when an image can be neither pulled nor made.
     """
     docker = Docker({**os.environ, **env})
     docker.answers()
