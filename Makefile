@@ -13,7 +13,7 @@ PYTEST_ARGS ?= -q
 # The fast loop: no broker, no fault, fuzz or load suite (markers in pyproject.toml).
 FAST_MARKERS := not broker and not slow and not cluster
 
-.PHONY: wrk prometheus test-alerts run test test-fast test-cluster bench tail spool lint rabbitmq-server postgresql broker broker-stop clean
+.PHONY: lock debootstrap standins wrk prometheus test-alerts run test test-fast test-cluster bench tail spool lint rabbitmq-server postgresql broker broker-stop clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,25 @@ $(VENV)/.installed: pyproject.toml
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
+
+# requirements.lock, the image's dependency tree (every version and file hash fixed), from
+# pyproject.toml's runtime dependencies and PyPI alone, this machine's pip settings aside.
+# `make lock LOCK_ARGS=--upgrade` moves every pin to the newest release the ranges allow.
+LOCK_ARGS ?=
+lock: $(VENV)/.installed
+	env -u PIP_FIND_LINKS -u PIP_CONSTRAINT -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null \
+	  $(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+	  --no-emit-index-url --no-emit-find-links --index-url https://pypi.org/simple \
+	  --output-file requirements.lock $(LOCK_ARGS) pyproject.toml
+
+# Debian's debootstrap, with which devtools/standins.py builds images no registry serves here.
+debootstrap:
+	command -v debootstrap >/dev/null || { apt-get update -qq && apt-get install -y -qq debootstrap; }
+
+# The images the Dockerfile and docker-compose.yml name, in the Docker engine at DOCKER_HOST:
+# pulled, or else stand-ins built from Debian's packages under the same names.
+standins: $(VENV)/.installed debootstrap
+	$(PY) -m devtools.standins
 
 rabbitmq-server: $(VENV)/.installed
 	$(PY) -m devtools.rabbitnode install

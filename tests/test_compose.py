@@ -257,10 +257,11 @@ def excluded(path: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bool:
 def copied_sources() -> list[str]:
     """The sources of the Dockerfile's COPY instructions (all but the destination)."""
     sources: list[str] = []
+    # Only COPY lines are split (others may end in a line continuation shlex refuses), and
+    # not those copying from an earlier stage of the build.
     for line in (ROOT / "Dockerfile").read_text().splitlines():
-        words = shlex.split(line)
-        if words and words[0].upper() == "COPY":
-            args = [w for w in words[1:] if not w.startswith("--")]
+        if line.split()[:1] == ["COPY"] and "--from=" not in line:
+            args = [w for w in shlex.split(line)[1:] if not w.startswith("--")]
             sources += [str(PurePosixPath(a)) for a in args[:-1]]
     return sources
 
