@@ -136,7 +136,8 @@ def test_hadolint_finds_nothing() -> None:
         text=True,
         check=False,
     )
-    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout + done.stderr == ""
 
 
 def test_every_rule_hadolint_is_told_to_ignore_is_justified_above_it() -> None:
