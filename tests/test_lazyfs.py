@@ -13,6 +13,8 @@ import pytest
 
 from tests.support.lazyfs import LazyFS, mounted
 
+pytestmark = pytest.mark.slow  # mounts a file system per test: not in `make test-fast`
+
 
 @pytest.fixture
 def fs(tmp_path: Path) -> Iterator[LazyFS]:
