@@ -13,7 +13,7 @@ PYTEST_ARGS ?= -q
 # The fast loop: no broker, no fault, fuzz or load suite (markers in pyproject.toml).
 FAST_MARKERS := not broker and not slow and not cluster
 
-.PHONY: lock debootstrap standins wrk prometheus test-alerts run test test-fast test-cluster bench tail spool lint rabbitmq-server postgresql broker broker-stop clean
+.PHONY: lock debootstrap standins wrk prometheus fuse3 test-alerts run test test-fast test-cluster bench tail spool lint rabbitmq-server postgresql broker broker-stop clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -73,7 +73,7 @@ lint: $(VENV)/.installed
 
 # The suite starts a private node of its own (tests/conftest.py) and never uses the
 # broker of a running `make run`.
-test: lint rabbitmq-server postgresql prometheus node_modules/.installed
+test: lint rabbitmq-server postgresql prometheus node_modules/.installed fuse3
 	$(VENV)/bin/pytest $(PYTEST_ARGS) -m "not cluster and not alerts"
 
 # The alert rules live (tests/test_alerts_live.py): RabbitMQ stopped and started, a worker
@@ -87,6 +87,11 @@ test-fast: $(VENV)/.installed
 
 test-cluster: rabbitmq-server
 	$(VENV)/bin/pytest $(PYTEST_ARGS) -m cluster
+
+# The power-cut and failing-disk tests mount a FUSE file system of their own
+# (tests/support/lazyfs.py): Debian's fuse3 brings fusermount3 and libfuse3.
+fuse3:
+	command -v fusermount3 >/dev/null || { apt-get update -qq && apt-get install -y -qq fuse3; }
 
 # The load generator of `make bench` (Debian's wrk); without it the bench falls back to
 # an aiohttp client, whose own cost narrows the gaps between servers.

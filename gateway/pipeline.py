@@ -202,7 +202,7 @@ class Pipeline:
 
     async def _spooled(self, outbound: Outbound) -> None:
         try:
-            self.relay.submit(self.spool.append(outbound))
+            record = self.spool.append(outbound)
             await self.spool.durable()
         except SpoolFull as exc:
             self._alarm.raise_(str(exc))
@@ -210,13 +210,16 @@ class Pipeline:
         except OSError as exc:
             self._alarm.raise_(f"disk error: {exc.strerror or exc}")
             raise Unavailable("spool disk error") from exc
+        # Handed to the relay only once safe: an event answered 503 is never published
+        # (its retry would be a second event, with an id of its own).
+        self.relay.submit(record)
         self._alarm.clear()
 
     def status(self) -> Status:
         connected = self.publisher.ready
         # Connected but confirming nothing: blocked by a resource alarm, or stuck.
         stalled = self.relay.stalled_s > self._stall_after_s
-        problem = self._alarm.reason
+        problem = self.spool.poisoned or self._alarm.reason
         return Status(
             ready=connected and not stalled and problem is None and not self._stopping,
             broker_connected=connected,

@@ -48,6 +48,15 @@ class SpoolFull(Exception):
     """Appending would exceed `spool.max_bytes`."""
 
 
+class SpoolPoisoned(OSError):
+    """An fsync of the spool failed: nothing appended is durable any more until a restart.
+
+    After a failed fsync the kernel may have dropped the pages it covered and report
+    success to the next one (PostgreSQL's "fsyncgate"), so the spool never syncs again
+    to call them safe: it refuses every append until the gateway restarts on it.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class Record:
     seq: int
@@ -125,6 +134,14 @@ def segment_paths(directory: Path) -> list[Path]:
     return sorted(directory.glob(f"*{SUFFIX}"))
 
 
+def make_dir_durably(directory: Path) -> None:
+    """mkdir -p, each directory made also fsyncing its parent: a power cut keeps it."""
+    missing = [d for d in (directory, *directory.parents) if not d.exists()]
+    directory.mkdir(parents=True, exist_ok=True)
+    for made in reversed(missing):
+        fsync_dir(made.parent)
+
+
 def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -165,10 +182,17 @@ class Spool:
         self._bytes = 0
         self._sync_thread = fsync.SyncThread()
         self._durability = fsync.policy(fsync_mode, self._sync, fsync_interval_s)
+        # What the last successful sync covered: records up to `_synced_seq`, the active
+        # segment up to `_synced_bytes`.
+        self._synced_seq = 0
+        self._synced_bytes = 0
+        # `always` answers 503 for every record after a failed sync: forget them all.
+        self._forget_unsynced = fsync_mode == "always"
+        self.poisoned: str | None = None
 
     def recover(self) -> list[Record]:
         """Open the spool; return what was spooled and not confirmed, oldest first."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_dir_durably(self.directory)
         self._lock()
         self.watermark = self._saved_watermark = read_watermark(self.directory)
         pending: list[Record] = []
@@ -180,6 +204,7 @@ class Spool:
             self._adopt(path, records)
             pending.extend(r for r in records if r.seq > self.watermark)
         self._next_seq = max(self._next_seq, self.watermark + 1)
+        self._synced_seq = self._next_seq - 1
         for record in pending:
             self._unconfirmed.append((record.seq, record.outbound.timestamp_s))
         self._delete_confirmed_segments()
@@ -203,6 +228,8 @@ class Spool:
 
     def append(self, outbound: Outbound) -> Record:
         """Write one record (not yet durable: see `durable`)."""
+        if self.poisoned is not None:
+            raise SpoolPoisoned(self.poisoned)
         seq = self._next_seq
         frame = encode(seq, outbound)
         if self.size_bytes + len(frame) > self._max_bytes:
@@ -222,7 +249,16 @@ class Spool:
     async def _sync(self) -> None:
         """fdatasync the segment appended to now: the policy calls it after the appends it
         covers, and a rotation in between has already fsynced the segment it sealed."""
-        await self._sync_thread.fdatasync(self._fd)
+        if self.poisoned is not None:
+            raise SpoolPoisoned(self.poisoned)
+        seq, size = self.last_seq, self._segments[-1].size_bytes if self._fd is not None else 0
+        try:
+            await self._sync_thread.fdatasync(self._fd)
+        except OSError as exc:
+            self._poison(f"fsync failed: {exc}")
+            raise
+        if seq > self._synced_seq:  # a rotation meanwhile has synced more
+            self._synced_seq, self._synced_bytes = seq, size
 
     def _write(self, segment: Segment, frame: bytes) -> None:
         assert self._fd is not None
@@ -243,12 +279,20 @@ class Spool:
             return active
         if active is not None:
             self._seal()
+            if self.poisoned is not None:
+                raise SpoolPoisoned(self.poisoned)
         return self._open_segment(seq)
 
     def _open_segment(self, seq: int) -> Segment:
         path = self.directory / f"{seq:020d}{SUFFIX}"
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        fsync_dir(self.directory)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            fsync_dir(self.directory)
+        except OSError as exc:
+            os.close(fd)
+            self._poison(f"fsync of the spool directory failed: {exc}")
+            raise
+        self._fd, self._synced_bytes = fd, 0
         segment = Segment(path, seq, seq - 1, 0)
         self._segments.append(segment)
         return segment
@@ -263,9 +307,43 @@ class Spool:
                 os.ftruncate(fd, truncate_to)
             os.fsync(fd)
         except OSError as exc:
-            log.error("sealing a segment failed", extra={"error": repr(exc)})
-        finally:
             os.close(fd)
+            self._poison(f"fsync of a sealed segment failed: {exc}")
+            return
+        os.close(fd)
+        self._synced_seq, self._synced_bytes = self._segments[-1].last_seq, 0
+
+    def _poison(self, reason: str) -> None:
+        """Refuse every append from now on; with `always`, forget what was not synced."""
+        if self.poisoned is not None:
+            return
+        self.poisoned = reason
+        log.error(
+            "spool poisoned: refusing events until the gateway restarts",
+            extra={"reason": reason, "durable_seq": self._synced_seq},
+        )
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+        if self._forget_unsynced:
+            self._forget_after(self._synced_seq, self._synced_bytes)
+
+    def _forget_after(self, seq: int, size_bytes: int) -> None:
+        """Drop the records after `seq`, each answered 503: none may be published, now or
+        after a restart (cut off the segment, and passed by the watermark)."""
+        while self._unconfirmed and self._unconfirmed[-1][0] > seq:
+            self._unconfirmed.pop()
+        segment = self._segments[-1] if self._segments else None
+        if segment is not None and segment.last_seq > seq:
+            try:
+                with open(segment.path, "r+b") as cut:
+                    cut.truncate(size_bytes)
+                    os.fsync(cut.fileno())
+            except OSError as exc:
+                log.error("cutting off refused records failed", extra={"error": repr(exc)})
+            self._bytes -= segment.size_bytes - size_bytes
+            segment.size_bytes, segment.last_seq = size_bytes, seq
+        self.watermark = self._unconfirmed[0][0] - 1 if self._unconfirmed else self.last_seq
 
     def confirm(self, seq: int) -> None:
         """Record the broker's confirm of `seq`; advance the watermark over every confirmed seq."""
