@@ -30,11 +30,12 @@ import uvloop
 from aio_pika.abc import AbstractIncomingMessage
 
 from bench import DEFAULT_AMQP_URL
-from consumers import ledger, testing, topology
-from consumers.ledger import LedgerDB
+from consumers import testing, topology
 from consumers.runner import Worker
 from core import contract
 from core.settings import AmqpSettings, ConsumerSettings, LedgerSettings
+from ledger import ledger
+from ledger.ledger import LedgerDB
 from tests.support import broker
 from tests.support.consumer import Scratch
 

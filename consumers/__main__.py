@@ -20,7 +20,7 @@ from typing import Any, Final
 import orjson
 import uvloop
 
-from consumers import health, ledger
+from consumers import health
 from consumers.handler import HandlerError, Handlers, load
 from consumers.health import ConsumerState
 from consumers.migrate import MigrationError, migrate
@@ -39,6 +39,7 @@ from core.settings import (
     load as load_settings,
 )
 from core.topology import TopologyError
+from ledger import ledger
 
 log = logging.getLogger("consumers")
 

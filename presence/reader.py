@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from consumers import ledger
 from core.aio import backoff_s, paused
 from core.settings import LedgerSettings
+from ledger import ledger
 
 log = logging.getLogger(__name__)
 

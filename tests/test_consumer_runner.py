@@ -18,9 +18,8 @@ import orjson
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from consumers import health, ledger, testing, topology
+from consumers import health, testing, topology
 from consumers.handler import Handlers, Reject, RetryLater
-from consumers.ledger import Ledger, LedgerDB
 from consumers.runner import HandlerTimeout, Worker
 from consumers.settlement import ATTEMPTS_HEADER, REASON_HEADER
 from core import contract
@@ -28,6 +27,8 @@ from core.amqp import declare_topology
 from core.contract import Event, Outbound, dead_queue_name, delay_queue_name, queue_name
 from core.settings import AmqpSettings, ConsumerSettings, LedgerSettings
 from devtools.rabbitnode import Node, NodeSpec, free_port
+from ledger import ledger
+from ledger.ledger import Ledger, LedgerDB
 from tests.support import broker
 from tests.support.consumer import Scratch, running
 from tests.support.silent import SilentNode

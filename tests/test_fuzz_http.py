@@ -43,14 +43,14 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from consumers import ledger
-from consumers.ledger import LedgerDB
 from consumers.runner import decode
 from core import contract
 from core.amqp import declare_topology
 from core.contract import Event
 from core.settings import LedgerSettings
 from devtools.rabbitnode import free_port
+from ledger import ledger
+from ledger.ledger import LedgerDB
 from tests.support.broker import Capture, token_name_of
 from tests.support.gateway import AUTH, TOKEN, TOKEN_NAME, Client
 from tests.support.processes import GatewayProcess

@@ -22,9 +22,12 @@ from typing import IO, Any, Literal
 import orjson
 import pytest
 
-from consumers import ledger, testing
+from consumers import testing
 from consumers.handler import Reject
-from consumers.ledger import (
+from core.contract import Event
+from core.settings import LedgerSettings
+from ledger import ledger
+from ledger.ledger import (
     SCHEMA_VERSION,
     Ledger,
     LedgerDB,
@@ -33,9 +36,7 @@ from consumers.ledger import (
     SchemaTooNew,
     SchemaTooOld,
 )
-from core.contract import Event
-from core.settings import LedgerSettings
-from tests import ledger_reference as reference, ledger_schema as schema
+from tests.support import ledger_reference as reference, ledger_schema as schema
 from tests.support.processes import child_environ
 from tests.support.waiting import eventually
 
@@ -46,7 +47,7 @@ OPENERS, ROUNDS = 6, 100
 OPENER = """
 import sys
 from pathlib import Path
-from consumers.ledger import LedgerDB
+from ledger.ledger import LedgerDB
 from core.settings import LedgerSettings
 folder, rounds = Path(sys.argv[1]), int(sys.argv[2])
 for n in range(rounds):

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from consumers.ledger import Ledger, instant
 from core.contract import Event
+from ledger.ledger import Ledger, instant
 
 Rows = dict[str, dict[str, Any]]
 

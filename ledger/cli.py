@@ -21,8 +21,8 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from consumers import ledger
 from core.settings import LedgerSettings, SettingsError, describe, load
+from ledger import ledger
 
 
 def parser() -> argparse.ArgumentParser:

@@ -25,7 +25,9 @@ from psycopg import errors
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from consumers.ledger_effects import (
+from core.logs import redact
+from core.settings import LedgerSettings
+from ledger.effects import (
     SCHEMA_VERSION,
     TRACKING_FIELDS,
     TRACKING_MERGE,
@@ -39,8 +41,6 @@ from consumers.ledger_effects import (
     check_readable,
     tracking_answer,
 )
-from core.logs import redact
-from core.settings import LedgerSettings
 
 # "C": text compares as its bytes, as in SQLite, so that "the greatest value" of a text
 # field is the same on both backends whatever the database's locale.

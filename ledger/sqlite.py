@@ -18,7 +18,8 @@ from typing import Any, ClassVar, Final
 
 import orjson
 
-from consumers.ledger_effects import (
+from core.settings import LedgerSettings
+from ledger.effects import (
     SCHEMA_VERSION,
     TRACKING_FIELDS,
     TRACKING_MERGE,
@@ -32,7 +33,6 @@ from consumers.ledger_effects import (
     check_readable,
     tracking_answer,
 )
-from core.settings import LedgerSettings
 
 # Each step takes the schema from the version before it to its own; statements one by one,
 # as `executescript` would commit the transaction they run in.

@@ -21,7 +21,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from consumers.handler import Handlers
-from consumers.ledger_effects import (
+from core.aio import backoff_s, paused
+from core.contract import Event
+from core.logs import redact
+from core.settings import LedgerSettings
+from ledger.effects import (
     SCHEMA_VERSION,
     Batch,
     LedgerError,
@@ -35,12 +39,8 @@ from consumers.ledger_effects import (
     tracking_row,
     visit_row,
 )
-from consumers.ledger_postgres import PostgresStore
-from consumers.ledger_sqlite import LedgerDB, SqliteStore, passing
-from core.aio import backoff_s, paused
-from core.contract import Event
-from core.logs import redact
-from core.settings import LedgerSettings
+from ledger.postgres import PostgresStore
+from ledger.sqlite import LedgerDB, SqliteStore, passing
 
 __all__ = [
     "SCHEMA_VERSION",

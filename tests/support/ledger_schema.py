@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from consumers import ledger_postgres, ledger_sqlite
 from core.settings import LedgerSettings
+from ledger import postgres as ledger_postgres, sqlite as ledger_sqlite
 
 V1_VISIT = (
     "INSERT INTO visits (session_id, store_id, persons_entered, persons_exited)"
