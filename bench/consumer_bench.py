@@ -31,11 +31,12 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from bench import DEFAULT_AMQP_URL
 from consumers import testing, topology
+from consumers.ledger_handler import handlers
 from consumers.runner import Worker
 from core import contract
 from core.settings import AmqpSettings, ConsumerSettings, LedgerSettings
 from ledger import ledger
-from ledger.ledger import LedgerDB
+from ledger.sqlite import LedgerDB
 from tests.support import broker
 from tests.support.consumer import Scratch
 
@@ -98,7 +99,7 @@ async def bare(url: str, name: str, prefetch: int, count: int) -> float:
 async def worker(url: str, name: str, settings: ConsumerSettings, count: int, db: Path) -> float:
     """Seconds for the ledger worker to apply and ack `count` events of `aifi.<name>`."""
     async with ledger.opened(LedgerSettings(db=db)) as presence:
-        consumer = Worker(name, settings, AmqpSettings(urls=(url,)), presence.handler())
+        consumer = Worker(name, settings, AmqpSettings(urls=(url,)), handlers(presence))
         stop = asyncio.Event()
         started = time.perf_counter()
         task = asyncio.create_task(consumer.run(stop))

@@ -3,7 +3,7 @@
 `opened(settings)` gives a `Ledger` on the backend that `ledger.url` names: a SQLite file
 (the default: nothing to install, the workers of one machine) or PostgreSQL (any number of
 workers on any number of machines). Both have the same schema meaning and answer the same
-reads; what an event does is defined once, in `consumers.ledger_effects`.
+reads; what an event does is defined once, in `ledger.effects`.
 
 Each batch is applied in the transaction that records its events' ids as processed, so an
 effect and its "done" mark commit together, a redelivered event has its effect once, and
@@ -20,46 +20,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from consumers.handler import Handlers
 from core.aio import backoff_s, paused
 from core.contract import Event
 from core.logs import redact
 from core.settings import LedgerSettings
-from ledger.effects import (
-    SCHEMA_VERSION,
-    Batch,
-    LedgerError,
-    LedgerMissing,
-    LedgerUnavailable,
-    Row,
-    SchemaTooNew,
-    SchemaTooOld,
-    Store,
-    instant,
-    tracking_row,
-    visit_row,
-)
+from ledger.effects import Batch, Row
+from ledger.errors import LedgerError, LedgerUnavailable
 from ledger.postgres import PostgresStore
-from ledger.sqlite import LedgerDB, SqliteStore, passing
-
-__all__ = [
-    "SCHEMA_VERSION",
-    "Ledger",
-    "LedgerDB",
-    "LedgerError",
-    "LedgerMissing",
-    "LedgerUnavailable",
-    "Outage",
-    "Retry",
-    "Row",
-    "SchemaTooNew",
-    "SchemaTooOld",
-    "instant",
-    "opened",
-    "passing",
-    "tracking_row",
-    "visit_row",
-]
+from ledger.sqlite import SqliteStore
+from ledger.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +61,7 @@ def where(settings: LedgerSettings) -> str:
 
 
 class Ledger:
-    """The ledger on one backend: the workers' handler and the reads the CLI prints."""
+    """The ledger on one backend: what the workers apply and the reads the CLI prints."""
 
     def __init__(self, store: Store, outage: Outage | None = None) -> None:
         self._store = store
@@ -106,7 +75,7 @@ class Ledger:
         """Apply `events` all or nothing; how many were new. While the database is away
         (PostgreSQL down or restarting) it waits, as `Outage` says, and tries again: the
         deliveries stay in hand, unacked."""
-        batch = Batch.of(events)  # a bad event fails the batch before any waiting
+        batch = Batch.of(events)  # a `BadEvent` fails the batch before any waiting
         attempt = 0
         while True:
             try:
@@ -119,16 +88,6 @@ class Ledger:
             if attempt:
                 self._outage.over()
             return applied
-
-    async def apply_one(self, event: Event) -> None:
-        await self.apply([event])
-
-    async def apply_many(self, events: Sequence[Event]) -> None:
-        await self.apply(events)
-
-    def handler(self) -> Handlers:
-        """The built-in workers' handler: batches in one transaction, acked after the commit."""
-        return Handlers(one=self.apply_one, many=self.apply_many)
 
     async def occupancy(self, store_id: int | None = None) -> list[Row]:
         """Per store: people inside (never below 0 per session), open and all sessions."""

@@ -13,7 +13,9 @@ from pydantic import BaseModel
 
 from core.auth import TokenTable
 from core.http import problem
-from ledger.ledger import Ledger, LedgerUnavailable, Row
+from ledger.effects import Row
+from ledger.errors import LedgerUnavailable
+from ledger.ledger import Ledger
 from presence.metrics import Metrics
 from presence.models import Health, Readiness, StoreOccupancy, Stores, Tracking, Visit
 from presence.reader import NotOpen, Reader

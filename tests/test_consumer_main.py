@@ -24,7 +24,7 @@ from core.contract import dead_queue_name, queue_name
 from core.settings import ConsumerSettings, LedgerSettings
 from devtools.rabbitnode import free_port
 from devtools.stack import BIN, CONSUMER_COMMAND
-from ledger.ledger import LedgerDB
+from ledger.sqlite import LedgerDB
 from tests.support import broker
 from tests.support.consumer import Scratch
 from tests.support.processes import child_environ

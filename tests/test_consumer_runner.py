@@ -20,6 +20,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from consumers import health, testing, topology
 from consumers.handler import Handlers, Reject, RetryLater
+from consumers.ledger_handler import handlers
 from consumers.runner import HandlerTimeout, Worker
 from consumers.settlement import ATTEMPTS_HEADER, REASON_HEADER
 from core import contract
@@ -28,7 +29,8 @@ from core.contract import Event, Outbound, dead_queue_name, delay_queue_name, qu
 from core.settings import AmqpSettings, ConsumerSettings, LedgerSettings
 from devtools.rabbitnode import Node, NodeSpec, free_port
 from ledger import ledger
-from ledger.ledger import Ledger, LedgerDB
+from ledger.ledger import Ledger
+from ledger.sqlite import LedgerDB
 from tests.support import broker
 from tests.support.consumer import Scratch, running
 from tests.support.silent import SilentNode
@@ -103,7 +105,7 @@ async def test_twins_and_a_redelivery_through_the_broker(
     name, settings = scratch.consumer(f"entered.{store}", f"exited.{store}")
     entered = testing.transition("entered", store, "s1")
     twins = [testing.transition("exited", store, "s1") for _ in range(2)]
-    consumer = worker(amqp_url, name, settings, presence.handler())
+    consumer = worker(amqp_url, name, settings, handlers(presence))
     async with running(consumer):
         await broker.publish(channel, [entered, entered, *twins])
         await eventually(lambda: consumer.state.acked == 4, what="4 acks")
@@ -144,7 +146,7 @@ async def test_every_order_of_entry_and_exits_ends_the_same(
     expected_acks = {"entered": 1, "exited": 2}
     for turn in turns:
         await run_until_acked(
-            {kind: worker(amqp_url, *queues[kind], presence.handler()) for kind in turn},
+            {kind: worker(amqp_url, *queues[kind], handlers(presence)) for kind in turn},
             expected_acks,
         )
     assert await presence.call(LedgerDB.visit, "s1") == {
@@ -268,7 +270,7 @@ async def test_one_poison_event_does_not_hold_back_its_batch(
     good = [testing.transition("entered", store, f"s{i}") for i in range(10)]
     poison = without_session(testing.transition("entered", store, "s-poison"))
     await broker.publish(channel, [*good[:5], poison, *good[5:]])
-    consumer = worker(amqp_url, name, settings, presence.handler())
+    consumer = worker(amqp_url, name, settings, handlers(presence))
     async with running(consumer):
         await eventually(lambda: consumer.state.acked + consumer.state.dead_lettered == 11)
     assert consumer.state.batches < 11  # the events did arrive together
@@ -357,7 +359,7 @@ async def test_consuming_resumes_after_the_broker_is_killed_and_restarted(
 ) -> None:
     name, port = f"t{uuid.uuid4().hex[:16]}", free_port()
     settings = BASE.model_copy(update={"bindings": (f"entered.{store}",), "prefetch": 32})
-    consumer = worker(private_node.url, name, settings, slowed(presence.handler()))
+    consumer = worker(private_node.url, name, settings, slowed(handlers(presence)))
     before = [testing.transition("entered", store, f"a{i}") for i in range(3000)]
     after = [testing.transition("entered", store, f"b{i}") for i in range(1000)]
     async with health.serving(consumer.state, "127.0.0.1", port), running(consumer):

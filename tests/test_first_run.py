@@ -30,7 +30,7 @@ from core.settings import AmqpSettings, ConsumerSettings, LedgerSettings
 from core.topology import all_specs
 from devtools.rabbitnode import Node, NodeSpec, free_port
 from devtools.stack import BIN, CONSUMER_COMMAND
-from ledger.ledger import LedgerDB
+from ledger.sqlite import LedgerDB
 from tests.support import broker
 from tests.support.gateway import AUTH, Client, gateway_env, gateway_settings, started_client
 from tests.support.processes import GatewayProcess, child_environ, kill_group

@@ -43,6 +43,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from consumers.ledger_handler import handlers
 from consumers.runner import decode
 from core import contract
 from core.amqp import declare_topology
@@ -50,7 +51,7 @@ from core.contract import Event
 from core.settings import LedgerSettings
 from devtools.rabbitnode import free_port
 from ledger import ledger
-from ledger.ledger import LedgerDB
+from ledger.sqlite import LedgerDB
 from tests.support.broker import Capture, token_name_of
 from tests.support.gateway import AUTH, TOKEN, TOKEN_NAME, Client
 from tests.support.processes import GatewayProcess
@@ -592,7 +593,7 @@ async def published_event(capture: Capture, event_id: str) -> AbstractIncomingMe
 async def applied(event: Event, db: Path) -> dict[str, Any] | None:
     """`event` applied by the built-in workers' handler; its ledger row afterwards."""
     async with ledger.opened(LedgerSettings(db=db, processed_retention_days=0)) as presence:
-        await presence.handler().one(event)
+        await handlers(presence).one(event)
         if event.kind == "tracking":
             row = await presence.call(LedgerDB.tracking, event.data["uniqueEventId"])
         else:

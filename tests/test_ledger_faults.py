@@ -30,6 +30,7 @@ from core.settings import ConsumerSettings, LedgerSettings
 from devtools import pgnode
 from devtools.rabbitnode import Node, NodeSpec, free_port
 from ledger import ledger
+from ledger.errors import LedgerUnavailable
 from ledger.ledger import Ledger
 from tests.support import broker, ledger_reference as reference
 from tests.support.consumer import Scratch
@@ -157,7 +158,7 @@ async def processed_at_least(presence: Ledger, count: int) -> bool:
     """Whether the ledger holds `count` events; False while its database is away."""
     try:
         return await presence.processed() >= count
-    except ledger.LedgerUnavailable:
+    except LedgerUnavailable:
         await asyncio.sleep(0.2)
         return False
 

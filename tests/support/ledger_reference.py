@@ -13,7 +13,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from core.contract import Event
-from ledger.ledger import Ledger, instant
+from ledger.effects import instant
+from ledger.ledger import Ledger
 
 Rows = dict[str, dict[str, Any]]
 
