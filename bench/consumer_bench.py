@@ -36,7 +36,6 @@ from consumers.runner import Worker
 from core import contract
 from core.settings import AmqpSettings, ConsumerSettings, LedgerSettings
 from ledger import ledger
-from ledger.sqlite import LedgerDB
 from tests.support import broker
 from tests.support.consumer import Scratch
 
@@ -109,7 +108,7 @@ async def worker(url: str, name: str, settings: ConsumerSettings, count: int, db
         elapsed = time.perf_counter() - started
         stop.set()
         await asyncio.wait_for(task, 30)
-        applied = await presence.call(LedgerDB.processed)
+        applied = await presence.processed()
         if applied != count:
             raise RuntimeError(f"the worker applied {applied} events of {count}")
         return elapsed

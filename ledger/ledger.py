@@ -18,7 +18,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Final
 
 from core.aio import backoff_s, paused
 from core.contract import Event
@@ -105,12 +105,6 @@ class Ledger:
     async def ping(self) -> None:
         """Raise `LedgerUnavailable` unless the database answers now."""
         await self._store.ping()
-
-    async def call(self, function: Callable[..., Any], *args: Any) -> Any:
-        """SQLite only: run `function(LedgerDB, *args)` on the ledger's thread."""
-        if not isinstance(self._store, SqliteStore):
-            raise TypeError(f"call() needs the SQLite ledger, not {self.where}")
-        return await self._store.call(function, *args)
 
     async def prune(self, retention_s: float) -> int:
         return await self._store.prune(datetime.now(UTC) - timedelta(seconds=retention_s))

@@ -313,17 +313,17 @@ class SqliteStore:
     def where(self) -> str:
         return str(self._path)
 
-    async def call(self, function: Callable[..., Any], *args: Any) -> Any:
+    async def _call(self, function: Callable[..., Any], *args: Any) -> Any:
         """Run `function(db, *args)` on the ledger's thread."""
         return await asyncio.get_running_loop().run_in_executor(
             self._executor, function, self._db, *args
         )
 
     async def apply(self, batch: Batch) -> int:
-        return int(await self.call(LedgerDB.apply_batch, batch))
+        return int(await self._call(LedgerDB.apply_batch, batch))
 
     async def prune(self, before: datetime) -> int:
-        return int(await self.call(LedgerDB.prune, before))
+        return int(await self._call(LedgerDB.prune, before))
 
     async def occupancy(self, store_id: int | None = None) -> list[Row]:
         rows: list[Row] = await self._read(LedgerDB.occupancy, store_id)
@@ -347,12 +347,12 @@ class SqliteStore:
         """A read; a database that cannot answer now (locked, I/O) is `LedgerUnavailable`,
         as PostgreSQL's outages are, so that a reader answers 503 rather than 500."""
         try:
-            return await self.call(function, *args)
+            return await self._call(function, *args)
         except sqlite3.Error as exc:
             raise LedgerUnavailable(str(exc)) from exc
 
     async def close(self) -> None:
         try:
-            await self.call(LedgerDB.close)
+            await self._call(LedgerDB.close)
         finally:
             self._executor.shutdown(wait=False)

@@ -30,7 +30,6 @@ from core.settings import AmqpSettings, ConsumerSettings, LedgerSettings
 from devtools.rabbitnode import Node, NodeSpec, free_port
 from ledger import ledger
 from ledger.ledger import Ledger
-from ledger.sqlite import LedgerDB
 from tests.support import broker
 from tests.support.consumer import Scratch, running
 from tests.support.silent import SilentNode
@@ -109,9 +108,10 @@ async def test_twins_and_a_redelivery_through_the_broker(
     async with running(consumer):
         await broker.publish(channel, [entered, entered, *twins])
         await eventually(lambda: consumer.state.acked == 4, what="4 acks")
-    visit = await presence.call(LedgerDB.visit, "s1")
+    visit = await presence.visit("s1")
+    assert visit is not None
     assert (visit["personsEntered"], visit["personsExited"]) == (1, 2)
-    assert await presence.call(LedgerDB.processed) == 3
+    assert await presence.processed() == 3
 
 
 @pytest.mark.parametrize(
@@ -149,7 +149,7 @@ async def test_every_order_of_entry_and_exits_ends_the_same(
             {kind: worker(amqp_url, *queues[kind], handlers(presence)) for kind in turn},
             expected_acks,
         )
-    assert await presence.call(LedgerDB.visit, "s1") == {
+    assert await presence.visit("s1") == {
         "sessionId": "s1",
         "storeId": store,
         "oasisApiStoreId": store,
@@ -275,7 +275,7 @@ async def test_one_poison_event_does_not_hold_back_its_batch(
         await eventually(lambda: consumer.state.acked + consumer.state.dead_lettered == 11)
     assert consumer.state.batches < 11  # the events did arrive together
     assert (consumer.state.acked, consumer.state.dead_lettered) == (10, 1)
-    assert await presence.call(LedgerDB.processed) == 10
+    assert await presence.processed() == 10
     [dead] = await dead_letters(channel, name)
     assert dead.message_id == poison.message_id
     assert "no sessionId" in str(dead.headers[REASON_HEADER])
@@ -366,7 +366,7 @@ async def test_consuming_resumes_after_the_broker_is_killed_and_restarted(
         await publish_to(private_node.url, before)
         await eventually(lambda: processed_at_least(presence, 200), what="progress")
         await asyncio.to_thread(private_node.kill)
-        assert await presence.call(LedgerDB.processed) < len(before)  # killed mid-stream
+        assert await presence.processed() < len(before)  # killed mid-stream
         await eventually(lambda: not consumer.state.connected, what="the loss")
         assert (await healthz(port))[0] == 503
         await asyncio.to_thread(private_node.start)
@@ -378,8 +378,8 @@ async def test_consuming_resumes_after_the_broker_is_killed_and_restarted(
     assert (status, body["consuming"], body["connected"]) == (200, True, True)
     assert body["reconnects"] >= 1
     assert body["redelivered"] > 0  # what was in hand at the crash came back...
-    assert await presence.call(LedgerDB.processed) == len(before) + len(after)
-    [stats] = await presence.call(LedgerDB.occupancy, store)
+    assert await presence.processed() == len(before) + len(after)
+    [stats] = await presence.occupancy(store)
     assert stats["occupancy"] == len(before) + len(after)  # ...and counted once
 
 
@@ -397,7 +397,7 @@ def slowed(handler: Handlers) -> Handlers:
 
 
 async def processed_at_least(presence: Ledger, count: int) -> bool:
-    return bool(await presence.call(LedgerDB.processed) >= count)
+    return bool(await presence.processed() >= count)
 
 
 async def test_a_handler_that_runs_too_long_is_retried_then_dead_lettered(

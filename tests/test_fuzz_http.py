@@ -51,7 +51,6 @@ from core.contract import Event
 from core.settings import LedgerSettings
 from devtools.rabbitnode import free_port
 from ledger import ledger
-from ledger.sqlite import LedgerDB
 from tests.support.broker import Capture, token_name_of
 from tests.support.gateway import AUTH, TOKEN, TOKEN_NAME, Client
 from tests.support.processes import GatewayProcess
@@ -595,9 +594,9 @@ async def applied(event: Event, db: Path) -> dict[str, Any] | None:
     async with ledger.opened(LedgerSettings(db=db, processed_retention_days=0)) as presence:
         await handlers(presence).one(event)
         if event.kind == "tracking":
-            row = await presence.call(LedgerDB.tracking, event.data["uniqueEventId"])
+            row = await presence.tracking(event.data["uniqueEventId"])
         else:
-            row = await presence.call(LedgerDB.visit, event.data["sessionId"])
+            row = await presence.visit(event.data["sessionId"])
     return dict(row) if row is not None else None
 
 

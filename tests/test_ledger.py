@@ -257,7 +257,7 @@ async def test_the_sqlite_ledger_runs_off_the_event_loop(tmp_path: Path) -> None
         assert handler.many is not None
         await handler.many([event("entered"), event("exited")])
         await handler.one(event("entered", "s2"))
-        assert await presence.call(LedgerDB.processed) == 3
+        assert await presence.processed() == 3
     reopened = LedgerDB.open(settings)
     assert reopened.occupancy()[0]["occupancy"] == 1
     reopened.close()
