@@ -1,6 +1,7 @@
-"""The import graph: `core` below both, `gateway` and `consumers` never importing each
-other, `presence` above `consumers` and known to neither, `devtools` importing no test
-support, and a consumer or presence process that does not load the gateway's HTTP side."""
+"""The import graph: `core` at the bottom, `ledger` on `core` alone, `gateway` and
+`consumers` never importing each other, `presence` reading the ledger and known to no
+product package, `devtools` importing no test support, and a consumer, ledger or presence
+process that does not load the gateway's HTTP side."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ ROOT: Final = Path(__file__).resolve().parents[1]
 ALLOWED: Final = {
     "core": {"core"},
     "gateway": {"core", "gateway"},
-    "ledger": {"core", "consumers", "ledger"},
-    "consumers": {"core", "consumers", "ledger"},
+    # Storage shared by its writers (the workers) and its readers (the presence API, the
+    # CLI): it knows neither of them.
+    "ledger": {"core", "ledger"},
+    "consumers": {"core", "ledger", "consumers"},
     # The presence API reads the ledger the workers keep; neither of them knows of it.
     "presence": {"core", "ledger", "presence"},
     # Developer tools run the product; test support (tests/support) builds on them, not the
