@@ -16,6 +16,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY core ./core
 COPY gateway ./gateway
+COPY ledger ./ledger
 COPY consumers ./consumers
 COPY presence ./presence
 # pip and setuptools install nothing at run time: left out of the environment (22 MB).

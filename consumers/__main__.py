@@ -20,7 +20,7 @@ from typing import Any, Final
 import orjson
 import uvloop
 
-from consumers import health, ledger
+from consumers import health, ledger_handler
 from consumers.handler import HandlerError, Handlers, load
 from consumers.health import ConsumerState
 from consumers.migrate import MigrationError, migrate
@@ -39,6 +39,8 @@ from core.settings import (
     load as load_settings,
 )
 from core.topology import TopologyError
+from ledger import ledger
+from ledger.errors import LedgerError, LedgerUnavailable
 
 log = logging.getLogger("consumers")
 
@@ -103,7 +105,7 @@ async def handler_for(
     async with ledger.opened(settings.ledger, waiting_for_ledger(state, stop), outage) as presence:
         state.starting = None
         log.info("ledger open", extra={"consumer": state.consumer, "db": presence.where})
-        yield presence.handler()
+        yield ledger_handler.handlers(presence)
 
 
 def waiting_for_ledger(state: ConsumerState, stop: asyncio.Event) -> ledger.Retry:
@@ -133,7 +135,7 @@ def waiting_for_database(state: ConsumerState, stop: asyncio.Event) -> ledger.Re
         pause_s = backoff_s(attempt, LEDGER_RETRY_MAX_S)
         state.waiting = f"ledger unavailable: {exc}, retrying in {pause_s:g} s"
         if await paused(pause_s, stop):
-            raise ledger.LedgerUnavailable(f"stopping while the ledger is unavailable: {exc}")
+            raise LedgerUnavailable(f"stopping while the ledger is unavailable: {exc}")
 
     return retry
 
@@ -208,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     except (SettingsError, HandlerError, TopologyError, MigrationError) as exc:
         print(f"aifi-consumer: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    except (ledger.LedgerError, health.HealthPortError) as exc:
+    except (LedgerError, health.HealthPortError) as exc:
         print(f"aifi-consumer: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     except BROKER_ERRORS as exc:

@@ -274,7 +274,9 @@ def test_the_build_context_leaves_out_secrets_and_local_state() -> None:
 
 def test_the_build_context_holds_every_file_the_dockerfile_copies() -> None:
     rules, sources = ignore_rules(), copied_sources()
-    assert {"pyproject.toml", "gateway", "consumers", "presence", "config.yaml"} <= set(sources)
+    assert {"pyproject.toml", "ledger", "gateway", "consumers", "presence", "config.yaml"} <= set(
+        sources
+    )
     for source in sources:
         path = ROOT / source
         files = [path] if path.is_file() else [p for p in path.rglob("*.py") if p.is_file()]

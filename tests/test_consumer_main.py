@@ -20,11 +20,11 @@ from aio_pika.abc import AbstractChannel
 
 from consumers import testing, topology
 from consumers.__main__ import parse
-from consumers.ledger import LedgerDB
 from core.contract import dead_queue_name, queue_name
 from core.settings import ConsumerSettings, LedgerSettings
 from devtools.rabbitnode import free_port
 from devtools.stack import BIN, CONSUMER_COMMAND
+from ledger.sqlite import LedgerDB
 from tests.support import broker
 from tests.support.consumer import Scratch
 from tests.support.processes import child_environ

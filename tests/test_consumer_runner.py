@@ -18,9 +18,9 @@ import orjson
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from consumers import health, ledger, testing, topology
+from consumers import health, testing, topology
 from consumers.handler import Handlers, Reject, RetryLater
-from consumers.ledger import Ledger, LedgerDB
+from consumers.ledger_handler import handlers
 from consumers.runner import HandlerTimeout, Worker
 from consumers.settlement import ATTEMPTS_HEADER, REASON_HEADER
 from core import contract
@@ -28,6 +28,8 @@ from core.amqp import declare_topology
 from core.contract import Event, Outbound, dead_queue_name, delay_queue_name, queue_name
 from core.settings import AmqpSettings, ConsumerSettings, LedgerSettings
 from devtools.rabbitnode import Node, NodeSpec, free_port
+from ledger import ledger
+from ledger.ledger import Ledger
 from tests.support import broker
 from tests.support.consumer import Scratch, running
 from tests.support.silent import SilentNode
@@ -102,13 +104,14 @@ async def test_twins_and_a_redelivery_through_the_broker(
     name, settings = scratch.consumer(f"entered.{store}", f"exited.{store}")
     entered = testing.transition("entered", store, "s1")
     twins = [testing.transition("exited", store, "s1") for _ in range(2)]
-    consumer = worker(amqp_url, name, settings, presence.handler())
+    consumer = worker(amqp_url, name, settings, handlers(presence))
     async with running(consumer):
         await broker.publish(channel, [entered, entered, *twins])
         await eventually(lambda: consumer.state.acked == 4, what="4 acks")
-    visit = await presence.call(LedgerDB.visit, "s1")
+    visit = await presence.visit("s1")
+    assert visit is not None
     assert (visit["personsEntered"], visit["personsExited"]) == (1, 2)
-    assert await presence.call(LedgerDB.processed) == 3
+    assert await presence.processed() == 3
 
 
 @pytest.mark.parametrize(
@@ -143,10 +146,10 @@ async def test_every_order_of_entry_and_exits_ends_the_same(
     expected_acks = {"entered": 1, "exited": 2}
     for turn in turns:
         await run_until_acked(
-            {kind: worker(amqp_url, *queues[kind], presence.handler()) for kind in turn},
+            {kind: worker(amqp_url, *queues[kind], handlers(presence)) for kind in turn},
             expected_acks,
         )
-    assert await presence.call(LedgerDB.visit, "s1") == {
+    assert await presence.visit("s1") == {
         "sessionId": "s1",
         "storeId": store,
         "oasisApiStoreId": store,
@@ -267,12 +270,12 @@ async def test_one_poison_event_does_not_hold_back_its_batch(
     good = [testing.transition("entered", store, f"s{i}") for i in range(10)]
     poison = without_session(testing.transition("entered", store, "s-poison"))
     await broker.publish(channel, [*good[:5], poison, *good[5:]])
-    consumer = worker(amqp_url, name, settings, presence.handler())
+    consumer = worker(amqp_url, name, settings, handlers(presence))
     async with running(consumer):
         await eventually(lambda: consumer.state.acked + consumer.state.dead_lettered == 11)
     assert consumer.state.batches < 11  # the events did arrive together
     assert (consumer.state.acked, consumer.state.dead_lettered) == (10, 1)
-    assert await presence.call(LedgerDB.processed) == 10
+    assert await presence.processed() == 10
     [dead] = await dead_letters(channel, name)
     assert dead.message_id == poison.message_id
     assert "no sessionId" in str(dead.headers[REASON_HEADER])
@@ -356,14 +359,14 @@ async def test_consuming_resumes_after_the_broker_is_killed_and_restarted(
 ) -> None:
     name, port = f"t{uuid.uuid4().hex[:16]}", free_port()
     settings = BASE.model_copy(update={"bindings": (f"entered.{store}",), "prefetch": 32})
-    consumer = worker(private_node.url, name, settings, slowed(presence.handler()))
+    consumer = worker(private_node.url, name, settings, slowed(handlers(presence)))
     before = [testing.transition("entered", store, f"a{i}") for i in range(3000)]
     after = [testing.transition("entered", store, f"b{i}") for i in range(1000)]
     async with health.serving(consumer.state, "127.0.0.1", port), running(consumer):
         await publish_to(private_node.url, before)
         await eventually(lambda: processed_at_least(presence, 200), what="progress")
         await asyncio.to_thread(private_node.kill)
-        assert await presence.call(LedgerDB.processed) < len(before)  # killed mid-stream
+        assert await presence.processed() < len(before)  # killed mid-stream
         await eventually(lambda: not consumer.state.connected, what="the loss")
         assert (await healthz(port))[0] == 503
         await asyncio.to_thread(private_node.start)
@@ -375,8 +378,8 @@ async def test_consuming_resumes_after_the_broker_is_killed_and_restarted(
     assert (status, body["consuming"], body["connected"]) == (200, True, True)
     assert body["reconnects"] >= 1
     assert body["redelivered"] > 0  # what was in hand at the crash came back...
-    assert await presence.call(LedgerDB.processed) == len(before) + len(after)
-    [stats] = await presence.call(LedgerDB.occupancy, store)
+    assert await presence.processed() == len(before) + len(after)
+    [stats] = await presence.occupancy(store)
     assert stats["occupancy"] == len(before) + len(after)  # ...and counted once
 
 
@@ -394,7 +397,7 @@ def slowed(handler: Handlers) -> Handlers:
 
 
 async def processed_at_least(presence: Ledger, count: int) -> bool:
-    return bool(await presence.call(LedgerDB.processed) >= count)
+    return bool(await presence.processed() >= count)
 
 
 async def test_a_handler_that_runs_too_long_is_retried_then_dead_lettered(

@@ -43,14 +43,14 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from consumers import ledger
-from consumers.ledger import LedgerDB
+from consumers.ledger_handler import handlers
 from consumers.runner import decode
 from core import contract
 from core.amqp import declare_topology
 from core.contract import Event
 from core.settings import LedgerSettings
 from devtools.rabbitnode import free_port
+from ledger import ledger
 from tests.support.broker import Capture, token_name_of
 from tests.support.gateway import AUTH, TOKEN, TOKEN_NAME, Client
 from tests.support.processes import GatewayProcess
@@ -592,11 +592,11 @@ async def published_event(capture: Capture, event_id: str) -> AbstractIncomingMe
 async def applied(event: Event, db: Path) -> dict[str, Any] | None:
     """`event` applied by the built-in workers' handler; its ledger row afterwards."""
     async with ledger.opened(LedgerSettings(db=db, processed_retention_days=0)) as presence:
-        await presence.handler().one(event)
+        await handlers(presence).one(event)
         if event.kind == "tracking":
-            row = await presence.call(LedgerDB.tracking, event.data["uniqueEventId"])
+            row = await presence.tracking(event.data["uniqueEventId"])
         else:
-            row = await presence.call(LedgerDB.visit, event.data["sessionId"])
+            row = await presence.visit(event.data["sessionId"])
     return dict(row) if row is not None else None
 
 
