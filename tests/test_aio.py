@@ -54,5 +54,6 @@ async def test_cancel_and_wait_ends_each_future_whatever_it_ends_with() -> None:
     pending = asyncio.get_running_loop().create_future()
     await asyncio.sleep(0)
     await asyncio.wait_for(cancel_and_wait(failing, pending), 5)
-    assert failing.done() and isinstance(failing.exception(), RuntimeError)
+    assert failing.done()
+    assert isinstance(failing.exception(), RuntimeError)
     assert pending.cancelled()
