@@ -112,8 +112,8 @@ async def _set_aside(channel: AbstractChannel, spec: QueueSpec, timeout_s: float
     await _check_idle(channel, spec.name, timeout_s)
     async with asyncio.timeout(timeout_s):
         await topology.declare_spec(channel, holding(spec))
-    # Bound to the holding queue now, the old one takes nothing more: else, under a steady
-    # stream, the move would chase what keeps arriving and never end.
+    # Bound to the holding queue now, the old one takes nothing more: else a stream faster
+    # than the move keeps it going for ever, and what arrives meanwhile is copied twice.
     old = await channel.get_queue(spec.name, ensure=False)
     for exchange, key in spec.bindings:
         await old.unbind(exchange, key, timeout=timeout_s)
