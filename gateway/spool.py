@@ -337,21 +337,23 @@ class Spool:
         return path
 
     def _open_watermark(self) -> None:
-        """Hold the watermark file open, rewritten once whole in the fixed-width form
-        (durably: renamed into place), so that every later save is one pwrite."""
-        tmp = self.directory / f"{WATERMARK_FILE}.tmp"
-        tmp.write_bytes(watermark_text(self.watermark))
-        tmp.replace(self.directory / WATERMARK_FILE)
-        fsync_dir(self.directory)
-        self._watermark_fd = os.open(self.directory / WATERMARK_FILE, os.O_WRONLY)
+        """Hold the watermark file open: every save is then one pwrite of the whole line
+        over the last (which, once written, needs no new block, even on a full disk)."""
+        path = self.directory / WATERMARK_FILE
+        self._watermark_fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
 
     def save_watermark(self) -> None:
         """Persist the watermark: one pwrite of a few bytes into the page cache, cheap enough
         after every confirm, so a killed process replays only what was in flight. Not
-        fsynced: after a power cut a stale (or torn, hence 0) one only causes duplicates."""
+        fsynced: after a power cut a stale (or torn, hence 0) one only causes duplicates,
+        and so does a save that fails (logged; the next one tries again)."""
         if self.watermark == self._saved_watermark or self._watermark_fd is None:
             return
-        os.pwrite(self._watermark_fd, watermark_text(self.watermark), 0)
+        try:
+            os.pwrite(self._watermark_fd, watermark_text(self.watermark), 0)
+        except OSError as exc:
+            log.warning("saving the watermark failed", extra={"error": repr(exc)})
+            return
         self._saved_watermark = self.watermark
 
     def close(self) -> None:
