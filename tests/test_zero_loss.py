@@ -44,6 +44,10 @@ MAX_IN_FLIGHT = 32
 # A fault may cut off the relay's unconfirmed publishes and, with `ack: confirmed`, every
 # request's own publish (spooled again when no confirm came in time).
 DUPLICATES_MAX = MAX_IN_FLIGHT + CONCURRENCY
+# With `ack: confirmed`, each confirm later than `confirm_timeout_ms` (a busy machine) also
+# leaves a copy, the request having been spooled meanwhile: no bound follows from the
+# settings, only this sanity one.
+CONFIRMED_DUPLICATES_MAX = LOAD // 10
 Fault = Callable[[], Awaitable[None]]
 
 
@@ -123,11 +127,16 @@ async def run_with_fault(
     return verdict
 
 
-def assert_nothing_lost(verdict: Verdict, duplicates_max: int = DUPLICATES_MAX) -> None:
+def duplicates_max(gateway: GatewayProcess) -> int:
+    spooled = gateway.env["AIFI_ACK"] == "spooled"
+    return DUPLICATES_MAX if spooled else CONFIRMED_DUPLICATES_MAX
+
+
+def assert_nothing_lost(verdict: Verdict, bound: int) -> None:
     assert not verdict.lost, f"lost {len(verdict.lost)}: {sorted(verdict.lost)[:5]}"
     assert not verdict.unexpected
     assert not verdict.wrong_ids, f"copies with another id: {sorted(verdict.wrong_ids)[:5]}"
-    assert verdict.extra_copies <= duplicates_max, verdict.summary()
+    assert verdict.extra_copies <= bound, verdict.summary()
     assert verdict.acknowledged >= LOAD // 4, "the load hardly ran; the fault proved nothing"
 
 
@@ -145,7 +154,7 @@ async def test_broker_sigkill_mid_load(
     verdict = await run_with_fault(
         gateway, node, queue_name, crash_and_restart, checker_report, "broker-kill"
     )
-    assert_nothing_lost(verdict)
+    assert_nothing_lost(verdict, duplicates_max(gateway))
 
 
 async def test_gateway_sigkill_mid_load(
@@ -164,7 +173,7 @@ async def test_gateway_sigkill_mid_load(
     # A restart replays what was not confirmed: at most what was in flight may be a copy
     # (with `ack: confirmed`, also what was spooled after its confirm was late).
     spooled = gateway.env["AIFI_ACK"] == "spooled"
-    assert_nothing_lost(verdict, MAX_IN_FLIGHT if spooled else DUPLICATES_MAX)
+    assert_nothing_lost(verdict, MAX_IN_FLIGHT if spooled else CONFIRMED_DUPLICATES_MAX)
     assert verdict.acknowledged < LOAD, "the crash should have refused some requests"
 
 
@@ -178,7 +187,7 @@ async def test_connection_cut_mid_load(
         await asyncio.to_thread(node.close_all_connections, "zero-loss test")
 
     verdict = await run_with_fault(gateway, node, queue_name, cut, checker_report, "conn-cut")
-    assert_nothing_lost(verdict)
+    assert_nothing_lost(verdict, duplicates_max(gateway))
 
 
 async def test_sigterm_under_load_exits_0_and_loses_nothing(
@@ -197,7 +206,7 @@ async def test_sigterm_under_load_exits_0_and_loses_nothing(
         gateway, node, queue_name, terminate_then_restart, checker_report, "gateway-sigterm"
     )
     assert exit_codes == [0]
-    assert_nothing_lost(verdict)
+    assert_nothing_lost(verdict, duplicates_max(gateway))
 
 
 async def readiness(gateway: GatewayProcess) -> tuple[int, dict[str, Any]]:
@@ -243,5 +252,5 @@ async def test_a_blocked_broker_is_not_ready_yet_loses_nothing(
     assert not verdict.lost
     assert not verdict.unexpected
     assert not verdict.wrong_ids
-    assert verdict.extra_copies <= DUPLICATES_MAX, verdict.summary()
+    assert verdict.extra_copies <= duplicates_max(gateway), verdict.summary()
     assert (await readiness(gateway))[0] == 200
