@@ -17,7 +17,7 @@ from consumers.health import ConsumerState
 from consumers.settlement import ACK_GRACE_S, Settler, describe
 from consumers.topology import declare
 from core import contract
-from core.aio import first_of, stop_task
+from core.aio import cancel_and_wait, first_of, stop_task
 from core.amqp import BROKER_ERRORS, reconnecting
 from core.contract import Event, InvalidEvent
 from core.logs import redact
@@ -160,12 +160,12 @@ class Worker:
             try:
                 await self._consume(queue, settler, stop, lost)
             finally:
-                lost.cancel()
+                await cancel_and_wait(lost)
                 await stop_task(counting)
                 self.state.connected = self.state.consuming = False
         if stop.is_set():
             return
-        if cancelled.done():
+        if cancelled.done() and not cancelled.cancelled():
             # Handled as a lost channel: the next session declares the queue again (it may
             # have been deleted) and consumes it again.
             self.state.cancels += 1
@@ -222,7 +222,8 @@ class Worker:
             elif work.done():
                 work.result()
         finally:
-            work.cancel()
+            # Awaited: a batch may still be settling after its connection closed.
+            await cancel_and_wait(work)
 
     async def _receive(self, inbox: Inbox, settler: Settler, message: Delivery) -> None:
         settler.received(message)
@@ -261,7 +262,7 @@ class Worker:
                 await applying
         finally:
             if applying is not None:
-                applying.cancel()
+                await cancel_and_wait(applying)
 
     async def _process(self, batch: Sequence[Delivery], settler: Settler) -> None:
         self.state.batches += 1

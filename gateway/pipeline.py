@@ -192,7 +192,10 @@ class Pipeline:
         await self._spooled(outbound)
 
     async def _confirmed(self, coalescer: Coalescer, outbound: Outbound) -> bool:
-        if not self.publisher.ready:
+        # Behind a backlog (a broker late to confirm, blocked say), straight to the spool:
+        # a direct publish would also time out, be spooled and, once the broker goes on,
+        # arrive twice; the duplicates of a blocked broker stay those of one timeout.
+        if not self.publisher.ready or self.relay.pending:
             return False
         try:
             await coalescer.publish(outbound)

@@ -5,7 +5,8 @@ u32><meta JSON><body>`; the checksum covers the payload, so a record torn by a
 crash mid-write is recognized and everything before it is kept. Appends go to a
 fresh segment after every start, so a torn tail is never written after.
 What the relay confirmed is recorded as a watermark (every seq at or below it
-is confirmed); segments entirely below it are deleted. When an appended record counts
+is confirmed), overwritten in place after every confirm; segments entirely below it
+are deleted. When an appended record counts
 as durable is the spool's `spool.fsync` policy (`gateway.fsync`), asked by `durable`.
 """
 
@@ -36,6 +37,7 @@ FRAME: Final = struct.Struct("<II")
 PREFIX: Final = struct.Struct("<QI")
 SUFFIX: Final = ".seg"
 WATERMARK_FILE: Final = "confirmed"
+WATERMARK_BYTES: Final = 30
 LOCK_FILE: Final = "lock"
 UNPUBLISHABLE_DIR: Final = "unpublishable"
 
@@ -150,9 +152,25 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def watermark_text(watermark: int) -> bytes:
+    """A fixed-width line (`<20 digits> <crc32 hex>`): each save overwrites the last whole."""
+    digits = b"%020d" % watermark
+    return b"%s %08x\n" % (digits, zlib.crc32(digits))
+
+
+def parse_watermark(text: bytes) -> int:
+    """The watermark a file holds; 0 (replay all that is on disk) if it is torn."""
+    if len(text) != WATERMARK_BYTES:
+        return int(text)  # as written before the fixed-width line; ValueError if torn
+    digits, crc = text[:20], text[21:29]
+    if text[20:21] != b" " or int(crc, 16) != zlib.crc32(digits):
+        raise ValueError("watermark checksum mismatch")
+    return int(digits)
+
+
 def read_watermark(directory: Path) -> int:
     try:
-        return int((directory / WATERMARK_FILE).read_text())
+        return parse_watermark((directory / WATERMARK_FILE).read_bytes())
     except (FileNotFoundError, ValueError):
         return 0
 
@@ -178,6 +196,7 @@ class Spool:
         self._confirmed: set[int] = set()
         self.watermark = 0
         self._saved_watermark = 0
+        self._watermark_fd: int | None = None
         self._lock_fd: int | None = None
         self._bytes = 0
         self._sync_thread = fsync.SyncThread()
@@ -205,6 +224,7 @@ class Spool:
             pending.extend(r for r in records if r.seq > self.watermark)
         self._next_seq = max(self._next_seq, self.watermark + 1)
         self._synced_seq = self._next_seq - 1
+        self._open_watermark()
         for record in pending:
             self._unconfirmed.append((record.seq, record.outbound.timestamp_s))
         self._delete_confirmed_segments()
@@ -394,13 +414,24 @@ class Spool:
             os.close(fd)
         return path
 
+    def _open_watermark(self) -> None:
+        """Hold the watermark file open: every save is then one pwrite of the whole line
+        over the last (which, once written, needs no new block, even on a full disk)."""
+        path = self.directory / WATERMARK_FILE
+        self._watermark_fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+
     def save_watermark(self) -> None:
-        """Persist the watermark (without fsync: a stale one only causes duplicates)."""
-        if self.watermark == self._saved_watermark:
+        """Persist the watermark: one pwrite of a few bytes into the page cache, cheap enough
+        after every confirm, so a killed process replays only what was in flight. Not
+        fsynced: after a power cut a stale (or torn, hence 0) one only causes duplicates,
+        and so does a save that fails (logged; the next one tries again)."""
+        if self.watermark == self._saved_watermark or self._watermark_fd is None:
             return
-        tmp = self.directory / f"{WATERMARK_FILE}.tmp"
-        tmp.write_text(str(self.watermark))
-        tmp.replace(self.directory / WATERMARK_FILE)
+        try:
+            os.pwrite(self._watermark_fd, watermark_text(self.watermark), 0)
+        except OSError as exc:
+            log.warning("saving the watermark failed", extra={"error": repr(exc)})
+            return
         self._saved_watermark = self.watermark
 
     def close(self) -> None:
@@ -408,6 +439,9 @@ class Spool:
         self._sync_thread.close()
         self._seal()
         self.save_watermark()
+        if self._watermark_fd is not None:
+            os.close(self._watermark_fd)
+            self._watermark_fd = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -339,6 +339,34 @@ async def private_node(tmp_path: Path) -> AsyncIterator[Node]:
         await asyncio.to_thread(node.kill)
 
 
+async def test_a_lost_connection_ends_the_batch_in_hand_before_the_worker_says_so(
+    private_node: Node, store: int
+) -> None:
+    calls: list[str] = []
+    ended: list[str] = []
+
+    async def handler(event: Event) -> None:
+        calls.append(event.id)
+        if len(calls) > 1:
+            return  # the redelivery after the reconnect
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.sleep(0.5)  # still settling as its connection is gone
+            ended.append(event.id)
+
+    name = f"t{uuid.uuid4().hex[:16]}"
+    settings = BASE.model_copy(update={"bindings": (f"entered.{store}",)})
+    consumer = worker(private_node.url, name, settings, Handlers(one=handler))
+    async with running(consumer):
+        await publish_to(private_node.url, [testing.transition("entered", store, "s0")])
+        await eventually(lambda: len(calls) == 1, what="the handler's call")
+        await asyncio.to_thread(private_node.close_all_connections, "test")
+        await eventually(lambda: not consumer.state.connected, what="the loss")
+        assert ended == calls[:1], "the worker went on while its batch was still settling"
+        await eventually(lambda: len(calls) == 2, what="the redelivery")
+
+
 async def publish_to(url: str, outbounds: list[Outbound]) -> None:
     connection = await aio_pika.connect(url)
     async with connection, connection.channel() as channel:

@@ -66,7 +66,7 @@ async def test_a_waiter_arriving_during_a_sync_gets_a_sync_of_its_own(
 ) -> None:
     always.append(capturable("fsync-0"))
     first = asyncio.create_task(always.durable())
-    await asyncio.sleep(0)  # the first flush has started
+    await eventually(lambda: len(sync_calls) == 1, 10, "the first flush to start")
     always.append(capturable("fsync-1"))
     await asyncio.gather(first, always.durable())
     assert len(sync_calls) == 2

@@ -71,7 +71,7 @@ async def test_each_example_is_published_once_as_a_cloudevent(
         message.headers[contract.FINGERPRINT_HEADER]
         == hashlib.sha256(examples[example]).hexdigest()
     )
-    assert await capture.nothing_more()
+    assert await capture.nothing_more(client)
 
 
 async def test_twins_stay_two_events_sharing_a_fingerprint(
@@ -171,7 +171,7 @@ async def test_bad_or_missing_token_is_401_and_publishes_nothing(
     assert response.headers["WWW-Authenticate"] == "Bearer"
     assert len(response.headers["X-Request-Id"]) == 32
     assert (await response.json(content_type=None))["status"] == 401
-    assert await capture.nothing_more()
+    assert await capture.nothing_more(client)
 
 
 async def quarantined(capture: Capture) -> Any:
@@ -296,7 +296,7 @@ async def test_declared_oversize_body_is_413_without_publishing(
     assert response.request_info.headers["Content-Length"]
     assert response.status == 413
     assert "exceeds" in (await response.json(content_type=None))["detail"]
-    assert await capture.nothing_more()
+    assert await capture.nothing_more(client)
 
 
 async def test_chunked_oversize_body_is_cut_off_with_413(
@@ -308,7 +308,7 @@ async def test_chunked_oversize_body_is_cut_off_with_413(
 
     response = await client.post(PATHS["entered"], data=chunks(), headers=AUTH)
     assert response.status == 413
-    assert await capture.nothing_more()
+    assert await capture.nothing_more(client)
 
 
 @pytest.mark.parametrize(
@@ -431,7 +431,7 @@ async def test_a_refusal_comes_instead_of_100_continue(
     assert answer.headers["connection"] == "close"
     assert orjson.loads(answer.body)["status"] == status
     assert (answer.headers.get("www-authenticate") == "Bearer") == (status == 401)
-    assert await capture.nothing_more()
+    assert await capture.nothing_more(client)
     metrics = await (await client.get("/metrics")).text()
     assert f'aifi_requests_total{{kind="tracking",status="{status}"}} 1.0' in metrics
 

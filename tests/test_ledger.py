@@ -26,9 +26,17 @@ from consumers import testing
 from consumers.ledger_handler import handlers
 from core.contract import Event
 from core.settings import LedgerSettings
+from devtools import pgnode
 from ledger import ledger
 from ledger.effects import instant
-from ledger.errors import BadEvent, LedgerError, LedgerMissing, SchemaTooNew, SchemaTooOld
+from ledger.errors import (
+    BadEvent,
+    LedgerError,
+    LedgerMissing,
+    LedgerUnavailable,
+    SchemaTooNew,
+    SchemaTooOld,
+)
 from ledger.ledger import Ledger
 from ledger.schema import SCHEMA_VERSION
 from ledger.sqlite import LedgerDB
@@ -45,6 +53,7 @@ import sys
 from pathlib import Path
 from ledger.sqlite import LedgerDB
 from core.settings import LedgerSettings
+from devtools import pgnode
 folder, rounds = Path(sys.argv[1]), int(sys.argv[2])
 for n in range(rounds):
     sys.stdin.readline()
@@ -302,7 +311,27 @@ async def test_a_retention_of_zero_keeps_every_id(ledger_settings: LedgerSetting
 
 
 async def test_ping_answers_while_the_database_does(presence: Ledger) -> None:
-    await presence.ping()
+    assert await answers(presence)
+
+
+async def test_ping_fails_while_postgresql_is_down_and_answers_once_it_is_back(
+    private_pg: pgnode.PgNode,
+) -> None:
+    async with ledger.opened(LedgerSettings(url=private_pg.url)) as presence:
+        assert await answers(presence)
+        await asyncio.to_thread(private_pg.stop, "immediate")
+        with pytest.raises(LedgerUnavailable):
+            await presence.ping()
+        await asyncio.to_thread(private_pg.start)
+        await eventually(lambda: answers(presence), 30, "the ledger to answer again")
+
+
+async def answers(presence: Ledger) -> bool:
+    try:
+        await presence.ping()
+    except LedgerUnavailable:
+        return False
+    return True
 
 
 async def test_a_reader_does_not_create_a_ledger(ledger_settings: LedgerSettings) -> None:
