@@ -13,7 +13,7 @@ PYTEST_ARGS ?= -q
 # The fast loop: no broker, no fault, fuzz or load suite (markers in pyproject.toml).
 FAST_MARKERS := not broker and not slow and not cluster
 
-.PHONY: wrk run test test-fast test-cluster bench tail spool lint rabbitmq-server postgresql broker broker-stop clean
+.PHONY: wrk netfaults run test test-fast test-cluster bench tail spool lint rabbitmq-server postgresql broker broker-stop clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,14 +54,20 @@ lint: $(VENV)/.installed
 
 # The suite starts a private node of its own (tests/conftest.py) and never uses the
 # broker of a running `make run`.
-test: lint rabbitmq-server postgresql node_modules/.installed
+test: lint rabbitmq-server postgresql netfaults node_modules/.installed
 	$(VENV)/bin/pytest $(PYTEST_ARGS) -m "not cluster"
 
 test-fast: $(VENV)/.installed
 	$(VENV)/bin/pytest $(PYTEST_ARGS) -m "$(FAST_MARKERS)"
 
-test-cluster: rabbitmq-server
-	$(VENV)/bin/pytest $(PYTEST_ARGS) -m cluster
+test-cluster: rabbitmq-server netfaults
+	$(VENV)/bin/pytest $(PYTEST_ARGS) tests/test_cluster.py
+
+# What the cluster tests cut links with: network namespaces, veth pairs and a bridge (ip),
+# and packet drops (iptables). They run as root, as `make test` does on a fresh machine.
+netfaults:
+	command -v ip >/dev/null && command -v iptables >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq iproute2 iptables; }
 
 # The load generator of `make bench` (Debian's wrk); without it the bench falls back to
 # an aiohttp client, whose own cost narrows the gaps between servers.
