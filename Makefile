@@ -13,7 +13,7 @@ PYTEST_ARGS ?= -q
 # The fast loop: no broker, no fault, fuzz or load suite (markers in pyproject.toml).
 FAST_MARKERS := not broker and not slow and not cluster
 
-.PHONY: lock debootstrap standins wrk prometheus fuse3 test-alerts run test test-fast test-cluster bench tail spool lint rabbitmq-server postgresql broker broker-stop clean
+.PHONY: lock debootstrap standins wrk prometheus fuse3 netfaults test-alerts run test test-fast test-cluster bench tail spool lint rabbitmq-server postgresql broker broker-stop clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -73,7 +73,7 @@ lint: $(VENV)/.installed
 
 # The suite starts a private node of its own (tests/conftest.py) and never uses the
 # broker of a running `make run`.
-test: lint rabbitmq-server postgresql prometheus node_modules/.installed fuse3
+test: lint rabbitmq-server postgresql prometheus netfaults node_modules/.installed fuse3
 	$(VENV)/bin/pytest $(PYTEST_ARGS) -m "not cluster and not alerts"
 
 # The alert rules live (tests/test_alerts_live.py): RabbitMQ stopped and started, a worker
@@ -85,8 +85,14 @@ test-alerts: rabbitmq-server prometheus
 test-fast: $(VENV)/.installed
 	$(VENV)/bin/pytest $(PYTEST_ARGS) -m "$(FAST_MARKERS)"
 
-test-cluster: rabbitmq-server
-	$(VENV)/bin/pytest $(PYTEST_ARGS) -m cluster
+test-cluster: rabbitmq-server netfaults
+	$(VENV)/bin/pytest $(PYTEST_ARGS) tests/test_cluster.py
+
+# What the cluster tests cut links with: network namespaces, veth pairs and a bridge (ip),
+# and packet drops (iptables). They run as root, as `make test` does on a fresh machine.
+netfaults:
+	command -v ip >/dev/null && command -v iptables >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq iproute2 iptables; }
 
 # The power-cut and failing-disk tests mount a FUSE file system of their own
 # (tests/support/lazyfs.py): Debian's fuse3 brings fusermount3 and libfuse3.

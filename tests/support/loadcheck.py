@@ -44,9 +44,12 @@ class Sent:
     status: dict[str, int | str] = field(default_factory=dict)
     event_ids: dict[str, str] = field(default_factory=dict)
     answered: asyncio.Event = field(default_factory=asyncio.Event)
+    # When each answer came (time.monotonic()): what was answered during a fault.
+    answered_at: dict[str, float] = field(default_factory=dict)
 
     def record(self, marker: str, status: int | str, event_id: str | None = None) -> None:
         self.status[marker] = status
+        self.answered_at[marker] = time.monotonic()
         if event_id is not None:
             self.event_ids[marker] = event_id
         self.answered.set()
