@@ -31,6 +31,7 @@ from core.contract import (  # where the tests and tools have found them
     FAILED_AT_HEADER as FAILED_AT_HEADER,
     REASON_HEADER as REASON_HEADER,
     REPLAYS_HEADER as REPLAYS_HEADER,
+    header_trace_id,
 )
 from core.settings import ConsumerSettings
 from core.times import iso
@@ -201,7 +202,12 @@ class Settler:
         """The copy is not safe, so the original must stay in the queue."""
         log.error(
             "cannot move message; requeueing it",
-            extra={"consumer": self._name, "event_id": message.message_id, "error": describe(exc)},
+            extra={
+                "consumer": self._name,
+                "event_id": message.message_id,
+                "trace_id": header_trace_id(message.headers),
+                "error": describe(exc),
+            },
         )
         # A pause, so that a broker refusing our copies is not answered with a hot loop.
         await asyncio.sleep(self._settings.retry_base_ms / 1000)
@@ -217,6 +223,7 @@ class Settler:
         return {
             "consumer": self._name,
             "event_id": message.message_id,
+            "trace_id": header_trace_id(message.headers),
             "attempts": attempts,
             "reason": reason,
             "delay_ms": delay_ms,
