@@ -49,8 +49,8 @@ def parse_traceparent(value: str | None) -> str | None:
         return None
     if trace_id == _ZERO_TRACE_ID or parent_id == _ZERO_PARENT_ID:
         return None
-    # We know version 00 only: what a later version adds is not ours to pass on.
-    return value if rest is None else f"00-{trace_id}-{parent_id}-{flags}"
+    # We know version 00 only, and write it: what a later version adds is not ours to pass on.
+    return value if version == "00" else f"00-{trace_id}-{parent_id}-{flags}"
 
 
 def parse_tracestate(values: list[str]) -> str | None:
