@@ -31,7 +31,8 @@ from core.contract import (  # where the tests and tools have found them
     FAILED_AT_HEADER as FAILED_AT_HEADER,
     REASON_HEADER as REASON_HEADER,
     REPLAYS_HEADER as REPLAYS_HEADER,
-    header_trace_id,
+    body_traceparent,
+    trace_id,
 )
 from core.settings import ConsumerSettings
 from core.times import iso
@@ -205,7 +206,7 @@ class Settler:
             extra={
                 "consumer": self._name,
                 "event_id": message.message_id,
-                "trace_id": header_trace_id(message.headers),
+                "trace_id": trace_id(body_traceparent(message.body)),
                 "error": describe(exc),
             },
         )
@@ -223,7 +224,7 @@ class Settler:
         return {
             "consumer": self._name,
             "event_id": message.message_id,
-            "trace_id": header_trace_id(message.headers),
+            "trace_id": trace_id(body_traceparent(message.body)),
             "attempts": attempts,
             "reason": reason,
             "delay_ms": delay_ms,

@@ -89,10 +89,6 @@ TRACESTATE_MEMBER: Final = f"{_TRACESTATE_KEY}={_TRACESTATE_VALUE}"
 TRACESTATE_MAX_MEMBERS: Final = 32
 TRACESTATE_MAX_CHARS: Final = 512
 TRACESTATE_PATTERN: Final = f"^{TRACESTATE_MEMBER}(,{TRACESTATE_MEMBER}){{0,31}}$"
-# The one tracing attribute also mirrored in the AMQP headers: a worker logs its trace id
-# and the relay parents its publish span without parsing the body.
-TRACEPARENT_HEADER: Final = f"cloudEvents_{TRACEPARENT}"
-
 # Headers that are not CloudEvents attributes but let a binding or a shovel
 # filter without parsing the body.
 STORE_ID_HEADER: Final = "aifi_store_id"
@@ -382,12 +378,10 @@ _TIME_HEADER: Final = f"{HEADER_PREFIX}time"
 _SUBJECT_HEADER: Final = f"{HEADER_PREFIX}subject"
 
 
-def mirrored_headers(
-    context: ContextFields, data: NormalizedFields, extra: Headers, trace: TraceFields = NO_TRACE
-) -> Headers:
-    """AMQP headers mirroring the CloudEvents attributes (HEADER_ATTRIBUTES) and the
-    traceparent, plus store, session and fingerprint, then `extra`."""
-    headers: Headers = {
+def mirrored_headers(context: ContextFields, data: NormalizedFields, extra: Headers) -> Headers:
+    """AMQP headers mirroring the CloudEvents attributes (HEADER_ATTRIBUTES), plus store,
+    session and fingerprint, then `extra`."""
+    return {
         _SPECVERSION_HEADER: context["specversion"],
         _ID_HEADER: context["id"],
         _SOURCE_HEADER: context["source"],
@@ -399,9 +393,6 @@ def mirrored_headers(
         FINGERPRINT_HEADER: data["fingerprint"],
         **extra,
     }
-    if TRACEPARENT in trace:
-        headers[TRACEPARENT_HEADER] = trace[TRACEPARENT]
-    return headers
 
 
 def fields(model: BaseModel) -> dict[str, Any]:
@@ -449,7 +440,7 @@ def message(
         body=encode_fields(context, data, payload, trace),
         content_type=EVENT_CONTENT_TYPE,
         timestamp_s=timestamp_s,
-        headers=mirrored_headers(context, data, headers, trace),
+        headers=mirrored_headers(context, data, headers),
     )
 
 
@@ -513,7 +504,12 @@ def trace_id(traceparent: str | None) -> str | None:
     return traceparent[3:35] if traceparent else None
 
 
-def header_trace_id(headers: dict[str, Any] | None) -> str | None:
-    """The trace id of a message, from its AMQP headers (None if it has none)."""
-    value = (headers or {}).get(TRACEPARENT_HEADER)
-    return trace_id(value) if isinstance(value, str) else None
+def body_traceparent(body: bytes) -> str | None:
+    """The `traceparent` of a message's body, if it is an event that has one (never raises:
+    for logs and spans, which must not fail on a body that is no event)."""
+    try:
+        event = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    value = event.get(TRACEPARENT) if isinstance(event, dict) else None
+    return value if isinstance(value, str) else None

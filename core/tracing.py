@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from random import randbytes
 from typing import Final, Literal, Protocol
 
 from core.contract import (
@@ -68,9 +69,13 @@ def parse_tracestate(values: list[str]) -> str | None:
 
 
 def new_trace() -> TraceFields:
-    """A new trace, with a parent id standing for the gateway, which records no span."""
-    ids = os.urandom(24).hex()
-    return {TRACEPARENT: f"00-{ids[:32]}-{ids[32:]}-00"}
+    """A new trace, with a parent id standing for the gateway, which records no span.
+
+    Random as OpenTelemetry's own ids are (`random`, reseeded in a forked process): a
+    trace id needs no cryptographic strength, and `os.urandom` costs a system call.
+    """
+    # 16 bytes, a dash, 8 bytes: `trace-id-parent-id`, in one call (all-zero: 2**-128).
+    return {TRACEPARENT: f"00-{randbytes(24).hex('-', -16)}-00"}
 
 
 def incoming(traceparent: str | None, tracestate: list[str]) -> TraceFields | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypeVar
 
-from core.contract import TRACEPARENT, TRACEPARENT_HEADER, Outbound
+from core.contract import INVALID_KIND_HEADER, TRACEPARENT, Outbound, body_traceparent
 from core.tracing import EVENT_ID, Span, Tracer
 
 if TYPE_CHECKING:
@@ -32,9 +32,12 @@ def publishing(
 
 
 def started(tracer: Tracer, outbound: Outbound) -> Span | None:
-    parent = outbound.headers.get(TRACEPARENT_HEADER)
-    if not isinstance(parent, str):
-        return None
+    # Read from the body: tracing on pays for the parse, tracing off for no header.
+    if INVALID_KIND_HEADER in outbound.headers:
+        return None  # a quarantined request: no event, and its body is not ours
+    parent = body_traceparent(outbound.body)
+    if parent is None:
+        return None  # an event spooled by a release without trace context
     attributes = {EVENT_ID: outbound.message_id, "messaging.destination.name": outbound.routing_key}
     return tracer.start("publish", {TRACEPARENT: parent}, "producer", attributes)
 

@@ -364,17 +364,23 @@ def test_encode_then_decode_is_the_envelope() -> None:
     assert contract.decode(body).data.payload == valid()["data"]["payload"]
 
 
-def test_the_trace_rides_in_the_body_and_its_traceparent_in_the_headers() -> None:
+def test_the_trace_rides_in_the_body_only() -> None:
     context, data, payload = parts(valid())
     trace: contract.TraceFields = {"traceparent": TRACEPARENT, "tracestate": TRACESTATE}
     out = contract.outbound(context, data, payload, 1_700_000_000, {}, trace)
     assert orjson.loads(out.body) == valid() | trace
     assert list(orjson.loads(out.body))[-3:] == ["traceparent", "tracestate", "data"]
-    assert out.headers[contract.TRACEPARENT_HEADER] == TRACEPARENT
-    assert "cloudEvents_tracestate" not in out.headers
-    assert contract.header_trace_id(out.headers) == "4bf92f3577b34da6a3ce929d0e0e4736"
-    assert contract.header_trace_id({}) is None
+    assert out.headers == contract.outbound(context, data, payload, 1_700_000_000, {}).headers
     assert contract.decode(out.body).traceparent == TRACEPARENT
+    assert contract.body_traceparent(out.body) == TRACEPARENT
+    assert contract.trace_id(TRACEPARENT) == "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+@pytest.mark.parametrize(
+    "body", [b"", b"not json", b"[]", b'{"traceparent": 1}', orjson.dumps(valid())]
+)
+def test_a_body_without_a_traceparent_has_none(body: bytes) -> None:
+    assert contract.body_traceparent(body) is None
 
 
 def test_outbound_routes_and_mirrors_the_attributes_in_headers() -> None:
