@@ -16,6 +16,7 @@ this compares.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import subprocess
@@ -57,6 +58,7 @@ NOTHING: Final = object
 
 def step(mode: str, traced: bool) -> Step:
     """One request's steps in `mode`, as the gateway's handler and relay take them."""
+    import gateway.app  # noqa: F401 - every mode's heap as the gateway's: what a collection walks
     from core.contract import EXCHANGE
     from gateway import events, spool
     from gateway.frames import PublishEncoder
@@ -137,6 +139,7 @@ def measure(mode: str, traced: bool, requests: int) -> float:
     for _ in range(requests // 10):
         run()
     flush()
+    gc.freeze()  # as the gateway does at start (gateway.processes.quiet_gc)
     started = time.process_time()
     for _ in range(requests):
         run()
