@@ -8,6 +8,7 @@ from typing import Final
 
 import pytest
 
+import core
 from core import tracing
 from core.contract import TRACESTATE_MAX_CHARS
 from core.settings import TracingSettings
@@ -100,7 +101,9 @@ def test_endpoint(settings: TracingSettings, environ: dict[str, str], expected: 
 def test_tracing_configured_without_the_sdk_stops_start_up(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setitem(sys.modules, "core.otel", None)  # as if the extra were not installed
+    # As if the extra were not installed (and no other test had imported core.otel).
+    monkeypatch.setitem(sys.modules, "core.otel", None)
+    monkeypatch.delattr(core, "otel", raising=False)
     settings = TracingSettings(otlp_endpoint="http://c:4318")
     with (
         pytest.raises(tracing.TracingUnavailable, match=r"aifi-gateway\[otel\]"),
