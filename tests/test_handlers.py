@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import io
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -625,3 +626,13 @@ async def test_each_webhook_without_a_trace_starts_its_own(
         assert await post(client, PATHS["entered"], examples["entered"]) == (200, "ok")
     traces = {contract.decode((await capture.get()).body).traceparent for _ in range(2)}
     assert len(traces) == 2
+
+
+async def test_the_accepted_event_is_logged_with_its_trace_id(
+    client: Client, capture: Capture, examples: dict[str, bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="gateway.handlers"):
+        await post(client, PATHS["entered"], examples["entered"], traceparent=TRACEPARENT)
+    event = contract.decode((await capture.get()).body)
+    (record,) = [r for r in caplog.records if r.getMessage() == "accepted"]
+    assert (vars(record)["event_id"], vars(record)["trace_id"]) == (event.id, TRACE_IDS[:32])
