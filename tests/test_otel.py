@@ -3,13 +3,19 @@ session's broker, with the OpenTelemetry SDK's in-memory exporter."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Final
 
 import orjson
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -186,3 +192,32 @@ def test_an_endpoint_turns_it_on(settings: TracingSettings, environ: dict[str, s
         assert isinstance(tracer, otel.OtelTracer)
     assert otel.traces_url("http://c:4318/") == "http://c:4318/v1/traces"
     assert otel.traces_url("http://c:4318/v1/traces") == "http://c:4318/v1/traces"
+
+
+async def test_spans_reach_an_otlp_endpoint_with_the_service_name() -> None:
+    """The exporter as configured: OTLP/HTTP protobuf to `<endpoint>/v1/traces`, flushed
+    when the block ends, to a collector stand-in on loopback."""
+    received: list[tuple[str, bytes]] = []
+
+    async def collect(request: web.Request) -> web.Response:
+        received.append((request.path, await request.read()))
+        return web.Response(body=ExportTraceServiceResponse().SerializeToString())
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", collect)
+    async with TestServer(app, host="127.0.0.1") as collector:
+        settings = TracingSettings(otlp_endpoint=str(collector.make_url("/")))
+
+        def traced() -> None:
+            with configured(settings, "aifi-test", {}) as tracer:
+                assert tracer is not None
+                tracer.start("receive", {}, "server", {"messaging.message.id": "e-1"}).end()
+
+        await asyncio.to_thread(traced)
+    ((path, body),) = received
+    assert path == "/v1/traces"
+    request = ExportTraceServiceRequest.FromString(body)
+    (resource,) = request.resource_spans
+    service = {a.key: a.value.string_value for a in resource.resource.attributes}
+    assert service["service.name"] == "aifi-test"
+    assert [s.name for scope in resource.scope_spans for s in scope.spans] == ["receive"]
