@@ -27,7 +27,7 @@ from consumers.migrate import MigrationError, migrate
 from consumers.replay import replay, replay_unrouted
 from consumers.runner import Worker
 from consumers.topology import check_name
-from core import logs
+from core import logs, tracing
 from core.aio import backoff_s, paused
 from core.amqp import BROKER_ERRORS
 from core.contract import UNROUTED_QUEUE
@@ -39,6 +39,7 @@ from core.settings import (
     load as load_settings,
 )
 from core.topology import TopologyError
+from core.tracing import TracingUnavailable
 from ledger import ledger
 from ledger.errors import LedgerError, LedgerUnavailable
 
@@ -156,13 +157,17 @@ async def serve(settings: Settings, name: str, consumer: ConsumerSettings) -> No
     state = ConsumerState(name)
     # Entered in order, left in reverse: /healthz answers while the ledger opens, and the
     # worker settles and closes before the rest go.
-    with contextlib.suppress(Stopped):
+    with (
+        contextlib.suppress(Stopped),
+        tracing.configured(settings.tracing, f"aifi-consumer-{name}") as tracer,
+    ):
         async with (
             health.serving(state, consumer.health_host, consumer.health_port),
             handler_for(consumer, settings, state, stop) as handler,
         ):
             if not stop.is_set():  # a stop that came while the ledger opened
-                await Worker(name, consumer, settings.amqp, handler, state).run(stop)
+                worker = Worker(name, consumer, settings.amqp, handler, state, tracer)
+                await worker.run(stop)
     log.info("stopped", extra=state.snapshot())
 
 
@@ -207,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
             run(replay_and_report(settings, args.name, consumer, args.limit))
         else:
             run(serve(settings, args.name, consumer))
-    except (SettingsError, HandlerError, TopologyError, MigrationError) as exc:
+    except (SettingsError, HandlerError, TopologyError, MigrationError, TracingUnavailable) as exc:
         print(f"aifi-consumer: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     except (LedgerError, health.HealthPortError) as exc:

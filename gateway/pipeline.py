@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from core.contract import Outbound
 from core.settings import Settings
+from core.tracing import Tracer
 from gateway.publisher import Outcomes, Publisher, PublishError
 from gateway.relay import Relay
 from gateway.spool import Spool, SpoolFull, SpoolStats
@@ -129,10 +130,10 @@ def _expire(waiters: list[Waiter]) -> None:
 class Pipeline:
     """Everything between a handler and the broker."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, tracer: Tracer | None = None) -> None:
         s = settings.spool
         self.spool = Spool(s.dir, s.segment_bytes, s.max_bytes, s.fsync, s.fsync_interval_ms / 1000)
-        self.publisher = Publisher(settings.amqp, settings.consumers)
+        self.publisher = Publisher(settings.amqp, settings.consumers, tracer)
         self.relay = Relay(self.spool, self.publisher, s.max_in_flight, s.memory_max_bytes)
         # `ack: confirmed`: how long a request waits for the broker before it is spooled.
         self._coalescer = (

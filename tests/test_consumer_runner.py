@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -21,7 +22,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from consumers import health, testing, topology
 from consumers.handler import Handlers, Reject, RetryLater
 from consumers.ledger_handler import handlers
-from consumers.runner import HandlerTimeout, Worker
+from consumers.runner import HandlerTimeout, Worker, applied_log
 from consumers.settlement import ATTEMPTS_HEADER, REASON_HEADER
 from core import contract
 from core.amqp import declare_topology
@@ -521,3 +522,13 @@ async def test_a_node_holding_declarations_is_left_for_the_next_url(
             await eventually(lambda: consumer.state.acked == 1, what="the event acked")
     assert silent.declarations == 1, "the silent node was tried first and held a declaration"
     assert [call[0] for call in handler.calls] == [event.message_id]
+
+
+def test_an_applied_event_is_logged_with_its_trace_id(caplog: pytest.LogCaptureFixture) -> None:
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    traced = Event("e-1", "t", "s", None, None, {"kind": "entered"}, traceparent=traceparent)
+    untraced = Event("e-2", "t", "s", None, None, {"kind": "entered"})
+    with caplog.at_level(logging.DEBUG, logger="consumers.runner"):
+        applied_log("c", [traced, untraced])
+    ids = [(vars(r)["event_id"], vars(r)["trace_id"]) for r in caplog.records]
+    assert ids == [("e-1", "4bf92f3577b34da6a3ce929d0e0e4736"), ("e-2", None)]
