@@ -10,8 +10,10 @@ PY := $(VENV)/bin/python
 AIFI_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 RABBIT_DIR := .rabbitmq
 PYTEST_ARGS ?= -q
-# The fast loop: no broker, no fault, fuzz or load suite (markers in pyproject.toml).
-FAST_MARKERS := not broker and not slow and not cluster
+# The fast loop needs the .venv alone: no RabbitMQ, PostgreSQL or Node.js, no fault, fuzz
+# or load suite (markers in pyproject.toml; tests/conftest.py fails a test of this tier
+# that starts a node or a Node.js validator without its marker).
+FAST_MARKERS := not broker and not postgresql and not nodejs and not slow and not cluster
 
 .PHONY: wrk run test test-fast test-cluster bench tail spool lint rabbitmq-server postgresql broker broker-stop clean
 
