@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from core.aio import backoff_s, first_of, paused
+import pytest
+
+from core.aio import backoff_s, first_of, paused, stop_task
 
 
 def test_backoff_doubles_from_a_tenth_of_a_second_up_to_its_cap() -> None:
@@ -27,3 +29,23 @@ async def test_first_of_returns_with_the_first_and_cancels_the_rest() -> None:
     await asyncio.wait_for(first_of(asyncio.sleep(0), never), 5)
     await asyncio.sleep(0)
     assert never.cancelled()
+
+
+async def test_stopping_no_task_does_nothing() -> None:
+    await stop_task(None)
+
+
+async def test_stopping_a_running_task_cancels_it_quietly() -> None:
+    task = asyncio.create_task(asyncio.sleep(3600))
+    await stop_task(task)
+    assert task.cancelled()
+
+
+async def test_stopping_a_task_that_failed_raises_what_ended_it() -> None:
+    async def fail() -> None:
+        raise LookupError("gone")
+
+    task = asyncio.create_task(fail())
+    await asyncio.wait([task])
+    with pytest.raises(LookupError, match="gone"):
+        await stop_task(task)
