@@ -557,3 +557,20 @@ async def test_curl_uploads_an_accepted_body_after_100_continue(
     )
     assert (curled.status, curled.uploaded_bytes) == (200, 4096)
     assert curled.continued, curled.trace
+
+
+async def test_a_body_that_does_not_come_in_time_is_408_and_publishes_nothing(
+    amqp_url: str, tmp_path: Path, capture: Capture, examples: dict[str, bytes]
+) -> None:
+    settings = gateway_settings(amqp_url, tmp_path, http={"body_timeout_s": 0.2})
+    body = examples["tracking"]
+    head = expecting_head(PATHS["tracking"], len(body), JSON_AUTH)
+    async for client in started_client(settings):
+        async with connected(client) as (reader, writer):
+            # Half the body, and no Expect: the gateway waits for the rest, then gives up.
+            writer.write(head.replace(b"Expect: 100-continue\r\n", b"") + body[: len(body) // 2])
+            answer = await read_answer(reader)
+        assert answer.status == 408
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert answer.headers["x-request-id"] == EXPECT_RID
+    assert await capture.nothing_more()
