@@ -13,8 +13,10 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from pathlib import Path
+from typing import Any, NoReturn
+from unittest import mock
 
 import aio_pika
 import pytest
@@ -27,6 +29,7 @@ from core.amqp import declare_topology
 from core.settings import ConsumerSettings, LedgerSettings, Settings
 from devtools import pgnode, procs
 from devtools.rabbitnode import Node, NodeSpec, ensure_installed, free_port
+from tests.support import validators
 from tests.support.broker import Capture
 from tests.support.consumer import Launcher, Scratch, WorkerProcess
 from tests.support.gateway import gateway_settings, started_client
@@ -50,6 +53,11 @@ SHARED_DAEMONS = frozenset({"epmd"})
 STRAGGLERS = pytest.StashKey[list[str]]()
 # Fixtures that give a test a broker: the session's own, or a private node to kill.
 BROKER_FIXTURES = frozenset({"amqp_url", "private_node"})
+# Fixtures that give a test a PostgreSQL: the session's, a schema in it, or a private node.
+POSTGRESQL_FIXTURES = frozenset({"postgres_url", "pg_url", "private_pg"})
+# The markers `make test-fast` deselects (its FAST_MARKERS): a test with none of them runs
+# in the fast tier, which must need nothing but the .venv.
+BEYOND_FAST_TIER = frozenset({"broker", "postgresql", "nodejs", "slow", "cluster"})
 
 
 @pytest.fixture(scope="session")
@@ -132,7 +140,7 @@ def pg_url(postgres_url: str) -> Iterator[str]:
         admin.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
 def ledger_settings(request: pytest.FixtureRequest, tmp_path: Path) -> LedgerSettings:
     """A new, empty ledger on each backend: a SQLite file, a PostgreSQL schema."""
     if request.param == "sqlite":
@@ -265,10 +273,37 @@ def pytest_terminal_summary(terminalreporter: TerminalReporter, config: pytest.C
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark `broker` every test that needs one, through any chain of fixtures."""
+    """Mark `broker` or `postgresql` every test that needs one, through any chain of fixtures."""
     for item in items:
-        if BROKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if BROKER_FIXTURES & fixtures:
             item.add_marker(pytest.mark.broker)
+        if POSTGRESQL_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.postgresql)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None]:
+    """A test of the fast tier that starts a RabbitMQ or PostgreSQL node or runs a Node.js
+    validator fails, however it gets there (its own fixtures included): it lacks a marker."""
+    if any(item.get_closest_marker(name) for name in BEYOND_FAST_TIER):
+        return (yield)
+    needs = {
+        "broker": (Node, "start"),
+        "postgresql": (pgnode.PgNode, "start"),
+        "nodejs": (validators, "_run"),
+    }
+    with contextlib.ExitStack() as refusals:
+        for marker, (owner, name) in needs.items():
+            refusals.enter_context(mock.patch.object(owner, name, _refused(item, marker)))
+        return (yield)
+
+
+def _refused(item: pytest.Item, marker: str) -> Callable[..., NoReturn]:
+    def refuse(*args: Any, **kwargs: Any) -> NoReturn:
+        pytest.fail(f"{item.nodeid} needs what `{marker}` marks: mark it so", pytrace=False)
+
+    return refuse
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

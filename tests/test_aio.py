@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from core.aio import backoff_s, cancel_and_wait, first_of, paused
+import pytest
+
+from core.aio import backoff_s, cancel_and_wait, first_of, paused, stop_task
 
 
 def test_backoff_doubles_from_a_tenth_of_a_second_up_to_its_cap() -> None:
@@ -57,3 +59,23 @@ async def test_cancel_and_wait_ends_each_future_whatever_it_ends_with() -> None:
     assert failing.done()
     assert isinstance(failing.exception(), RuntimeError)
     assert pending.cancelled()
+
+
+async def test_stopping_no_task_does_nothing() -> None:
+    await stop_task(None)
+
+
+async def test_stopping_a_running_task_cancels_it_quietly() -> None:
+    task = asyncio.create_task(asyncio.sleep(3600))
+    await stop_task(task)
+    assert task.cancelled()
+
+
+async def test_stopping_a_task_that_failed_raises_what_ended_it() -> None:
+    async def fail() -> None:
+        raise LookupError("gone")
+
+    task = asyncio.create_task(fail())
+    await asyncio.wait([task])
+    with pytest.raises(LookupError, match="gone"):
+        await stop_task(task)

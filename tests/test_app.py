@@ -8,6 +8,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.app import PIPELINE
 from tests.support.gateway import AUTH
+from tests.test_handlers import connected, read_answer
 
 Client = TestClient[web.Request, web.Application]
 ENTERED = "/webhooks/aifi/entered"
@@ -73,3 +74,39 @@ async def test_an_unexpected_error_is_a_json_problem_with_the_request_id(
     assert response.status == 500
     assert response.content_type == "application/problem+json"
     assert response.headers["X-Request-Id"] == "r-500"
+
+
+def head(request_line: str, expect: str) -> bytes:
+    lines = [request_line, "Host: 127.0.0.1", "Content-Length: 2", f"Expect: {expect}"]
+    return ("\r\n".join([*lines, "X-Request-Id: r-expect"]) + "\r\n\r\n").encode()
+
+
+@pytest.mark.parametrize("path", ["/nowhere", "/healthz"])
+async def test_off_the_webhooks_100_continue_comes_before_the_answer(
+    client: Client, path: str
+) -> None:
+    async with connected(client) as (reader, writer):
+        writer.write(head(f"POST {path} HTTP/1.1", "100-continue"))
+        interim = await read_answer(reader)
+        writer.write(b"{}")
+        final = await read_answer(reader)
+    assert interim.status == 100
+    assert final.status in {404, 405}
+    assert final.headers["content-type"] == "application/problem+json"
+
+
+async def test_off_the_webhooks_an_unknown_expectation_is_a_417_problem(client: Client) -> None:
+    async with connected(client) as (reader, writer):
+        writer.write(head("GET /healthz HTTP/1.1", "200-ok"))
+        answer = await read_answer(reader)
+    assert answer.status == 417
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.headers["x-request-id"] == "r-expect"
+
+
+async def test_an_http_1_0_client_gets_no_100_continue(client: Client) -> None:
+    """HTTP/1.0 has no interim answers (RFC 9110, 10.1.1): the answer comes straight."""
+    async with connected(client) as (reader, writer):
+        writer.write(head("POST /nowhere HTTP/1.0", "100-continue") + b"{}")
+        answer = await read_answer(reader)
+    assert answer.status == 404

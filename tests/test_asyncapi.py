@@ -59,6 +59,7 @@ def test_every_reference_resolves_and_names_the_real_exchange() -> None:
     )
 
 
+@pytest.mark.nodejs
 def test_the_official_asyncapi_cli_finds_no_error(tmp_path: Path) -> None:
     assert " is valid" in validators.asyncapi_validate(asyncapi.document(), tmp_path)
 

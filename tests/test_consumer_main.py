@@ -80,7 +80,7 @@ async def test_sigterm_mid_batch_settles_what_is_in_hand_and_exits_0(
     )
     worker = launcher({name: settings})
     process = worker.start(name)
-    await eventually(lambda: worker.processed() >= 300, what="progress")
+    await eventually(lambda: worker.processed() >= 300, 60, what="progress")
     process.send_signal(signal.SIGTERM)
     assert await exited(process) == 0
     done, stopped = worker.processed(), worker.stopped(0)

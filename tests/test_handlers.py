@@ -636,3 +636,20 @@ async def test_the_accepted_event_is_logged_with_its_trace_id(
     event = contract.decode((await capture.get()).body)
     (record,) = [r for r in caplog.records if r.getMessage() == "accepted"]
     assert (vars(record)["event_id"], vars(record)["trace_id"]) == (event.id, TRACE_IDS[:32])
+
+
+async def test_a_body_that_does_not_come_in_time_is_408_and_publishes_nothing(
+    amqp_url: str, tmp_path: Path, capture: Capture, examples: dict[str, bytes]
+) -> None:
+    settings = gateway_settings(amqp_url, tmp_path, http={"body_timeout_s": 0.2})
+    body = examples["tracking"]
+    head = expecting_head(PATHS["tracking"], len(body), JSON_AUTH)
+    async for client in started_client(settings):
+        async with connected(client) as (reader, writer):
+            # Half the body, and no Expect: the gateway waits for the rest, then gives up.
+            writer.write(head.replace(b"Expect: 100-continue\r\n", b"") + body[: len(body) // 2])
+            answer = await read_answer(reader)
+        assert answer.status == 408
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert answer.headers["x-request-id"] == EXPECT_RID
+        assert await capture.nothing_more(client)

@@ -20,14 +20,16 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 import orjson
+import psycopg
 import pytest
+from psycopg import errors as pg_errors
 
 from consumers import testing
 from consumers.ledger_handler import handlers
 from core.contract import Event
 from core.settings import LedgerSettings
 from devtools import pgnode
-from ledger import ledger
+from ledger import ledger, postgres
 from ledger.effects import instant
 from ledger.errors import (
     BadEvent,
@@ -515,3 +517,31 @@ async def test_a_ledger_that_cannot_be_opened_fails_without_waiting(
     with pytest.raises(LedgerError, match=expected):
         async with ledger.opened(LedgerSettings(db=path), retry):
             pass
+
+
+@pytest.mark.parametrize(
+    ("error", "passes"),
+    [
+        pytest.param(pg_errors.AdminShutdown("restarting"), True, id="57-shutdown"),
+        pytest.param(pg_errors.ConnectionFailure("gone"), True, id="08-connection"),
+        pytest.param(pg_errors.LockNotAvailable("locked"), True, id="55-lock"),
+        pytest.param(pg_errors.InsufficientPrivilege("no"), False, id="42-refused"),
+        pytest.param(psycopg.OperationalError("connection refused"), True, id="no-sqlstate"),
+        pytest.param(
+            psycopg.OperationalError('FATAL:  password authentication failed for user "aifi"'),
+            False,
+            id="fatal",
+        ),
+        pytest.param(
+            psycopg.OperationalError("FATAL:  the database system is starting up"),
+            True,
+            id="fatal-starting",
+        ),
+        pytest.param(ConnectionResetError(), True, id="os-error"),
+        pytest.param(ValueError("bug"), False, id="other"),
+    ],
+)
+def test_postgresql_errors_that_pass_are_retried_and_refusals_are_not(
+    error: BaseException, passes: bool
+) -> None:
+    assert postgres.passing(error) is passes

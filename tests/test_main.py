@@ -69,3 +69,15 @@ def test_a_printing_command_exits_quietly_when_its_reader_leaves(
     assert "Traceback" not in stderr
     assert "BrokenPipeError" not in stderr
     assert exit_code == 1
+
+
+def test_serving_without_a_token_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    spool_dir = tmp_path / "spool"
+    env = child_environ() | {"AIFI_CONFIG": str(CONFIG), "AIFI_SPOOL_DIR": str(spool_dir)}
+    done = subprocess.run(
+        [*GATEWAY_ARGV, "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert "no token configured" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not spool_dir.exists()

@@ -17,6 +17,7 @@ import pytest
 from devtools import pgnode
 from devtools.rabbitnode import free_port
 
+pytestmark = pytest.mark.postgresql
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -29,6 +29,7 @@ from devtools.rabbitnode import free_port
 from ledger import ledger
 from presence import openapi
 from presence.app import create_app
+from presence.handlers import PRESENCE
 from tests.support.consumer import Scratch, running
 from tests.support.gateway import AUTH as GATEWAY_AUTH
 from tests.support.waiting import eventually
@@ -320,3 +321,25 @@ async def test_a_webhook_through_the_gateway_and_the_ledger_worker_is_a_visit(
                 await eventually(lambda: answers(api, path, 200), what=f"{path} to answer")
                 visit = await get_json(api, f"/sessions/{session}")
     assert (visit["storeId"], visit["personsEntered"], visit["occupancy"]) == (store, 1, 1)
+
+
+async def test_an_unexpected_error_is_a_500_problem_logged_with_the_request_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = presence_settings(LedgerSettings(db=tmp_path / "ledger.sqlite3"))
+    async with started(settings) as client:
+        assert client.app is not None
+
+        def broken() -> None:
+            raise RuntimeError("broken on purpose")
+
+        monkeypatch.setattr(client.app[PRESENCE].reader, "current", broken)
+        with caplog.at_level(logging.ERROR, logger="presence.app"):
+            response = await client.get("/stores", headers=AUTH | {"X-Request-Id": "r-500"})
+        assert response.status == 500
+        assert response.content_type == PROBLEM_JSON
+        assert response.headers["X-Request-Id"] == "r-500"
+        assert_problem(await response.json(content_type=None), 500)
+    [record] = [r for r in caplog.records if r.getMessage() == "unhandled error"]
+    assert record.__dict__["request_id"] == "r-500"
+    assert record.exc_info is not None

@@ -37,6 +37,7 @@ def test_the_document_is_valid_openapi_3_1() -> None:
     assert document["openapi"] == "3.1.0"
 
 
+@pytest.mark.nodejs
 def test_redocly_recommended_rules_find_no_error(tmp_path: Path) -> None:
     assert "is valid" in validators.redocly_lint(openapi.document(), tmp_path)
 

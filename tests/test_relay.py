@@ -27,6 +27,7 @@ from tests.support.broker import Capture, capturable
 from tests.support.gateway import gateway_settings
 from tests.test_publisher import written
 
+pytestmark = pytest.mark.broker  # every test here publishes to a node
 # Above the gateway's envelope allowance (64 KiB), which any max message size must exceed.
 NODE_MAX_MESSAGE_BYTES: Final = 128 * 1024
 
