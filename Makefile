@@ -11,9 +11,9 @@ AIFI_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 RABBIT_DIR := .rabbitmq
 PYTEST_ARGS ?= -q
 # The fast loop: no broker, no fault, fuzz or load suite (markers in pyproject.toml).
-FAST_MARKERS := not broker and not slow and not cluster
+FAST_MARKERS := not broker and not slow and not cluster and not compose
 
-.PHONY: wrk run test test-fast test-cluster bench tail spool lint rabbitmq-server postgresql broker broker-stop clean
+.PHONY: wrk docker run test test-fast test-cluster bench tail spool lint rabbitmq-server postgresql broker broker-stop clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,7 +54,7 @@ lint: $(VENV)/.installed
 
 # The suite starts a private node of its own (tests/conftest.py) and never uses the
 # broker of a running `make run`.
-test: lint rabbitmq-server postgresql node_modules/.installed
+test: lint rabbitmq-server postgresql node_modules/.installed docker
 	$(VENV)/bin/pytest $(PYTEST_ARGS) -m "not cluster"
 
 test-fast: $(VENV)/.installed
@@ -62,6 +62,14 @@ test-fast: $(VENV)/.installed
 
 test-cluster: rabbitmq-server
 	$(VENV)/bin/pytest $(PYTEST_ARGS) -m cluster
+
+# What the compose tests need (tests/test_compose_live.py): Debian's Docker engine and the
+# Python docker-compose, debootstrap for the stand-in images, ip and iptables for the
+# engine's network namespace.
+DOCKER_TOOLS := dockerd docker docker-compose debootstrap iptables ip nsenter
+docker:
+	(for tool in $(DOCKER_TOOLS); do command -v $$tool || exit 1; done) >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq docker.io docker-compose debootstrap iptables iproute2 util-linux; }
 
 # The load generator of `make bench` (Debian's wrk); without it the bench falls back to
 # an aiohttp client, whose own cost narrows the gaps between servers.

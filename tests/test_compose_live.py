@@ -1,0 +1,357 @@
+"""docker-compose.yml run as users run it: the project's Dockerfile and compose file on a
+private Docker engine (its own socket, data root and network namespace; tests/support/
+dockerengine.py), every check made from outside through the published ports.
+
+Runner: docker-compose 1.29 (Debian's). What it or a stand-in image does not understand is
+translated, and printed at the start of the run:
+- the top-level `name:` is dropped, `-p <project>` given instead;
+- with the RabbitMQ stand-in (Debian's 3.10), deploy/rabbitmq-cluster.conf is mounted
+  without `quorum_queue.initial_cluster_size`, `queue_leader_locator` and
+  `default_queue_type`, which 3.10 refuses.
+Images that cannot be pulled here are stand-ins of the same name built from Debian's
+packages (devtools/standins.py); the run says which.
+
+Scenarios share a stack where they can; each figure (time to healthy, events sent,
+answered 200, arrived, lost) is printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+from tests.support.compose import ROOT, Secrets, Stack, translate
+from tests.support.dockerengine import (
+    PREFIX,
+    Engine,
+    EngineUnavailable,
+    default_cache,
+    private_engine,
+)
+from tests.support.loadcheck import Sent, marked_body, markers, post_one
+
+pytestmark = [pytest.mark.compose, pytest.mark.timeout(900)]
+
+EXAMPLES = ROOT / "examples"
+DEFAULT = [
+    "rabbitmq",
+    "migrate",
+    "gateway",
+    "consumer-entered",
+    "consumer-exited",
+    "consumer-tracking",
+    "presence",
+]
+PG = [
+    "postgres",
+    "rabbitmq",
+    "migrate",
+    "gateway",
+    "consumer-entered-pg",
+    "consumer-exited-pg",
+    "consumer-tracking-pg",
+    "presence-pg",
+]
+CLUSTER = [
+    "rabbitmq-1",
+    "rabbitmq-2",
+    "rabbitmq-3",
+    "migrate-cluster",
+    "gateway-cluster",
+    "consumer-entered-cluster",
+    "consumer-exited-cluster",
+    "consumer-tracking-cluster",
+]
+HEALTHY_TIMEOUT_S = 240
+ARRIVAL_TIMEOUT_S = 180
+Report = Callable[[str], None]
+
+
+@pytest.fixture(scope="session")
+def report(request: pytest.FixtureRequest) -> Report:
+    """Print a figure in the run's output as it comes, whatever pytest captures."""
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+
+    def line(text: str) -> None:
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            print(f"\n[compose] {text}", flush=True)
+
+    return line
+
+
+@pytest.fixture(scope="session")
+def engine(report: Report) -> Iterator[Engine]:
+    """A private engine, torn down with all it holds at the end of the session."""
+    start = time.monotonic()
+    try:
+        with private_engine() as made:
+            report(
+                f"engine up in {time.monotonic() - start:.1f} s at {made.address} "
+                f"(namespace {PREFIX}{made.tag}), data root {made.data_root}"
+            )
+            yield made
+    except (EngineUnavailable, subprocess.CalledProcessError, OSError) as exc:
+        pytest.fail(f"containers cannot run here: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def standins(engine: Engine, report: Report) -> list[str]:
+    """The images docker-compose.yml and the Dockerfile name: the images that cannot be
+    pulled here are stand-ins of the same name, built once from Debian's packages."""
+    from devtools.standins import ensure_standins
+
+    start = time.monotonic()
+    try:
+        made = ensure_standins(engine.env, default_cache() / "standins")
+    except (subprocess.CalledProcessError, OSError) as exc:
+        pytest.fail(f"cannot build the stand-in images: {exc}", pytrace=False)
+    if made:
+        report(
+            f"stand-ins used (built from Debian's packages): {', '.join(made)} "
+            f"(ready in {time.monotonic() - start:.1f} s)"
+        )
+    return made
+
+
+@pytest.fixture(scope="session")
+def compose_file(
+    standins: list[str], tmp_path_factory: pytest.TempPathFactory, report: Report
+) -> Path:
+    rabbitmq_standin = any(name.startswith("rabbitmq:") for name in standins)
+    path, changes = translate(tmp_path_factory.mktemp("compose"), rabbitmq_standin)
+    for change in changes:
+        report(f"translated: {change}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def built(engine: Engine, compose_file: Path, report: Report) -> str:
+    """The project's image, built once from its Dockerfile by compose."""
+    start = time.monotonic()
+    Stack(engine, compose_file, "aifibuild", Secrets()).compose("build", "gateway", timeout_s=600)
+    report(f"image built in {time.monotonic() - start:.1f} s")
+    return "aifi-gateway:local"
+
+
+def new_stack(engine: Engine, compose_file: Path, *profiles: str) -> Stack:
+    project = f"aifi{uuid.uuid4().hex[:8]}"
+    return Stack(engine, compose_file, project, Secrets(), profiles)
+
+
+@pytest.fixture(scope="module")
+def default_stack(engine: Engine, compose_file: Path, built: str) -> Iterator[Stack]:
+    stack = new_stack(engine, compose_file)
+    try:
+        yield stack
+    finally:
+        stack.compose("down", "-v", "--remove-orphans", timeout_s=180)
+
+
+def url(engine: Engine, port: int, path: str) -> str:
+    return f"http://{engine.address}:{port}{path}"
+
+
+async def answered(engine: Engine, timeout_s: float) -> float:
+    """Seconds until the gateway's published port answers its /healthz with 200."""
+    start = time.monotonic()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        while time.monotonic() - start < timeout_s:
+            try:
+                async with session.get(url(engine, 8080, "/healthz")) as response:
+                    if response.status == 200:
+                        return time.monotonic() - start
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"the gateway did not answer on {engine.address}:8080 in {timeout_s} s")
+
+
+async def post_examples(stack: Stack) -> dict[str, int]:
+    headers = {
+        "Authorization": f"Bearer {stack.keys.gateway_token}",
+        "Content-Type": "application/json",
+    }
+    statuses = {}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        for kind in ("entered", "left", "tracking"):
+            body = (EXAMPLES / f"{kind}.json").read_bytes()
+            async with session.post(
+                url(stack.engine, 8080, f"/webhooks/aifi/{kind}"), data=body
+            ) as r:
+                statuses[kind] = r.status
+    return statuses
+
+
+async def presence_get(stack: Stack, path: str) -> tuple[int, dict[str, object]]:
+    headers = {"Authorization": f"Bearer {stack.keys.presence_token}"}
+    async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=10)) as s:
+        try:
+            async with s.get(url(stack.engine, 8090, path)) as response:
+                body = await response.read()
+                return response.status, (orjson.loads(body) if response.status == 200 else {})
+        except (aiohttp.ClientError, TimeoutError):
+            return 0, {}
+
+
+async def send_visits(stack: Stack, batch: list[str], sent: Sent, concurrency: int = 8) -> Sent:
+    """POST one `entered` webhook per marker (its session id) to the published port."""
+    template = orjson.loads((EXAMPLES / "entered.json").read_bytes())
+    headers = {
+        "Authorization": f"Bearer {stack.keys.gateway_token}",
+        "Content-Type": "application/json",
+    }
+    slots = asyncio.Semaphore(concurrency)
+    target = url(stack.engine, 8080, "/webhooks/aifi/entered")
+    async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=30)) as s:
+
+        async def one(marker: str) -> None:
+            async with slots:
+                await post_one(s, target, marker, marked_body(template, marker), sent)
+
+        await asyncio.gather(*(one(m) for m in batch))
+    return sent
+
+
+async def in_ledger(
+    stack: Stack, wanted: set[str], timeout_s: float
+) -> dict[str, dict[str, object]]:
+    """The presence API's record of each session in `wanted`, polled until all are there or
+    `timeout_s` passed (then those found)."""
+    found: dict[str, dict[str, object]] = {}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and found.keys() < wanted:
+        for marker in sorted(wanted - found.keys()):
+            status, body = await presence_get(stack, f"/sessions/{marker}")
+            if status == 200:
+                found[marker] = body
+        if found.keys() < wanted:
+            await asyncio.sleep(1)
+    return found
+
+
+def figures(report: Report, scenario: str, sent: Sent, batch: list[str], arrived: set[str]) -> int:
+    lost = len(sent.acknowledged - arrived)
+    report(
+        f"{scenario}: sent {len(batch)}, answered 200 {len(sent.acknowledged)}, "
+        f"arrived {len(arrived & sent.acknowledged)}, lost {lost}"
+    )
+    return lost
+
+
+async def test_default_stack_healthy_and_examples_reach_the_presence_api(
+    default_stack: Stack, report: Report
+) -> None:
+    start = time.monotonic()
+    await asyncio.to_thread(default_stack.compose, "up", "-d")
+    up_s = time.monotonic() - start
+    # Right after `up`: as soon as the gateway answers, before the workers are up.
+    gateway_s = await answered(default_stack.engine, HEALTHY_TIMEOUT_S)
+    statuses = await post_examples(default_stack)
+    assert statuses == {"entered": 200, "left": 200, "tracking": 200}
+    healthy_s = await asyncio.to_thread(default_stack.wait_settled, DEFAULT, HEALTHY_TIMEOUT_S)
+    report(
+        f"default stack: `up -d` {up_s:.1f} s, gateway answering {up_s + gateway_s:.1f} s, "
+        f"all healthy {up_s + healthy_s:.1f} s after `up`"
+    )
+    session = json.loads((EXAMPLES / "entered.json").read_text())["sessionId"]
+    visit = await in_ledger(default_stack, {session}, ARRIVAL_TIMEOUT_S)
+    status, tracking = await presence_get(default_stack, "/tracking/string")
+    report(
+        f"default stack: examples posted {sum(s == 200 for s in statuses.values())}/3 "
+        f"answered 200; visit in the ledger: {bool(visit)}, tracking match: {status == 200}"
+    )
+    assert visit, "the example visit never reached the presence API (stuck in aifi.unrouted?)"
+    assert visit[session]["personsEntered"] == 1
+    assert visit[session]["personsExited"] == 1
+    assert status == 200
+    assert tracking["matched"] is True
+
+
+async def test_broker_away_gateway_restarted_meanwhile_lost_0(
+    default_stack: Stack, report: Report
+) -> None:
+    """Webhooks while RabbitMQ is stopped, the gateway container restarted in between:
+    every one answered 200 reaches the ledger once the broker is back."""
+    stack, run = default_stack, f"away-{uuid.uuid4().hex[:6]}"
+    await asyncio.to_thread(stack.compose, "up", "-d")
+    await asyncio.to_thread(stack.wait_settled, DEFAULT, HEALTHY_TIMEOUT_S)
+    batch, sent = markers(run, 200), Sent()
+    await asyncio.to_thread(stack.compose, "stop", "rabbitmq")
+    await send_visits(stack, batch[:100], sent)
+    await asyncio.to_thread(stack.compose, "restart", "gateway")
+    await answered(stack.engine, HEALTHY_TIMEOUT_S)
+    await send_visits(stack, batch[100:], sent)
+    await asyncio.to_thread(stack.compose, "start", "rabbitmq")
+    arrived = await in_ledger(stack, sent.acknowledged, ARRIVAL_TIMEOUT_S)
+    lost = figures(report, "broker away, gateway restarted", sent, batch, set(arrived))
+    assert sent.acknowledged, f"nothing answered 200: {set(sent.status.values())}"
+    assert lost == 0, sorted(sent.acknowledged - arrived.keys())[:10]
+    assert all(v["personsEntered"] == 1 for v in arrived.values())
+
+
+async def test_down_then_up_keeps_the_ledger_and_the_spool(
+    default_stack: Stack, report: Report
+) -> None:
+    """Events spooled while the broker is stopped survive `down` and `up` (the spool
+    volume) and then reach the ledger, which kept the earlier visits (the ledger volume)."""
+    stack, run = default_stack, f"spooled-{uuid.uuid4().hex[:6]}"
+    await asyncio.to_thread(stack.compose, "up", "-d")
+    await asyncio.to_thread(stack.wait_settled, DEFAULT, HEALTHY_TIMEOUT_S)
+    kept = set(markers(f"{run}-kept", 5))
+    earlier = await send_visits(stack, sorted(kept), Sent())
+    before = await in_ledger(stack, earlier.acknowledged, ARRIVAL_TIMEOUT_S)
+    batch, sent = markers(run, 50), Sent()
+    await asyncio.to_thread(stack.compose, "stop", "rabbitmq")
+    await send_visits(stack, batch, sent)
+    await asyncio.to_thread(stack.compose, "down")
+    left = stack.containers(), stack.engine.ids("network", stack.label())
+    volumes = stack.engine.ids("volume", stack.label())
+    report(
+        f"after `down`: containers {len(left[0])}, networks {len(left[1])}, "
+        f"volumes kept {len(volumes)}"
+    )
+    assert left == ({}, []), f"`down` left {left}"
+    assert {f"{stack.project}_spool", f"{stack.project}_ledger"} <= set(volumes)
+    start = time.monotonic()
+    await asyncio.to_thread(stack.compose, "up", "-d")
+    await asyncio.to_thread(stack.wait_settled, DEFAULT, HEALTHY_TIMEOUT_S)
+    healthy_s = time.monotonic() - start
+    arrived = await in_ledger(stack, sent.acknowledged | kept, ARRIVAL_TIMEOUT_S)
+    report(
+        f"`down` + `up`: healthy {healthy_s:.1f} s after `up`; "
+        f"earlier visits kept {len(kept & arrived.keys())}/5"
+    )
+    lost = figures(report, "spooled across down/up", sent, batch, set(arrived))
+    assert before.keys() == kept, "the earlier visits were not in the ledger before `down`"
+    assert kept <= arrived.keys(), "`down` + `up` lost the ledger"
+    assert len(sent.acknowledged) == len(batch)
+    assert lost == 0, sorted(sent.acknowledged - arrived.keys())[:10]
+
+
+def test_down_leaves_nothing_running(default_stack: Stack, report: Report) -> None:
+    stack = default_stack
+    stack.compose("up", "-d")
+    running = len(stack.containers())
+    stack.compose("down", "-v")
+    left = (
+        stack.containers(),
+        stack.engine.ids("network", stack.label()),
+        stack.engine.ids("volume", stack.label()),
+    )
+    report(
+        f"`down -v`: containers {running} -> {len(left[0])}, networks left {len(left[1])}, "
+        f"volumes left {len(left[2])}; engine-wide running: {len(stack.engine.ids('container'))}"
+    )
+    assert running >= len(DEFAULT)
+    assert left == ({}, [], [])
+    assert stack.engine.ids("container") == []
