@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -39,6 +40,7 @@ from tests.support.dockerengine import (
     private_engine,
 )
 from tests.support.loadcheck import Sent, marked_body, markers, post_one
+from tests.support.processes import child_environ
 
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(900)]
 
@@ -355,3 +357,174 @@ def test_down_leaves_nothing_running(default_stack: Stack, report: Report) -> No
     assert running >= len(DEFAULT)
     assert left == ({}, [], [])
     assert stack.engine.ids("container") == []
+
+
+@pytest.fixture
+def fresh_stack(engine: Engine, compose_file: Path, built: str) -> Iterator[Callable[..., Stack]]:
+    """A new project (fresh volumes) per call, each taken `down -v` at the end."""
+    made: list[Stack] = []
+
+    def make(*profiles: str) -> Stack:
+        made.append(new_stack(engine, compose_file, *profiles))
+        return made[-1]
+
+    yield make
+    for stack in made:
+        stack.compose("down", "-v", "--remove-orphans", timeout_s=180)
+
+
+def in_namespace(stack: Stack, *argv: str) -> str:
+    """Run the project's Python with `argv` inside the engine's namespace (where the
+    compose network's containers are reachable) and return its output."""
+    netns = f"--net=/var/run/netns/{PREFIX}{stack.engine.tag}"
+    done = subprocess.run(
+        ["nsenter", netns, sys.executable, *argv],
+        cwd=ROOT,
+        env=child_environ(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def address_of(stack: Stack, service: str) -> str:
+    return stack.engine.docker(
+        "inspect",
+        "--format",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        stack.container(service),
+    ).strip()
+
+
+async def test_upgrade_migrate_gives_an_earlier_queue_its_new_arguments_with_its_messages(
+    fresh_stack: Callable[..., Stack], report: Report
+) -> None:
+    """An earlier release's `aifi.entered` (other arguments) holding visits the gateway
+    published: `up` runs `migrate`, the worker starts, and every visit reaches the ledger."""
+    stack, run = fresh_stack(), f"upgrade-{uuid.uuid4().hex[:6]}"
+    await asyncio.to_thread(stack.compose, "up", "-d", "gateway")
+    await asyncio.to_thread(stack.wait_settled, ["rabbitmq", "gateway"], HEALTHY_TIMEOUT_S)
+    amqp = f"amqp://aifi:{stack.keys.rabbitmq_password}@{address_of(stack, 'rabbitmq')}:5672/"
+    in_namespace(
+        stack, "-m", "tests.support.nsamqp", "old-queue", amqp, "aifi.entered", "entered.#"
+    )
+    batch, sent = markers(run, 40), Sent()
+    await send_visits(stack, batch, sent)
+    depth = await wait_depth(stack, amqp, "aifi.entered", len(sent.acknowledged))
+    start = time.monotonic()
+    await asyncio.to_thread(stack.compose, "up", "-d")
+    await asyncio.to_thread(stack.wait_settled, DEFAULT, HEALTHY_TIMEOUT_S)
+    healthy_s = time.monotonic() - start
+    migrated = "aifi.entered" in stack.compose("logs", "--no-color", "migrate")
+    arrived = await in_ledger(stack, sent.acknowledged, ARRIVAL_TIMEOUT_S)
+    report(
+        f"upgrade: {depth} messages in the earlier queue; healthy {healthy_s:.1f} s "
+        f"after `up`; migrate names the queue: {migrated}"
+    )
+    lost = figures(report, "upgrade", sent, batch, set(arrived))
+    assert depth == len(batch) == len(sent.acknowledged)
+    assert lost == 0, sorted(sent.acknowledged - arrived.keys())[:10]
+
+
+async def wait_depth(stack: Stack, amqp: str, queue: str, count: int, timeout_s: float = 60) -> int:
+    """The queue's depth once it reaches `count` (or whatever it is after `timeout_s`)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        argv = ("-m", "tests.support.nsamqp", "depth", amqp, queue)
+        depth = int((await asyncio.to_thread(in_namespace, stack, *argv)).strip())
+        if depth >= count or time.monotonic() > deadline:
+            return depth
+        await asyncio.sleep(0.5)
+
+
+async def test_postgres_profile_two_entered_workers_each_visit_once(
+    fresh_stack: Callable[..., Stack], report: Report
+) -> None:
+    stack, run = fresh_stack("postgres"), f"pg-{uuid.uuid4().hex[:6]}"
+    services = [
+        "gateway",
+        "consumer-entered-pg",
+        "consumer-exited-pg",
+        "consumer-tracking-pg",
+        "presence-pg",
+    ]
+    start = time.monotonic()
+    await asyncio.to_thread(
+        stack.compose, "up", "-d", "--scale", "consumer-entered-pg=2", *services
+    )
+    await asyncio.to_thread(stack.wait_settled, PG, HEALTHY_TIMEOUT_S)
+    healthy_s = time.monotonic() - start
+    workers = [n for n in stack.containers() if "consumer-entered-pg" in n]
+    batch = markers(run, 200)
+    sent = await send_visits(stack, batch, Sent())
+    arrived = await in_ledger(stack, sent.acknowledged, ARRIVAL_TIMEOUT_S)
+    twice = {m for m, v in arrived.items() if v["personsEntered"] != 1}
+    report(
+        f"postgres profile: {len(workers)} entered workers, healthy {healthy_s:.1f} s "
+        f"after `up`; visits counted other than once: {len(twice)}"
+    )
+    lost = figures(report, "postgres profile", sent, batch, set(arrived))
+    assert len(workers) == 2
+    assert len(sent.acknowledged) == len(batch)
+    assert lost == 0, sorted(sent.acknowledged - arrived.keys())[:10]
+    assert not twice, sorted(twice)[:10]
+
+
+def test_the_image_holds_no_secret_and_no_development_file(
+    engine: Engine, built: str, tmp_path: Path, report: Report
+) -> None:
+    listing = engine.docker(
+        "run",
+        "--rm",
+        "--entrypoint",
+        "python",
+        built,
+        "-c",
+        "import os; print('\\n'.join(sorted(os.listdir('/app'))))",
+    ).split()
+    size_mb = int(engine.docker("image", "inspect", "--format", "{{.Size}}", built)) / 1e6
+    history = engine.docker("history", "--no-trunc", built)
+    saved = tmp_path / "image.tar"
+    engine.docker("save", "-o", str(saved), built)
+    blob = saved.read_bytes()
+    secrets_seen = [s for s in local_secrets() if s.encode() in blob or s in history]
+    dev = sorted(
+        set(listing)
+        & {
+            "tests",
+            ".git",
+            "bench",
+            "devtools",
+            ".venv",
+            "node_modules",
+            "data/dev-token",
+            ".env",
+            ".rabbitmq",
+            "package.json",
+        }
+    )
+    report(
+        f"image {built}: {size_mb:.0f} MB; /app holds {', '.join(listing)}; "
+        f"development files: {dev or 'none'}; local secrets found: {len(secrets_seen)}"
+    )
+    assert not dev
+    assert not secrets_seen
+
+
+def local_secrets() -> list[str]:
+    """What a careless build could copy in: the clone's development tokens and .env values."""
+    found = []
+    for name in ("data/dev-token", "data/dev-presence-token"):
+        path = ROOT / name
+        if path.exists() and (value := path.read_text().strip()):
+            found.append(value)
+    env = ROOT / ".env"
+    if env.exists():
+        found += [
+            line.split("=", 1)[1].strip()
+            for line in env.read_text().splitlines()
+            if "=" in line and len(line.split("=", 1)[1].strip()) >= 8
+        ]
+    return found
