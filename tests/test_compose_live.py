@@ -528,3 +528,62 @@ def local_secrets() -> list[str]:
             if "=" in line and len(line.split("=", 1)[1].strip()) >= 8
         ]
     return found
+
+
+def management(stack: Stack, path: str) -> list[dict[str, object]]:
+    """GET the management API that rabbitmq-1 publishes on the namespace's loopback."""
+    netns = f"--net=/var/run/netns/{PREFIX}{stack.engine.tag}"
+    config = f'user = "aifi:{stack.keys.rabbitmq_password}"\n'  # on stdin, never in argv
+    done = subprocess.run(
+        [
+            "nsenter",
+            netns,
+            "curl",
+            "-sSf",
+            "--max-time",
+            "10",
+            "-K",
+            "-",
+            f"http://127.0.0.1:15672{path}",
+        ],
+        input=config,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    found: list[dict[str, object]] = json.loads(done.stdout)
+    return found
+
+
+async def test_cluster_profile_kill_the_gateways_node_under_load_lost_0(
+    fresh_stack: Callable[..., Stack], report: Report
+) -> None:
+    stack, run = fresh_stack("cluster"), f"cluster-{uuid.uuid4().hex[:6]}"
+    start = time.monotonic()
+    # `presence` too: the cluster's workers keep the same ledger volume it reads.
+    await asyncio.to_thread(stack.compose, "up", "-d", *CLUSTER[4:], "presence")
+    await asyncio.to_thread(stack.wait_settled, [*CLUSTER, "presence"], HEALTHY_TIMEOUT_S)
+    healthy_s = time.monotonic() - start
+    running = sorted(str(n["name"]) for n in management(stack, "/api/nodes") if n.get("running"))
+    gateway_ip = address_of(stack, "gateway-cluster")
+    connections = management(stack, "/api/connections")
+    nodes = {str(c["node"]) for c in connections if c.get("peer_host") == gateway_ip}
+    report(
+        f"cluster profile: healthy {healthy_s:.1f} s after `up`; running nodes {running}; "
+        f"the gateway is connected to {sorted(nodes)}"
+    )
+    assert running == ["rabbit@rabbitmq-1", "rabbit@rabbitmq-2", "rabbit@rabbitmq-3"]
+    assert len(nodes) == 1, connections
+    victim = nodes.pop().split("@", 1)[1]
+    batch, sent = markers(run, 400), Sent()
+    await send_visits(stack, batch[:100], sent, concurrency=4)
+    # The node dies while the next 200 are being sent; the last 100 come after.
+    kill = asyncio.to_thread(stack.engine.docker, "kill", stack.container(victim))
+    await asyncio.gather(kill, send_visits(stack, batch[100:300], sent, concurrency=4))
+    await send_visits(stack, batch[300:], sent, concurrency=4)
+    arrived = await in_ledger(stack, sent.acknowledged, ARRIVAL_TIMEOUT_S)
+    report(f"cluster profile: killed {victim} after 100 answers, while 200 more were sent")
+    lost = figures(report, "cluster, gateway's node killed", sent, batch, set(arrived))
+    assert sent.acknowledged >= set(batch[300:]), "the gateway stopped answering"
+    assert lost == 0, sorted(sent.acknowledged - arrived.keys())[:10]
