@@ -13,7 +13,7 @@ PYTEST_ARGS ?= -q
 # The fast loop: no broker, no fault, fuzz or load suite (markers in pyproject.toml).
 FAST_MARKERS := not broker and not slow and not cluster and not compose
 
-.PHONY: wrk docker run test test-fast test-cluster bench tail spool lint rabbitmq-server postgresql broker broker-stop clean
+.PHONY: wrk docker prometheus test-alerts run test test-fast test-cluster bench tail spool lint rabbitmq-server postgresql broker broker-stop clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,8 +54,14 @@ lint: $(VENV)/.installed
 
 # The suite starts a private node of its own (tests/conftest.py) and never uses the
 # broker of a running `make run`.
-test: lint rabbitmq-server postgresql node_modules/.installed docker
-	$(VENV)/bin/pytest $(PYTEST_ARGS) -m "not cluster"
+test: lint rabbitmq-server postgresql prometheus node_modules/.installed docker
+	$(VENV)/bin/pytest $(PYTEST_ARGS) -m "not cluster and not alerts"
+
+# The alert rules live (tests/test_alerts_live.py): RabbitMQ stopped and started, a worker
+# killed, under the shipped `for:` durations; minutes long, so not in `make test`. -rP prints
+# the measured times from each fault to its alerts firing.
+test-alerts: rabbitmq-server prometheus
+	$(VENV)/bin/pytest $(PYTEST_ARGS) -rP -m alerts
 
 test-fast: $(VENV)/.installed
 	$(VENV)/bin/pytest $(PYTEST_ARGS) -m "$(FAST_MARKERS)"
@@ -75,6 +81,10 @@ docker:
 # an aiohttp client, whose own cost narrows the gaps between servers.
 wrk:
 	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+
+# Debian's Prometheus: promtool for the rule tests, the server for the dashboard and alert tests.
+prometheus:
+	command -v prometheus >/dev/null || { apt-get update -qq && apt-get install -y -qq prometheus; }
 
 bench: rabbitmq-server postgresql wrk
 	AIFI_AMQP_URL="$(AIFI_AMQP_URL)" $(PY) -m devtools.rabbitnode with \

@@ -169,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ratios=ratios({f.name: f for f in outcome.figures}, pair),
     )
     print_report(run)
-    # A partial or profiled run must not overwrite the full figures README quotes.
+    # A partial or profiled run must not overwrite the full figures docs/performance.md quotes.
     stem = "latest" if args.only is None and not args.profile else "partial"
     write_results(args.results, stem, run)
     failed = presence(args, stem) if PRESENCE in names else 0

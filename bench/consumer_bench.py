@@ -33,6 +33,7 @@ from bench import DEFAULT_AMQP_URL
 from consumers import ledger, testing, topology
 from consumers.ledger import LedgerDB
 from consumers.runner import Worker
+from core import contract
 from core.settings import AmqpSettings, ConsumerSettings, LedgerSettings
 from tests.support import broker
 from tests.support.consumer import Scratch
@@ -87,7 +88,7 @@ async def bare(url: str, name: str, prefetch: int, count: int) -> float:
     async with connection, connection.channel() as channel:
         await channel.set_qos(prefetch_count=prefetch)
         acker = Acker(count)
-        queue = await channel.get_queue(topology.queue_name(name))
+        queue = await channel.get_queue(contract.queue_name(name))
         await queue.consume(acker)
         await asyncio.wait_for(acker.done.wait(), TIMEOUT_S)
         return time.perf_counter() - started

@@ -39,7 +39,8 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from bench import DEFAULT_AMQP_URL
 from bench.consumer_bench import fill, scratch_queues
-from consumers import ledger, topology
+from consumers import ledger
+from core import contract
 from core.settings import ConsumerSettings, LedgerSettings
 from devtools import pgnode
 from devtools.rabbitnode import free_port
@@ -224,7 +225,7 @@ async def one_kind(
     count: int,
 ) -> Figures:  # fmt: skip
     if kind == "bare":
-        return await bare(amqp_url, topology.queue_name(queue[0]), count, queue[1].prefetch)
+        return await bare(amqp_url, contract.queue_name(queue[0]), count, queue[1].prefetch)
     if kind == "sqlite":
         sqlite = LedgerSettings(db=folder / "ledger.sqlite3")
         return await workers(folder, amqp_url, queue, sqlite, 1, count)

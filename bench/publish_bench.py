@@ -127,7 +127,7 @@ async def measure(url: str, count: int, rounds: int) -> dict[str, tuple[float, f
     batch = outbounds(count, routing_key)
     connection = await aio_pika.connect(url)
     async with (
-        Publisher(AmqpSettings(urls=(url,))) as publisher,
+        Publisher(AmqpSettings(urls=(url,)), {}) as publisher,
         connection,
         connection.channel(publisher_confirms=True) as channel,
     ):

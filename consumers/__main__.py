@@ -2,6 +2,7 @@
 
 `aifi-consumer replay NAME [--limit N]` moves NAME's dead letters back to its queue.
 `aifi-consumer migrate [NAME ...]` gives existing queues the arguments this release declares.
+`aifi-consumer replay-unrouted [--limit N]` publishes what waits in `aifi.unrouted` again.
 Settings are loaded once, here, and handed down.
 """
 
@@ -23,12 +24,13 @@ from consumers import health, ledger
 from consumers.handler import HandlerError, Handlers, load
 from consumers.health import ConsumerState
 from consumers.migrate import MigrationError, migrate
-from consumers.replay import replay
+from consumers.replay import replay, replay_unrouted
 from consumers.runner import Worker
-from consumers.topology import TopologyError, check_name
+from consumers.topology import check_name
 from core import logs
 from core.aio import backoff_s, paused
 from core.amqp import BROKER_ERRORS
+from core.contract import UNROUTED_QUEUE
 from core.settings import (
     BUILT_IN_CONSUMERS,
     ConsumerSettings,
@@ -36,13 +38,16 @@ from core.settings import (
     SettingsError,
     load as load_settings,
 )
+from core.topology import TopologyError
 
 log = logging.getLogger("consumers")
 
 USAGE: Final = (
     "aifi-consumer NAME\n       aifi-consumer replay NAME [--limit N]"
     "\n       aifi-consumer migrate [NAME ...]"
+    "\n       aifi-consumer replay-unrouted [--limit N]"
 )
+COMMANDS: Final = ("replay", "migrate", "replay-unrouted")
 LEDGER_RETRY_MAX_S: Final = 5.0
 
 
@@ -57,18 +62,23 @@ def parse(argv: list[str]) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    command = argv[0] if argv[:1] in (["replay"], ["migrate"]) else "run"
+    command = argv[0] if argv[:1] and argv[0] in COMMANDS else "run"
     if command == "migrate":
         parser.add_argument("names", nargs="*", help="default: the built-in and configured ones")
-    else:
+    elif command != "replay-unrouted":
         parser.add_argument(
             "name", help=f"consumer name: {', '.join(BUILT_IN_CONSUMERS)} or one in config"
         )
-    if command == "replay":
+    if command in ("replay", "replay-unrouted"):
         parser.add_argument("--limit", type=int, default=None, help="move at most N messages")
     args = parser.parse_args(argv if command == "run" else argv[1:])
     args.command = command
     return args
+
+
+def all_consumers(settings: Settings) -> list[str]:
+    """The built-in consumers and the configured ones."""
+    return sorted({*BUILT_IN_CONSUMERS, *settings.consumers})
 
 
 def consumer_settings(settings: Settings, name: str) -> ConsumerSettings:
@@ -161,6 +171,13 @@ async def replay_and_report(
     sys.stdout.write(orjson.dumps({"consumer": name, "moved": moved}).decode() + "\n")
 
 
+async def replay_unrouted_and_report(
+    settings: Settings, consumers: dict[str, ConsumerSettings], limit: int | None
+) -> None:
+    moved = await replay_unrouted(settings.amqp, consumers, limit)
+    sys.stdout.write(orjson.dumps({"queue": UNROUTED_QUEUE, "moved": moved}).decode() + "\n")
+
+
 async def migrate_and_report(settings: Settings, consumers: dict[str, ConsumerSettings]) -> None:
     moved = await migrate(settings.amqp, consumers)
     sys.stdout.write(orjson.dumps({"migrated": moved}).decode() + "\n")
@@ -176,8 +193,12 @@ def main(argv: list[str] | None = None) -> None:
         settings = load_settings()
         logs.configure(settings.log.level)
         if args.command == "migrate":
-            names = args.names or sorted({*BUILT_IN_CONSUMERS, *settings.consumers})
+            names = args.names or all_consumers(settings)
             run(migrate_and_report(settings, {n: consumer_settings(settings, n) for n in names}))
+            return
+        if args.command == "replay-unrouted":
+            consumers = {n: consumer_settings(settings, n) for n in all_consumers(settings)}
+            run(replay_unrouted_and_report(settings, consumers, args.limit))
             return
         consumer = consumer_settings(settings, args.name)
         if args.command == "replay":

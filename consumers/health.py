@@ -49,6 +49,8 @@ class ConsumerState:
     handler_calls: int = 0
     handler_seconds: float = 0.0
     last_error: str | None = None
+    # Messages waiting in its queue, its dead-letter queue and aifi.unrouted, by queue name.
+    queued: dict[str, int] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
 
     @contextlib.contextmanager
@@ -114,8 +116,23 @@ class StateCollector(Collector):
         for name, doc, flag in (
             ("connected", "1 while connected to the broker", state.connected),
             ("consuming", "1 while consuming its queue", state.consuming),
+            # The ledger: being opened (`starting`), or its database away mid-stream.
+            ("starting", "1 until it can consume (its ledger being opened)", bool(state.starting)),
+            (
+                "waiting",
+                "1 while its handler waits (the ledger's database away)",
+                bool(state.waiting),
+            ),
         ):
             yield gauge(f"aifi_consumer_{name}", doc, labels, float(flag))
+        queued = GaugeMetricFamily(
+            "aifi_consumer_queue_messages",
+            "messages waiting in a queue it reads (its own, its dead letters, aifi.unrouted)",
+            labels=["consumer", "queue"],
+        )
+        for queue, count in sorted(state.queued.items()):
+            queued.add_metric([state.consumer, queue], count)
+        yield queued
         latency = SummaryMetricFamily(
             "aifi_consumer_handler_seconds", "handler calls and their time", labels=["consumer"]
         )

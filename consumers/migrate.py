@@ -25,11 +25,11 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
-from consumers import topology
 from consumers.settlement import ACK_GRACE_S, copy
-from consumers.topology import QueueSpec, queue_specs
+from core import topology
 from core.amqp import KEEP_DELIVERY_LIMIT, connect_first, declare_unrouted_exchange
 from core.settings import AmqpSettings, ConsumerSettings
+from core.topology import QueueSpec
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +52,6 @@ def holding(spec: QueueSpec) -> QueueSpec:
     return QueueSpec(spec.name + HOLDING_SUFFIX, dict(HOLDING_ARGUMENTS), spec.bindings)
 
 
-def specs(consumers: Mapping[str, ConsumerSettings]) -> list[QueueSpec]:
-    return [spec for name, settings in consumers.items() for spec in queue_specs(name, settings)]
-
-
 async def migrate(amqp: AmqpSettings, consumers: Mapping[str, ConsumerSettings]) -> dict[str, int]:
     """Migrate what differs: `aifi.unrouted` and the queues of `consumers`; return the
     messages moved, by queue (none: nothing differed)."""
@@ -68,7 +64,7 @@ async def migrate(amqp: AmqpSettings, consumers: Mapping[str, ConsumerSettings])
         moved = await _each(connection, [topology.unrouted_spec()], amqp.publish_timeout_s)
         async with connection.channel() as channel:
             await topology.declare_exchanges(channel)
-        moved |= await _each(connection, specs(consumers), amqp.publish_timeout_s)
+        moved |= await _each(connection, topology.all_specs(consumers), amqp.publish_timeout_s)
     return moved
 
 

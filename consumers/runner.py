@@ -9,17 +9,20 @@ from collections.abc import Awaitable, Sequence
 from typing import Final
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
 from consumers.handler import Handlers, Reject, RetryLater
 from consumers.health import ConsumerState
 from consumers.settlement import ACK_GRACE_S, Settler, describe
-from consumers.topology import TopologyError, declare
-from core.aio import first_of
-from core.amqp import reconnecting
+from consumers.topology import declare
+from core import contract
+from core.aio import first_of, stop_task
+from core.amqp import BROKER_ERRORS, reconnecting
 from core.contract import Event, InvalidEvent
 from core.logs import redact
 from core.settings import AmqpSettings, ConsumerSettings
+from core.topology import TopologyError
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,8 @@ Delivery = AbstractIncomingMessage
 Inbox = asyncio.Queue[Delivery | None]
 Decoded = tuple[Delivery, Event]
 END: Final = None
+# How often a worker counts what waits in its queues and in `aifi.unrouted` (for /metrics).
+QUEUE_COUNT_INTERVAL_S: Final = 15.0
 
 
 class ConnectionLost(ConnectionError):
@@ -106,6 +111,7 @@ class Worker:
         self._settings = settings
         self._amqp = amqp
         self._handler = handler
+        self.count_interval_s = QUEUE_COUNT_INTERVAL_S
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, consume, and reconnect with backoff until `stop` is set."""
@@ -149,11 +155,13 @@ class Worker:
                 queue, settler = await self._prepare(channel)
             cancelled = await broker_cancel(channel)
             lost = asyncio.ensure_future(first_of(connection.closed(), channel.closed(), cancelled))
+            counting = asyncio.create_task(self._count_queued(connection))
             self.state.connected = True
             try:
                 await self._consume(queue, settler, stop, lost)
             finally:
                 lost.cancel()
+                await stop_task(counting)
                 self.state.connected = self.state.consuming = False
         if stop.is_set():
             return
@@ -165,6 +173,32 @@ class Worker:
             self._note_failure("consumer cancelled by the broker; reconnecting", url, reason)
         else:
             self._note_failure("amqp connection lost", url, ConnectionLost())
+
+    async def _count_queued(self, connection: AbstractConnection) -> None:
+        """Count, now and every `count_interval_s`, the messages waiting in the worker's
+        queue, its dead-letter queue and `aifi.unrouted` (which only the broker sees). On
+        a channel of its own: a passive declare of a missing queue closes its channel."""
+        names = (contract.queue_name(self.name), contract.dead_queue_name(self.name))
+        try:
+            channel = await connection.channel()
+            while True:
+                for name in (*names, contract.UNROUTED_QUEUE):
+                    channel = await self._count(channel, connection, name)
+                await asyncio.sleep(self.count_interval_s)
+        except BROKER_ERRORS as exc:  # the session ends too, and the next one counts again
+            log.debug("queue count stopped", extra={"consumer": self.name, "error": repr(exc)})
+
+    async def _count(
+        self, channel: AbstractChannel, connection: AbstractConnection, name: str
+    ) -> AbstractChannel:
+        """Count `name` into the state; the channel to go on with (a new one if it is gone)."""
+        try:
+            declared = await channel.declare_queue(name, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            self.state.queued.pop(name, None)
+            return await connection.channel()
+        self.state.queued[name] = declared.declaration_result.message_count or 0
+        return channel
 
     async def _prepare(self, channel: AbstractChannel) -> tuple[AbstractQueue, Settler]:
         await channel.set_qos(prefetch_count=self._settings.prefetch)

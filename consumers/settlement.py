@@ -22,10 +22,10 @@ from typing import Any, Final
 import aio_pika
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, DateType, DeliveryMode
 
-from consumers import topology
 from consumers.handler import Reject
 from consumers.health import ConsumerState
 from consumers.topology import Topology
+from core import topology
 from core.contract import (  # where the tests and tools have found them
     ATTEMPTS_HEADER as ATTEMPTS_HEADER,
     FAILED_AT_HEADER as FAILED_AT_HEADER,

@@ -1,56 +1,27 @@
-"""Per-consumer queues, declared idempotently at start; the same on RabbitMQ 3.10 and 4.x.
-
-    aifi.events --<bindings>--> aifi.<name>  (quorum, delivery limit)
-                                  | dead-lettered by the broker (delivery limit), at least once
-                                  v
-    aifi.dead ------<name>----> aifi.<name>.dead  (quorum, never drops)
-    aifi.delay --<name>.<ms>--> aifi.<name>.retry.<ms>  (quorum, TTL <ms>)
-                                  | expired, dead-lettered at least once
-                                  v
-    aifi.redeliver --<name>---> aifi.<name>
-
-A retry goes through the delay exchange rather than back through `aifi.events`, so that
-it reaches only the consumer that failed it, not every queue bound to its routing key.
-"""
+"""A worker's own view of its queues (see `core.topology` for the queues themselves): what
+it publishes to and consumes from once it has declared them."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
-import aiormq
-from aio_pika import ExchangeType
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 
-from core import contract
-from core.amqp import KEEP_DELIVERY_LIMIT, UNROUTED_ARGUMENTS, declare_topology
-
-# The names are the contract's, re-exported for the worker's own modules.
 from core.contract import (
-    DEAD_EXCHANGE as DEAD_EXCHANGE,
-    DELAY_EXCHANGE as DELAY_EXCHANGE,
-    REDELIVER_EXCHANGE as REDELIVER_EXCHANGE,
-    dead_queue_name as dead_queue_name,
-    delay_queue_name as delay_queue_name,
-    queue_name as queue_name,
+    DEAD_EXCHANGE,
+    DELAY_EXCHANGE,
+    REDELIVER_EXCHANGE,
+    dead_queue_name,
+    delay_queue_name,
+    queue_name,
 )
 from core.settings import ConsumerSettings
+from core.topology import declare_exchanges, declare_spec, delays_ms, queue_specs
 
 # A name ends up in queue names and routing keys, where dots would read as separators.
 NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,100}")
-# A quorum queue dead-letters at least once only when it refuses publishes when full.
-AT_LEAST_ONCE: Final = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
-# Dead letters are returned when a replay fails or an operator peeks with requeue; with no
-# explicit limit, RabbitMQ 4.x deletes one at its 21st return.
-DEAD_ARGUMENTS: Final[dict[str, Any]] = {
-    "x-queue-type": "quorum",
-    "x-delivery-limit": KEEP_DELIVERY_LIMIT,
-}
-
-
-class TopologyError(Exception):
-    """The broker holds a queue of this name with other arguments; restarting will not help."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,87 +33,10 @@ class Topology:
     dead: AbstractExchange
 
 
-def delay_key(name: str, delay_ms: int) -> str:
-    return f"{name}.{delay_ms}"
-
-
-def bindings(name: str, settings: ConsumerSettings) -> tuple[str, ...]:
-    return settings.bindings or (f"{name}.#",)
-
-
-def backoff_ms(settings: ConsumerSettings, failures: int) -> int:
-    """The wait before the attempt that follows the `failures`-th failure."""
-    return min(settings.retry_max_ms, settings.retry_base_ms << (failures - 1))
-
-
-def delays_ms(settings: ConsumerSettings) -> list[int]:
-    """One delay queue per distinct backoff step."""
-    return sorted({backoff_ms(settings, n) for n in range(1, settings.max_attempts)})
-
-
-def main_arguments(name: str, settings: ConsumerSettings) -> dict[str, Any]:
-    return {
-        "x-queue-type": "quorum",
-        "x-delivery-limit": settings.delivery_limit,
-        "x-dead-letter-exchange": DEAD_EXCHANGE,
-        "x-dead-letter-routing-key": name,
-        **AT_LEAST_ONCE,
-    }
-
-
-def delay_arguments(name: str, delay_ms: int) -> dict[str, Any]:
-    return {
-        "x-queue-type": "quorum",
-        "x-message-ttl": delay_ms,
-        "x-dead-letter-exchange": REDELIVER_EXCHANGE,
-        "x-dead-letter-routing-key": name,
-        **AT_LEAST_ONCE,
-    }
-
-
 def check_name(name: str) -> str:
     if not NAME_PATTERN.fullmatch(name):
         raise ValueError(f"consumer name {name!r} must match {NAME_PATTERN.pattern}")
     return name
-
-
-@dataclass(frozen=True, slots=True)
-class QueueSpec:
-    """A queue as this release declares it: its arguments and its bindings."""
-
-    name: str
-    arguments: dict[str, Any]
-    bindings: tuple[tuple[str, str], ...]  # (exchange, routing key)
-
-
-def queue_specs(name: str, settings: ConsumerSettings) -> list[QueueSpec]:
-    """The queues of consumer `name`: its own first, then its dead letters, then delays."""
-    keys = bindings(name, settings)
-    main = [(contract.EXCHANGE, key) for key in keys] + [(REDELIVER_EXCHANGE, name)]
-    specs = [
-        QueueSpec(queue_name(name), main_arguments(name, settings), tuple(main)),
-        QueueSpec(dead_queue_name(name), dict(DEAD_ARGUMENTS), ((DEAD_EXCHANGE, name),)),
-    ]
-    for ms in delays_ms(settings):
-        binding = ((DELAY_EXCHANGE, delay_key(name, ms)),)
-        specs.append(QueueSpec(delay_queue_name(name, ms), delay_arguments(name, ms), binding))
-    return specs
-
-
-def unrouted_spec() -> QueueSpec:
-    """The gateway's `aifi.unrouted`, as `core.amqp.declare_topology` declares it."""
-    binding = ((contract.UNROUTED_EXCHANGE, contract.UNROUTED_QUEUE),)
-    return QueueSpec(contract.UNROUTED_QUEUE, dict(UNROUTED_ARGUMENTS), binding)
-
-
-async def declare_exchanges(channel: AbstractChannel) -> dict[str, AbstractExchange]:
-    """Every exchange the consumers use, by name."""
-    exchanges = {contract.EXCHANGE: await declare_topology(channel)}
-    for exchange in (DELAY_EXCHANGE, REDELIVER_EXCHANGE, DEAD_EXCHANGE):
-        exchanges[exchange] = await channel.declare_exchange(
-            exchange, ExchangeType.DIRECT, durable=True
-        )
-    return exchanges
 
 
 async def declare(channel: AbstractChannel, name: str, settings: ConsumerSettings) -> Topology:
@@ -158,20 +52,6 @@ async def declare(channel: AbstractChannel, name: str, settings: ConsumerSetting
         exchanges[REDELIVER_EXCHANGE],
         exchanges[DEAD_EXCHANGE],
     )
-
-
-async def declare_spec(channel: AbstractChannel, spec: QueueSpec) -> AbstractQueue:
-    """Declare `spec` and apply its bindings (its exchanges must exist)."""
-    try:
-        queue = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments)
-    except aiormq.exceptions.ChannelPreconditionFailed as exc:
-        raise TopologyError(
-            f"queue {spec.name} exists with other arguments ({exc}); a queue's arguments "
-            "cannot change in place: stop its workers and run `aifi-consumer migrate`"
-        ) from exc
-    for exchange, key in spec.bindings:
-        await queue.bind(exchange, key)
-    return queue
 
 
 async def delete(channel: AbstractChannel, name: str, settings: ConsumerSettings) -> None:

@@ -36,6 +36,7 @@ class PipelineCollector(Collector):
                 "1 when the AMQP channel is open",
                 int(state.broker_connected),
             ),
+            "aifi_gateway_ready": ("1 when /readyz answers 200", int(state.ready)),
         }
         for name, (doc, value) in gauges.items():
             yield GaugeMetricFamily(name, doc, value=value)

@@ -132,7 +132,7 @@ class Pipeline:
     def __init__(self, settings: Settings) -> None:
         s = settings.spool
         self.spool = Spool(s.dir, s.segment_bytes, s.max_bytes, s.fsync, s.fsync_interval_ms / 1000)
-        self.publisher = Publisher(settings.amqp)
+        self.publisher = Publisher(settings.amqp, settings.consumers)
         self.relay = Relay(self.spool, self.publisher, s.max_in_flight, s.memory_max_bytes)
         # `ack: confirmed`: how long a request waits for the broker before it is spooled.
         self._coalescer = (

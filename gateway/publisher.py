@@ -1,12 +1,13 @@
 """The AMQP side: one connection with a confirming channel, kept up while the
-`Publisher` is entered (`async with Publisher(settings) as publisher`)."""
+`Publisher` is entered (`async with Publisher(amqp, consumers) as publisher`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, Generic, TypeVar
 
 import aio_pika
@@ -17,10 +18,18 @@ from pamqp.commands import Basic
 
 from core import contract
 from core.aio import first_of, stop_task
-from core.amqp import BROKER_ERRORS, declare_topology, reconnecting
+from core.amqp import BROKER_ERRORS, reconnecting
 from core.contract import Outbound
 from core.logs import redact
-from core.settings import AmqpSettings
+from core.settings import AmqpSettings, ConsumerSettings
+from core.topology import (
+    QueueSpec,
+    TopologyError,
+    all_specs,
+    bind_existing,
+    declare_exchanges,
+    declare_spec,
+)
 from gateway.frames import PublishEncoder
 
 log = logging.getLogger(__name__)
@@ -42,8 +51,11 @@ class Unencodable(PublishError):
 class Publisher:
     """Publishes with confirms, pipelined: any number of callers await their own confirm."""
 
-    def __init__(self, settings: AmqpSettings) -> None:
+    def __init__(self, settings: AmqpSettings, consumers: Mapping[str, ConsumerSettings]) -> None:
         self._settings = settings
+        # Declared at each connection: what is accepted before a worker first ran (or after
+        # the broker lost its data) waits in its consumer's queue, not in `aifi.unrouted`.
+        self._queues = all_specs(consumers)
         self._channel: aiormq.Channel | None = None
         self._encoder: PublishEncoder | None = None
         self._confirms: Confirms[Any] | None = None
@@ -109,15 +121,21 @@ class Publisher:
         log.warning("amqp connection lost", extra={"url": redact(url)})
 
     async def _declared_channel(self, connection: AbstractConnection) -> AbstractChannel:
-        """A confirming channel once the topology is declared, or TimeoutError.
+        """A confirming channel once the exchanges and the consumers' queues are declared,
+        or TimeoutError.
 
         A node cut off from the majority of its cluster accepts the connection but
         holds every declaration (about 30 s on Khepri before it fails): bounded,
         so that the gateway moves on to the next URL.
         """
+        started = time.perf_counter()
         async with asyncio.timeout(self._settings.declare_timeout_s):
             channel = await connection.channel(publisher_confirms=True)
-            await declare_topology(channel)
+            await declare_exchanges(channel)
+            for spec in self._queues:
+                channel = await _declare_queue(connection, channel, spec)
+        took_ms = round((time.perf_counter() - started) * 1000, 1)
+        log.info("amqp topology declared", extra={"queues": len(self._queues), "took_ms": took_ms})
         return channel
 
     async def write(self, messages: Sequence[tuple[Outbound, T]], settle: Settle[T]) -> None:
@@ -148,6 +166,28 @@ class Publisher:
         # Only when the alternate exchange is gone: the event is in no queue.
         self.returns += 1
         return PublishError("returned unroutable")
+
+
+async def _declare_queue(
+    connection: AbstractConnection, channel: AbstractChannel, spec: QueueSpec
+) -> AbstractChannel:
+    """Declare `spec` on `channel`; the channel to go on with.
+
+    A queue an earlier release declared with other arguments stays as it is until `migrate`
+    moves it: bound as it is, it still receives its events, and the gateway goes on.
+    """
+    try:
+        await declare_spec(channel, spec)
+    except TopologyError as exc:
+        log.warning(
+            "queue exists with other arguments: bound as it is; stop its workers and run "
+            "`aifi-consumer migrate`",
+            extra={"queue": spec.name, "error": str(exc.__cause__)},
+        )
+        # The broker closed the channel that tried.
+        channel = await connection.channel(publisher_confirms=True)
+        await bind_existing(channel, spec)
+    return channel
 
 
 async def _write(

@@ -126,7 +126,12 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[PRESENCE].metrics.exposition()
+    presence = request.app[PRESENCE]
+    try:
+        occupancy: list[Row] | None = await presence.reader.current().occupancy()
+    except (NotOpen, LedgerUnavailable):
+        occupancy = None
+    body = presence.metrics.exposition(occupancy)
     return web.Response(body=body, headers={hdrs.CONTENT_TYPE: "text/plain; version=0.0.4"})
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from consumers.ledger import Row
 
 LATENCY_BUCKETS_S: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
 # The label of a request no route matched: its path would make a label per URL tried.
@@ -17,6 +19,7 @@ class Metrics:
     registry: CollectorRegistry
     requests: Counter
     latency: Histogram
+    occupancy: Gauge
 
     @classmethod
     def create(cls) -> Metrics:
@@ -34,11 +37,23 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S,
             registry=registry,
         )
-        return cls(registry, requests, latency)
+        occupancy = Gauge(
+            "aifi_ledger_occupancy",
+            "people inside each store, as the ledger says at scrape time",
+            ["store"],
+            registry=registry,
+        )
+        return cls(registry, requests, latency, occupancy)
 
     def observe(self, route: str, status: int, elapsed_s: float) -> None:
         self.requests.labels(route, str(status)).inc()
         self.latency.labels(route).observe(elapsed_s)
 
-    def exposition(self) -> bytes:
+    def exposition(self, occupancy: list[Row] | None) -> bytes:
+        """The metrics, with the ledger's `occupancy` rows (None: it cannot be read now,
+        and the stores are left out rather than shown as empty)."""
+        self.occupancy.clear()
+        for row in occupancy or ():
+            store = "none" if row["storeId"] is None else str(row["storeId"])
+            self.occupancy.labels(store).set(row["occupancy"])
         return generate_latest(self.registry)

@@ -3,6 +3,7 @@ per-test queues; and the session-end check that nothing the tests started outliv
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import random
@@ -30,6 +31,8 @@ from tests.support.broker import Capture
 from tests.support.consumer import Scratch
 from tests.support.gateway import gateway_settings, started_client
 from tests.support.loadcheck import Verdict
+from tests.support.monitoring import Prometheus, Stack, prometheus_for, traffic
+from tests.support.waiting import eventually
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # A PostgreSQL the ledger tests may use instead of starting one of their own (each test
@@ -188,6 +191,37 @@ async def client(settings: Settings) -> AsyncIterator[TestClient[web.Request, we
     """The gateway on a loopback port, connected to the broker."""
     async for started in started_client(settings):
         yield started
+
+
+@pytest.fixture(scope="session")
+def monitored(
+    amqp_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Stack, Prometheus]]:
+    """A gateway, a ledger worker and the presence API as processes, with some traffic, and
+    Prometheus with the project's rules scraping them every second; for the rule and
+    dashboard tests, which only read."""
+    base = tmp_path_factory.mktemp("monitored")
+    store = random.randrange(10**6, 10**9)
+    name = f"t{uuid.uuid4().hex[:16]}"
+    routes = {"bindings": [f"entered.{store}", f"exited.{store}"]}
+    stack = Stack(base / "stack", amqp_url, name, routes)
+    try:
+        stack.start()
+        traffic(stack, store)
+        with prometheus_for(base / "prometheus", stack) as prometheus:
+            asyncio.run(eventually(lambda: scraped_twice(prometheus), 60, "two scrapes"))
+            yield stack, prometheus
+    finally:
+        stack.stop()
+        asyncio.run(Scratch(amqp_url, ConsumerSettings(**routes)).delete_named(name))
+
+
+def scraped_twice(prometheus: Prometheus) -> bool:
+    """Every target up and scraped twice (rates need two samples), the ledger's rows in."""
+    counts = prometheus.query("count_over_time(up[1m]) >= 2 and up == 1")
+    return len(counts) == len(prometheus.targets) and bool(
+        prometheus.query("aifi_ledger_occupancy")
+    )
 
 
 CHECKER_VERDICTS = pytest.StashKey[list[tuple[str, dict[str, int]]]]()

@@ -78,6 +78,8 @@ async def test_metrics_report_outcomes_state_and_handler_time() -> None:
     state.connected = True
     state.acked, state.retried, state.dead_lettered = 5, 2, 1
     state.cancels = 3
+    state.waiting = "ledger unavailable: connection refused"
+    state.queued = {"aifi.exited": 4, "aifi.unrouted": 1}
     with state.timing():
         pass
     async with TestClient(TestServer(health.create_app(state))) as client:
@@ -95,6 +97,10 @@ async def test_metrics_report_outcomes_state_and_handler_time() -> None:
     assert samples[("aifi_consumer_messages_total", retried)] == 2
     assert samples[("aifi_consumer_connected", (("consumer", "exited"),))] == 1
     assert samples[("aifi_consumer_consuming", (("consumer", "exited"),))] == 0
+    assert samples[("aifi_consumer_waiting", (("consumer", "exited"),))] == 1
+    assert samples[("aifi_consumer_starting", (("consumer", "exited"),))] == 0
+    unrouted = (("consumer", "exited"), ("queue", "aifi.unrouted"))
+    assert samples[("aifi_consumer_queue_messages", unrouted)] == 1
     assert samples[("aifi_consumer_handler_seconds_count", (("consumer", "exited"),))] == 1
 
 

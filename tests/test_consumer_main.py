@@ -19,8 +19,9 @@ import yaml
 from aio_pika.abc import AbstractChannel
 
 from consumers import testing, topology
+from consumers.__main__ import parse
 from consumers.ledger import LedgerDB
-from consumers.topology import dead_queue_name, queue_name
+from core.contract import dead_queue_name, queue_name
 from core.settings import ConsumerSettings, LedgerSettings
 from devtools.rabbitnode import free_port
 from devtools.stack import BIN, CONSUMER_COMMAND
@@ -342,3 +343,14 @@ async def test_a_health_port_in_use_exits_1_saying_so_not_blaming_the_broker(
     assert f"aifi-consumer: cannot serve /healthz on 127.0.0.1:{port}" in log
     assert "broker unavailable" not in log
     assert "Traceback" not in log
+
+
+def test_the_commands_and_their_arguments_are_told_apart_from_a_worker_name() -> None:
+    assert vars(parse(["entered"])) == {"name": "entered", "command": "run"}
+    assert vars(parse(["replay", "entered", "--limit", "3"])) == {
+        "name": "entered",
+        "limit": 3,
+        "command": "replay",
+    }
+    assert vars(parse(["migrate"])) == {"names": [], "command": "migrate"}
+    assert vars(parse(["replay-unrouted"])) == {"limit": None, "command": "replay-unrouted"}

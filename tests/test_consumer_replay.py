@@ -15,8 +15,7 @@ from consumers.handler import Handlers, Reject
 from consumers.replay import replay
 from consumers.runner import Worker
 from consumers.settlement import ATTEMPTS_HEADER, REPLAYS_HEADER
-from consumers.topology import dead_queue_name, queue_name
-from core.contract import Event
+from core.contract import DEAD_EXCHANGE, Event, dead_queue_name, queue_name
 from core.settings import AmqpSettings, ConsumerSettings
 from devtools.rabbitnode import free_port
 from devtools.stack import BIN, CONSUMER_COMMAND
@@ -50,7 +49,7 @@ class Flaky:
 
 async def bury(channel: AbstractChannel, name: str, count: int) -> list[str]:
     """Put `count` events straight into the dead-letter queue of `name`."""
-    dead = await channel.get_exchange(topology.DEAD_EXCHANGE)
+    dead = await channel.get_exchange(DEAD_EXCHANGE)
     ids = []
     for i in range(count):
         outbound = testing.transition("entered", 1, f"s{i}")

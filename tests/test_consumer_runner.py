@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import time
 import uuid
@@ -22,10 +23,9 @@ from consumers.handler import Handlers, Reject, RetryLater
 from consumers.ledger import Ledger, LedgerDB
 from consumers.runner import HandlerTimeout, Worker
 from consumers.settlement import ATTEMPTS_HEADER, REASON_HEADER
-from consumers.topology import dead_queue_name, delay_queue_name, queue_name
 from core import contract
 from core.amqp import declare_topology
-from core.contract import Event, Outbound
+from core.contract import Event, Outbound, dead_queue_name, delay_queue_name, queue_name
 from core.settings import AmqpSettings, ConsumerSettings, LedgerSettings
 from devtools.rabbitnode import Node, NodeSpec, free_port
 from tests.support import broker
@@ -195,6 +195,27 @@ async def test_a_poison_message_is_dead_lettered_after_max_attempts_with_its_rea
     assert gaps[0] >= 0.05
     assert gaps[1] >= 0.1
     assert (consumer.state.retried, consumer.state.acked) == (2, 0)
+
+
+async def test_it_counts_what_waits_in_its_queues_and_in_aifi_unrouted(
+    amqp_url: str, channel: AbstractChannel, scratch: Scratch, store: int
+) -> None:
+    name, settings = scratch.consumer(f"entered.{store}")
+    consumer = worker(amqp_url, name, settings, Handlers(one=Recorder()))
+    consumer.count_interval_s = 0.05
+    dead, unrouted = dead_queue_name(name), contract.UNROUTED_QUEUE
+    async with running(consumer):
+        await eventually(lambda: {queue_name(name), dead, unrouted} <= set(consumer.state.queued))
+        before = consumer.state.queued[unrouted]
+        for body in (b"a", b"b"):
+            await channel.default_exchange.publish(aio_pika.Message(body), dead)
+        # No binding matches: the alternate exchange keeps it in aifi.unrouted.
+        nowhere = testing.transition("entered", store, "s1")
+        await broker.publish(channel, [dataclasses.replace(nowhere, routing_key=f"no.{store}")])
+        await eventually(lambda: consumer.state.queued[dead] == 2, what="2 dead letters")
+        await eventually(lambda: consumer.state.queued[unrouted] > before, what="1 unrouted")
+        assert consumer.state.queued[queue_name(name)] == 0
+    assert len(await dead_letters(channel, name)) == 2
 
 
 async def test_a_transient_failure_succeeds_on_retry(

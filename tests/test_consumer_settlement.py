@@ -26,7 +26,8 @@ from consumers.settlement import (
     failures,
     replay_copy,
 )
-from consumers.topology import Topology, queue_name
+from consumers.topology import Topology
+from core.contract import REDELIVER_EXCHANGE, queue_name
 from core.settings import ConsumerSettings
 from tests.support import broker
 from tests.support.consumer import Scratch
@@ -42,7 +43,7 @@ async def received(
     store = random.randrange(10**6, 10**9)
     name, settings = scratch.consumer(f"entered.{store}")
     await topology.declare(channel, name, settings)
-    exchange = await channel.get_exchange(topology.REDELIVER_EXCHANGE)
+    exchange = await channel.get_exchange(REDELIVER_EXCHANGE)
     await exchange.publish(
         aio_pika.Message(
             b'{"x": 1}',

@@ -9,17 +9,19 @@ import pytest
 from aio_pika.abc import AbstractChannel
 
 from consumers import testing, topology
-from consumers.topology import (
-    DEAD_EXCHANGE,
-    DELAY_EXCHANGE,
-    TopologyError,
-    dead_queue_name,
-    delay_key,
-    queue_name,
-)
 from core import contract
 from core.amqp import UNROUTED_ARGUMENTS
+from core.contract import DEAD_EXCHANGE, DELAY_EXCHANGE, dead_queue_name, queue_name
 from core.settings import ConsumerSettings
+from core.topology import (
+    DEAD_ARGUMENTS,
+    TopologyError,
+    backoff_ms,
+    bindings,
+    delay_key,
+    delays_ms,
+    main_arguments,
+)
 from tests.support import broker
 from tests.support.consumer import Scratch
 from tests.support.waiting import eventually
@@ -34,11 +36,11 @@ def consumer_base() -> ConsumerSettings:
 
 
 def test_one_delay_queue_per_distinct_backoff_step() -> None:
-    assert topology.delays_ms(ConsumerSettings()) == [1000, 2000, 4000, 8000]
+    assert delays_ms(ConsumerSettings()) == [1000, 2000, 4000, 8000]
     capped = ConsumerSettings(max_attempts=6, retry_base_ms=1000, retry_max_ms=3000)
-    assert topology.delays_ms(capped) == [1000, 2000, 3000]
-    assert [topology.backoff_ms(capped, n) for n in range(1, 6)] == [1000, 2000, 3000, 3000, 3000]
-    assert topology.delays_ms(ConsumerSettings(max_attempts=1)) == []
+    assert delays_ms(capped) == [1000, 2000, 3000]
+    assert [backoff_ms(capped, n) for n in range(1, 6)] == [1000, 2000, 3000, 3000, 3000]
+    assert delays_ms(ConsumerSettings(max_attempts=1)) == []
 
 
 def test_names_that_would_read_as_routing_key_parts_are_refused() -> None:
@@ -50,7 +52,7 @@ def test_names_that_would_read_as_routing_key_parts_are_refused() -> None:
 
 
 def test_the_main_queue_dead_letters_at_least_once() -> None:
-    arguments = topology.main_arguments("entered", ConsumerSettings(delivery_limit=7))
+    arguments = main_arguments("entered", ConsumerSettings(delivery_limit=7))
     assert arguments == {
         "x-queue-type": "quorum",
         "x-delivery-limit": 7,
@@ -85,7 +87,7 @@ async def test_the_default_binding_is_the_name_followed_by_anything(
     channel: AbstractChannel, scratch: Scratch, store: int
 ) -> None:
     name, settings = scratch.consumer()
-    assert topology.bindings(name, settings) == (f"{name}.#",)
+    assert bindings(name, settings) == (f"{name}.#",)
     await topology.declare(channel, name, settings)
     exchange = await channel.get_exchange("aifi.events")
     await exchange.publish(aio_pika.Message(b"x"), f"{name}.{store}")
@@ -164,10 +166,8 @@ async def test_a_dead_letter_returned_many_times_is_kept(
     assert (kept.message_id, kept.headers["x-delivery-count"]) == ("d1", RETURNS)
     await kept.ack()
     # The queue holds the limit: a declare with the arguments the code states is equivalent.
-    await channel.declare_queue(
-        dead_queue_name(name), durable=True, arguments=topology.DEAD_ARGUMENTS
-    )
-    assert topology.DEAD_ARGUMENTS["x-delivery-limit"] > RETURNS
+    await channel.declare_queue(dead_queue_name(name), durable=True, arguments=DEAD_ARGUMENTS)
+    assert DEAD_ARGUMENTS["x-delivery-limit"] > RETURNS
 
 
 async def test_unrouted_events_are_kept_however_often_they_are_returned(

@@ -56,7 +56,7 @@ OPEN_OBJECTS: Final[dict[str, dict[tuple[str, ...], type[BaseModel]]]] = {
     "tracking": {(): Tracking, ("store",): Store},
 }
 OPEN_OBJECTS["left"] = OPEN_OBJECTS["entered"]
-# Documented nullable (README, "The event contract"); the examples carry a top-level
+# Documented nullable (docs/contract.md, "The event contract"); the examples carry a top-level
 # sessionId, so a null `session` still leaves the session id.
 NULLABLE: Final[dict[str, tuple[str, ...]]] = {
     "entered": ("session", "storeExternalId"),

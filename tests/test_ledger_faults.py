@@ -26,7 +26,7 @@ import yaml
 from consumers import ledger, testing, topology
 from consumers.ledger import Ledger
 from core.amqp import declare_topology
-from core.contract import Event, Outbound
+from core.contract import Event, Outbound, dead_queue_name
 from core.settings import ConsumerSettings, LedgerSettings
 from devtools import pgnode
 from devtools.rabbitnode import Node, NodeSpec, free_port
@@ -197,7 +197,7 @@ async def test_sigkill_of_one_of_two_workers_mid_batch(
         workers.processes[0].kill()
         assert await asyncio.to_thread(workers.processes[0].wait, 10) == -signal.SIGKILL
         assert await presence.processed() < len(reference.distinct(events))  # mid-stream
-        await settled(workers, presence, events, topology.dead_queue_name(name))
+        await settled(workers, presence, events, dead_queue_name(name))
         assert workers.stopped(1)["redelivered"] > 0  # what the killed one held came back
 
 
@@ -215,7 +215,7 @@ async def test_postgresql_stopped_and_restarted_mid_stream(
             await eventually(functools.partial(waiting, workers, index), 60, "a 503")
         await asyncio.sleep(2)  # down for a while, workers retrying meanwhile
         await asyncio.to_thread(private_pg.start)
-        await settled(workers, presence, events, topology.dead_queue_name(name))
+        await settled(workers, presence, events, dead_queue_name(name))
         assert "ledger available again" in workers.log(0) + workers.log(1)
 
 
@@ -237,4 +237,4 @@ async def test_the_broker_restarted_mid_stream(
         await asyncio.to_thread(private_node.kill)
         assert await presence.processed() < len(reference.distinct(events))  # mid-stream
         await asyncio.to_thread(private_node.start, 120)
-        await settled(workers, presence, events, topology.dead_queue_name(name))
+        await settled(workers, presence, events, dead_queue_name(name))

@@ -38,6 +38,7 @@ async def test_requests_latency_quarantine_and_relay_are_counted(
     assert samples[("aifi_quarantined_total", (("kind", "tracking"),))] == 1
     assert samples[("aifi_relay_confirms_total", ())] == 3
     assert samples[("aifi_broker_connected", ())] == 1
+    assert samples[("aifi_gateway_ready", ())] == 1
     assert samples[("aifi_spool_depth", ())] == 0
 
 

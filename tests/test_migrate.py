@@ -19,8 +19,9 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from consumers import topology
 from consumers.migrate import HOLDING_ARGUMENTS, HOLDING_SUFFIX, MigrationError, migrate
-from consumers.topology import DEAD_EXCHANGE, dead_queue_name
+from core.contract import DEAD_EXCHANGE, dead_queue_name
 from core.settings import AmqpSettings, ConsumerSettings
+from core.topology import TopologyError, declare_exchanges
 from devtools.stack import BIN, CONSUMER_COMMAND
 from tests.support import broker
 from tests.support.consumer import Scratch
@@ -78,7 +79,7 @@ async def old_dead_queue(
     """A consumer whose dead-letter queue an earlier release declared; its holding queue is
     deleted afterwards, whatever the test left."""
     name, settings = scratch.consumer(f"entered.{store}")
-    await topology.declare_exchanges(channel)
+    await declare_exchanges(channel)
     old = await channel.declare_queue(
         dead_queue_name(name), durable=True, arguments=OLD_DEAD_ARGUMENTS
     )
@@ -109,7 +110,7 @@ async def test_old_arguments_are_replaced_and_every_message_is_kept(
     await bury(channel, name, range(count))
     amqp = AmqpSettings(urls=(amqp_url,))
     async with connected(amqp_url) as other:
-        with pytest.raises(topology.TopologyError, match="aifi-consumer migrate"):
+        with pytest.raises(TopologyError, match="aifi-consumer migrate"):
             await topology.declare(other, name, settings)
     assert await migrate(amqp, {name: settings}) == {dead_queue_name(name): count}
     # The queues that did not exist are not made; those that differed now match.

@@ -216,6 +216,15 @@ async def test_metrics_count_requests_by_route_and_status(api: Client) -> None:
     assert "/nowhere" not in text
 
 
+async def test_metrics_report_each_stores_occupancy_as_the_ledger_says(api: Client) -> None:
+    stores = (await get_json(api, "/stores"))["stores"]
+    text = await (await api.get("/metrics")).text()
+    for each in stores:
+        store = "none" if each["storeId"] is None else each["storeId"]
+        assert f'aifi_ledger_occupancy{{store="{store}"}} {float(each["occupancy"])}' in text
+    assert stores
+
+
 async def test_the_document_is_served(api: Client) -> None:
     served = await (await api.get("/openapi.json")).json()
     assert served == orjson.loads(orjson.dumps(openapi.document()))

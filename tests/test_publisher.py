@@ -17,11 +17,14 @@ from aio_pika.abc import AbstractChannel
 
 from core import contract
 from core.amqp import connect_first, declare_topology
-from core.contract import Outbound
+from core.contract import Outbound, queue_name
 from core.settings import AmqpSettings
+from core.topology import queue_specs
 from devtools.rabbitnode import free_port
 from gateway.publisher import AIORMQ_INTERNALS, Outcomes, Publisher, PublishError, Unencodable
+from tests.support import broker
 from tests.support.broker import Capture, capturable
+from tests.support.consumer import Scratch
 from tests.support.silent import SilentNode
 
 
@@ -31,7 +34,7 @@ def outbound(n: int, routing_key: str = "invalid.entered", content_type: str = "
 
 @pytest.fixture
 async def publisher(amqp_url: str) -> AsyncIterator[Publisher]:
-    async with Publisher(AmqpSettings(urls=(amqp_url,))) as publisher:
+    async with Publisher(AmqpSettings(urls=(amqp_url,)), {}) as publisher:
         await asyncio.wait_for(publisher.wait_ready(), 10)
         yield publisher
 
@@ -165,6 +168,21 @@ async def test_a_lost_connection_settles_every_pending_confirm_then_reconnects(
     assert publisher.reconnects == 1
 
 
+async def test_the_consumers_queues_are_declared_before_the_publisher_is_ready(
+    amqp_url: str, scratch: Scratch, channel: AbstractChannel, store: int
+) -> None:
+    name, settings = scratch.consumer(f"entered.{store}")
+    async with Publisher(AmqpSettings(urls=(amqp_url,)), {name: settings}) as publisher:
+        await asyncio.wait_for(publisher.wait_ready(), 10)
+        await send(publisher, outbound(1, routing_key=f"entered.{store}"))
+    assert await broker.depth(channel, queue_name(name)) == 1
+    # Every queue of the consumer as its worker declares it (other arguments, or a missing
+    # queue, would close the channel).
+    for spec in queue_specs(name, settings):
+        await channel.declare_queue(spec.name, passive=True)
+        await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments)
+
+
 def test_the_aiormq_internals_the_publisher_relies_on_are_there() -> None:
     """aiormq is pinned to 7.2.x; a new version must keep what `Confirms` takes over."""
     init = inspect.getsource(aiormq.Channel.__init__)
@@ -189,7 +207,7 @@ async def test_a_node_holding_declarations_is_left_for_the_next_url(
     silent = SilentNode()
     async with silent.serving() as silent_url:
         settings = AmqpSettings(urls=(silent_url, amqp_url), declare_timeout_s=0.5)
-        async with Publisher(settings) as publisher:
+        async with Publisher(settings, {}) as publisher:
             # Without a bound on the declaration, the publisher would wait on the first URL forever.
             await asyncio.wait_for(publisher.wait_ready(), 15)
             await asyncio.wait_for(send(publisher, outbound(7)), 10)

@@ -171,7 +171,7 @@ async def test_the_broker_refuses_a_body_over_its_max_message_size_and_what_foll
     """Why the gateway must know the broker's limit: an oversized message closes the
     channel, and with it every message written after it."""
     settings = AmqpSettings(urls=(small_messages_node.url,), max_message_bytes=1 << 24)
-    async with Publisher(settings) as publisher:
+    async with Publisher(settings, {}) as publisher:
         await asyncio.wait_for(publisher.wait_ready(), 10)
         settled = await written(publisher, [oversized_body(0), outbound(1)])
         for error in await settled.wait(2):

@@ -57,3 +57,8 @@ class Scratch:
         async with connection, connection.channel() as channel:
             for name, settings in self._made:
                 await topology.delete(channel, name, settings)
+
+    async def delete_named(self, name: str) -> None:
+        """The queues of a consumer `name` made elsewhere (a worker process's) from `base`."""
+        self._made.append((name, self._base))
+        await self.delete()

@@ -39,6 +39,8 @@ def gateway_settings(amqp_url: str, tmp_path: Path, **overrides: Any) -> Setting
         "auth": {"tokens": {TOKEN_NAME: TOKEN}},
         "amqp": {"urls": [amqp_url], "publish_timeout_s": 5},
         "spool": {"dir": str(tmp_path / "spool")},
+        # No consumer's queues: a test that wants some names its own.
+        "consumers": {},
     }
     for key, value in overrides.items():
         base[key] = base.get(key, {}) | value if isinstance(value, dict) else value
