@@ -31,12 +31,12 @@ import aiohttp
 import orjson
 import pytest
 
+from devtools import standins as standins_module
 from tests.support.compose import ROOT, Secrets, Stack, translate
 from tests.support.dockerengine import (
     PREFIX,
     Engine,
     EngineUnavailable,
-    default_cache,
     private_engine,
 )
 from tests.support.loadcheck import Sent, marked_body, markers, post_one
@@ -110,11 +110,10 @@ def engine(report: Report) -> Iterator[Engine]:
 def standins(engine: Engine, report: Report) -> list[str]:
     """The images docker-compose.yml and the Dockerfile name: the images that cannot be
     pulled here are stand-ins of the same name, built once from Debian's packages."""
-    from devtools.standins import ensure_standins
-
     start = time.monotonic()
     try:
-        made = ensure_standins(engine.env, default_cache() / "standins")
+        # The cache `python -m devtools.standins` fills for users: built once for both.
+        made = standins_module.ensure_standins(engine.env, standins_module.DEFAULT_CACHE_DIR)
     except (subprocess.CalledProcessError, OSError) as exc:
         pytest.fail(f"cannot build the stand-in images: {exc}", pytrace=False)
     if made:
@@ -279,6 +278,36 @@ async def test_default_stack_healthy_and_examples_reach_the_presence_api(
     assert tracking["matched"] is True
 
 
+def test_our_containers_run_read_only_and_write_no_secret(
+    default_stack: Stack, tmp_path: Path, report: Report
+) -> None:
+    """Each running container of our image: a read-only root (a write outside its volumes
+    and /tmp fails), and no secret of its environment in its file system."""
+    stack = default_stack
+    stack.compose("up", "-d")
+    stack.wait_settled(DEFAULT, HEALTHY_TIMEOUT_S)
+    ours = [stack.container(s) for s in DEFAULT if s not in ("rabbitmq", "migrate")]
+    writable = [c for c in ours if not _read_only(stack.engine, c)]
+    exported = tmp_path / "gateway.tar"
+    stack.engine.docker("export", "-o", str(exported), stack.container("gateway"))
+    blob = exported.read_bytes()
+    leaked = [v for v in stack.keys.values() if v.encode() in blob]
+    report(
+        f"running containers: {len(ours) - len(writable)}/{len(ours)} on a read-only root; "
+        f"secrets in the gateway container's files: {len(leaked)}"
+    )
+    assert not writable
+    assert not leaked
+
+
+def _read_only(engine: Engine, container: str) -> bool:
+    flag = engine.docker("inspect", "--format", "{{.HostConfig.ReadonlyRootfs}}", container)
+    write = ["exec", container, "python", "-c", "open('/app/probe', 'w')"]
+    tmp = ["exec", container, "python", "-c", "open('/tmp/probe', 'w')"]
+    refused = subprocess.run(["docker", *write], env=engine.env, capture_output=True).returncode
+    return flag.strip() == "true" and refused != 0 and engine.docker(*tmp) == ""
+
+
 async def test_broker_away_gateway_restarted_meanwhile_lost_0(
     default_stack: Stack, report: Report
 ) -> None:
@@ -360,8 +389,12 @@ def test_down_leaves_nothing_running(default_stack: Stack, report: Report) -> No
 
 
 @pytest.fixture
-def fresh_stack(engine: Engine, compose_file: Path, built: str) -> Iterator[Callable[..., Stack]]:
-    """A new project (fresh volumes) per call, each taken `down -v` at the end."""
+def fresh_stack(
+    engine: Engine, compose_file: Path, default_stack: Stack
+) -> Iterator[Callable[..., Stack]]:
+    """A new project (fresh volumes) per call, each taken `down -v` at the end; the default
+    stack, which publishes the same ports, is taken down first."""
+    default_stack.compose("down", "-v")
     made: list[Stack] = []
 
     def make(*profiles: str) -> Stack:
@@ -404,12 +437,16 @@ async def test_upgrade_migrate_gives_an_earlier_queue_its_new_arguments_with_its
     """An earlier release's `aifi.entered` (other arguments) holding visits the gateway
     published: `up` runs `migrate`, the worker starts, and every visit reaches the ledger."""
     stack, run = fresh_stack(), f"upgrade-{uuid.uuid4().hex[:6]}"
-    await asyncio.to_thread(stack.compose, "up", "-d", "gateway")
-    await asyncio.to_thread(stack.wait_settled, ["rabbitmq", "gateway"], HEALTHY_TIMEOUT_S)
+    # The broker alone first: the earlier release's queue exists before this release's
+    # gateway (which declares the consumers' queues) ever connects.
+    await asyncio.to_thread(stack.compose, "up", "-d", "rabbitmq")
+    await asyncio.to_thread(stack.wait_settled, ["rabbitmq"], HEALTHY_TIMEOUT_S)
     amqp = f"amqp://aifi:{stack.keys.rabbitmq_password}@{address_of(stack, 'rabbitmq')}:5672/"
     in_namespace(
         stack, "-m", "tests.support.nsamqp", "old-queue", amqp, "aifi.entered", "entered.#"
     )
+    await asyncio.to_thread(stack.compose, "up", "-d", "gateway")
+    await asyncio.to_thread(stack.wait_settled, ["rabbitmq", "gateway"], HEALTHY_TIMEOUT_S)
     batch, sent = markers(run, 40), Sent()
     await send_visits(stack, batch, sent)
     depth = await wait_depth(stack, amqp, "aifi.entered", len(sent.acknowledged))
