@@ -193,15 +193,21 @@ async def post_examples(stack: Stack) -> dict[str, int]:
     return statuses
 
 
-async def presence_get(stack: Stack, path: str) -> tuple[int, dict[str, object]]:
+def presence_session(stack: Stack) -> aiohttp.ClientSession:
     headers = {"Authorization": f"Bearer {stack.keys.presence_token}"}
-    async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=10)) as s:
-        try:
-            async with s.get(url(stack.engine, 8090, path)) as response:
-                body = await response.read()
-                return response.status, (orjson.loads(body) if response.status == 200 else {})
-        except (aiohttp.ClientError, TimeoutError):
-            return 0, {}
+    return aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=10))
+
+
+async def presence_get(
+    session: aiohttp.ClientSession, stack: Stack, path: str
+) -> tuple[int, dict[str, object]]:
+    """The presence API's answer (0 when none came) and its body when 200."""
+    try:
+        async with session.get(url(stack.engine, 8090, path)) as response:
+            body = await response.read()
+            return response.status, (orjson.loads(body) if response.status == 200 else {})
+    except (aiohttp.ClientError, TimeoutError):
+        return 0, {}
 
 
 async def send_visits(stack: Stack, batch: list[str], sent: Sent, concurrency: int = 8) -> Sent:
@@ -229,15 +235,20 @@ async def in_ledger(
     """The presence API's record of each session in `wanted`, polled until all are there or
     `timeout_s` passed (then those found)."""
     found: dict[str, dict[str, object]] = {}
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and found.keys() < wanted:
-        for marker in sorted(wanted - found.keys()):
-            status, body = await presence_get(stack, f"/sessions/{marker}")
+    deadline, slots = time.monotonic() + timeout_s, asyncio.Semaphore(16)
+    async with presence_session(stack) as session:
+
+        async def one(marker: str) -> None:
+            async with slots:
+                status, body = await presence_get(session, stack, f"/sessions/{marker}")
             if status == 200:
                 found[marker] = body
-        if found.keys() < wanted:
+
+        while True:
+            await asyncio.gather(*(one(m) for m in wanted - found.keys()))
+            if found.keys() >= wanted or time.monotonic() > deadline:
+                return found
             await asyncio.sleep(1)
-    return found
 
 
 def figures(report: Report, scenario: str, sent: Sent, batch: list[str], arrived: set[str]) -> int:
@@ -266,7 +277,8 @@ async def test_default_stack_healthy_and_examples_reach_the_presence_api(
     )
     session = json.loads((EXAMPLES / "entered.json").read_text())["sessionId"]
     visit = await in_ledger(default_stack, {session}, ARRIVAL_TIMEOUT_S)
-    status, tracking = await presence_get(default_stack, "/tracking/string")
+    async with presence_session(default_stack) as client:
+        status, tracking = await presence_get(client, default_stack, "/tracking/string")
     report(
         f"default stack: examples posted {sum(s == 200 for s in statuses.values())}/3 "
         f"answered 200; visit in the ledger: {bool(visit)}, tracking match: {status == 200}"
