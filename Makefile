@@ -13,7 +13,7 @@ PYTEST_ARGS ?= -q
 # The fast loop: no broker, no fault, fuzz or load suite (markers in pyproject.toml).
 FAST_MARKERS := not broker and not slow and not cluster and not compose
 
-.PHONY: wrk docker prometheus test-alerts run test test-fast test-cluster bench tail spool lint rabbitmq-server postgresql broker broker-stop clean
+.PHONY: lock debootstrap standins docker wrk prometheus fuse3 netfaults test-alerts run test test-fast test-cluster bench tail spool lint rabbitmq-server postgresql broker broker-stop clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,25 @@ $(VENV)/.installed: pyproject.toml
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
+
+# requirements.lock, the image's dependency tree (every version and file hash fixed), from
+# pyproject.toml's runtime dependencies and PyPI alone, this machine's pip settings aside.
+# `make lock LOCK_ARGS=--upgrade` moves every pin to the newest release the ranges allow.
+LOCK_ARGS ?=
+lock: $(VENV)/.installed
+	env -u PIP_FIND_LINKS -u PIP_CONSTRAINT -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null \
+	  $(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+	  --no-emit-index-url --no-emit-find-links --index-url https://pypi.org/simple \
+	  --output-file requirements.lock $(LOCK_ARGS) pyproject.toml
+
+# Debian's debootstrap, with which devtools/standins.py builds images no registry serves here.
+debootstrap:
+	command -v debootstrap >/dev/null || { apt-get update -qq && apt-get install -y -qq debootstrap; }
+
+# The images the Dockerfile and docker-compose.yml name, in the Docker engine at DOCKER_HOST:
+# pulled, or else stand-ins built from Debian's packages under the same names.
+standins: $(VENV)/.installed debootstrap
+	$(PY) -m devtools.standins
 
 rabbitmq-server: $(VENV)/.installed
 	$(PY) -m devtools.rabbitnode install
@@ -54,7 +73,7 @@ lint: $(VENV)/.installed
 
 # The suite starts a private node of its own (tests/conftest.py) and never uses the
 # broker of a running `make run`.
-test: lint rabbitmq-server postgresql prometheus node_modules/.installed docker
+test: lint rabbitmq-server postgresql prometheus netfaults node_modules/.installed fuse3 docker
 	$(VENV)/bin/pytest $(PYTEST_ARGS) -m "not cluster and not alerts"
 
 # The alert rules live (tests/test_alerts_live.py): RabbitMQ stopped and started, a worker
@@ -66,16 +85,27 @@ test-alerts: rabbitmq-server prometheus
 test-fast: $(VENV)/.installed
 	$(VENV)/bin/pytest $(PYTEST_ARGS) -m "$(FAST_MARKERS)"
 
-test-cluster: rabbitmq-server
-	$(VENV)/bin/pytest $(PYTEST_ARGS) -m cluster
+test-cluster: rabbitmq-server netfaults
+	$(VENV)/bin/pytest $(PYTEST_ARGS) tests/test_cluster.py
+
+# What the cluster tests cut links with: network namespaces, veth pairs and a bridge (ip),
+# and packet drops (iptables). They run as root, as `make test` does on a fresh machine.
+netfaults:
+	command -v ip >/dev/null && command -v iptables >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq iproute2 iptables; }
+
+# The power-cut and failing-disk tests mount a FUSE file system of their own
+# (tests/support/lazyfs.py): Debian's fuse3 brings fusermount3 and libfuse3.
+fuse3:
+	command -v fusermount3 >/dev/null || { apt-get update -qq && apt-get install -y -qq fuse3; }
 
 # What the compose tests need (tests/test_compose_live.py): Debian's Docker engine and the
-# Python docker-compose, debootstrap for the stand-in images, ip and iptables for the
+# Python docker-compose; debootstrap for the stand-in images, ip and iptables for the
 # engine's network namespace.
-DOCKER_TOOLS := dockerd docker docker-compose debootstrap iptables ip nsenter
-docker:
+DOCKER_TOOLS := dockerd docker docker-compose
+docker: debootstrap netfaults
 	(for tool in $(DOCKER_TOOLS); do command -v $$tool || exit 1; done) >/dev/null || \
-	  { apt-get update -qq && apt-get install -y -qq docker.io docker-compose debootstrap iptables iproute2 util-linux; }
+	  { apt-get update -qq && apt-get install -y -qq docker.io docker-compose; }
 
 # The load generator of `make bench` (Debian's wrk); without it the bench falls back to
 # an aiohttp client, whose own cost narrows the gaps between servers.

@@ -30,11 +30,12 @@ import uvloop
 from aio_pika.abc import AbstractIncomingMessage
 
 from bench import DEFAULT_AMQP_URL
-from consumers import ledger, testing, topology
-from consumers.ledger import LedgerDB
+from consumers import testing, topology
+from consumers.ledger_handler import handlers
 from consumers.runner import Worker
 from core import contract
 from core.settings import AmqpSettings, ConsumerSettings, LedgerSettings
+from ledger import ledger
 from tests.support import broker
 from tests.support.consumer import Scratch
 
@@ -97,7 +98,7 @@ async def bare(url: str, name: str, prefetch: int, count: int) -> float:
 async def worker(url: str, name: str, settings: ConsumerSettings, count: int, db: Path) -> float:
     """Seconds for the ledger worker to apply and ack `count` events of `aifi.<name>`."""
     async with ledger.opened(LedgerSettings(db=db)) as presence:
-        consumer = Worker(name, settings, AmqpSettings(urls=(url,)), presence.handler())
+        consumer = Worker(name, settings, AmqpSettings(urls=(url,)), handlers(presence))
         stop = asyncio.Event()
         started = time.perf_counter()
         task = asyncio.create_task(consumer.run(stop))
@@ -107,7 +108,7 @@ async def worker(url: str, name: str, settings: ConsumerSettings, count: int, db
         elapsed = time.perf_counter() - started
         stop.set()
         await asyncio.wait_for(task, 30)
-        applied = await presence.call(LedgerDB.processed)
+        applied = await presence.processed()
         if applied != count:
             raise RuntimeError(f"the worker applied {applied} events of {count}")
         return elapsed

@@ -39,11 +39,11 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from bench import DEFAULT_AMQP_URL
 from bench.consumer_bench import fill, scratch_queues
-from consumers import ledger
 from core import contract
 from core.settings import ConsumerSettings, LedgerSettings
 from devtools import pgnode
 from devtools.rabbitnode import free_port
+from ledger import ledger
 from tests.support.processes import child_environ
 
 ROOT: Final = Path(__file__).resolve().parent.parent

@@ -35,9 +35,10 @@ from bench import LOOPBACK
 from bench.load import RESULT_PREFIX, TOKEN_ENV, LoadResult, parse_result, percentile_ms
 from bench.measure import peak_rss_bytes
 from bench.servers import Running, ServerSpec, started
-from consumers import ledger, testing
+from consumers import testing
 from core.contract import Event
 from core.settings import LedgerSettings, load
+from ledger import ledger
 
 STORES: Final = 50
 SESSIONS_PER_STORE: Final = 40

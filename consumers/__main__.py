@@ -20,14 +20,14 @@ from typing import Any, Final
 import orjson
 import uvloop
 
-from consumers import health, ledger
+from consumers import health, ledger_handler
 from consumers.handler import HandlerError, Handlers, load
 from consumers.health import ConsumerState
 from consumers.migrate import MigrationError, migrate
 from consumers.replay import replay, replay_unrouted
 from consumers.runner import Worker
 from consumers.topology import check_name
-from core import logs
+from core import logs, tracing
 from core.aio import backoff_s, paused
 from core.amqp import BROKER_ERRORS
 from core.contract import UNROUTED_QUEUE
@@ -39,6 +39,9 @@ from core.settings import (
     load as load_settings,
 )
 from core.topology import TopologyError
+from core.tracing import TracingUnavailable
+from ledger import ledger
+from ledger.errors import LedgerError, LedgerUnavailable
 
 log = logging.getLogger("consumers")
 
@@ -103,7 +106,7 @@ async def handler_for(
     async with ledger.opened(settings.ledger, waiting_for_ledger(state, stop), outage) as presence:
         state.starting = None
         log.info("ledger open", extra={"consumer": state.consumer, "db": presence.where})
-        yield presence.handler()
+        yield ledger_handler.handlers(presence)
 
 
 def waiting_for_ledger(state: ConsumerState, stop: asyncio.Event) -> ledger.Retry:
@@ -133,7 +136,7 @@ def waiting_for_database(state: ConsumerState, stop: asyncio.Event) -> ledger.Re
         pause_s = backoff_s(attempt, LEDGER_RETRY_MAX_S)
         state.waiting = f"ledger unavailable: {exc}, retrying in {pause_s:g} s"
         if await paused(pause_s, stop):
-            raise ledger.LedgerUnavailable(f"stopping while the ledger is unavailable: {exc}")
+            raise LedgerUnavailable(f"stopping while the ledger is unavailable: {exc}")
 
     return retry
 
@@ -154,13 +157,17 @@ async def serve(settings: Settings, name: str, consumer: ConsumerSettings) -> No
     state = ConsumerState(name)
     # Entered in order, left in reverse: /healthz answers while the ledger opens, and the
     # worker settles and closes before the rest go.
-    with contextlib.suppress(Stopped):
+    with (
+        contextlib.suppress(Stopped),
+        tracing.configured(settings.tracing, f"aifi-consumer-{name}") as tracer,
+    ):
         async with (
             health.serving(state, consumer.health_host, consumer.health_port),
             handler_for(consumer, settings, state, stop) as handler,
         ):
             if not stop.is_set():  # a stop that came while the ledger opened
-                await Worker(name, consumer, settings.amqp, handler, state).run(stop)
+                worker = Worker(name, consumer, settings.amqp, handler, state, tracer)
+                await worker.run(stop)
     log.info("stopped", extra=state.snapshot())
 
 
@@ -205,10 +212,10 @@ def main(argv: list[str] | None = None) -> None:
             run(replay_and_report(settings, args.name, consumer, args.limit))
         else:
             run(serve(settings, args.name, consumer))
-    except (SettingsError, HandlerError, TopologyError, MigrationError) as exc:
+    except (SettingsError, HandlerError, TopologyError, MigrationError, TracingUnavailable) as exc:
         print(f"aifi-consumer: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    except (ledger.LedgerError, health.HealthPortError) as exc:
+    except (LedgerError, health.HealthPortError) as exc:
         print(f"aifi-consumer: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     except BROKER_ERRORS as exc:

@@ -3,8 +3,8 @@
 A queue's arguments cannot change in place (the broker refuses an inequivalent declare),
 so each queue that differs is moved through a holding queue `<queue>.migrating`:
 
-1. declare the holding queue with the queue's bindings, so that what is published
-   meanwhile lands there too (at worst a duplicate, never a gap);
+1. declare the holding queue with the queue's bindings, then unbind the queue, so that
+   what is published meanwhile lands there (bound first: never a gap);
 2. move every message into it, each acked only once its copy is confirmed;
 3. delete the queue, declare it again with the new arguments and its bindings;
 4. unbind the holding queue, move everything back the same way, delete it.
@@ -108,6 +108,11 @@ async def _set_aside(channel: AbstractChannel, spec: QueueSpec, timeout_s: float
     await _check_idle(channel, spec.name, timeout_s)
     async with asyncio.timeout(timeout_s):
         await topology.declare_spec(channel, holding(spec))
+    # Bound to the holding queue now, the old one takes nothing more: else a stream faster
+    # than the move keeps it going for ever, and what arrives meanwhile is copied twice.
+    old = await channel.get_queue(spec.name, ensure=False)
+    for exchange, key in spec.bindings:
+        await old.unbind(exchange, key, timeout=timeout_s)
     await shovel(channel, spec.name, holding(spec).name, timeout_s)
     # A consumer that came meanwhile may hold messages: they would go with the queue.
     await _check_idle(channel, spec.name, timeout_s)

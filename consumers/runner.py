@@ -12,17 +12,19 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
+from consumers import spans
 from consumers.handler import Handlers, Reject, RetryLater
 from consumers.health import ConsumerState
 from consumers.settlement import ACK_GRACE_S, Settler, describe
 from consumers.topology import declare
 from core import contract
-from core.aio import first_of, stop_task
+from core.aio import cancel_and_wait, first_of, stop_task
 from core.amqp import BROKER_ERRORS, reconnecting
 from core.contract import Event, InvalidEvent
 from core.logs import redact
 from core.settings import AmqpSettings, ConsumerSettings
 from core.topology import TopologyError
+from core.tracing import Tracer
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,14 @@ def decode(batch: Sequence[Delivery]) -> tuple[list[Decoded], list[tuple[Deliver
     return events, invalid
 
 
+def applied_log(consumer: str, events: Sequence[Event]) -> None:
+    """Each applied event's id with its trace id, at DEBUG."""
+    if log.isEnabledFor(logging.DEBUG):
+        for event in events:
+            ids = {"event_id": event.id, "trace_id": event.trace_id}
+            log.debug("applied", extra={"consumer": consumer, **ids})
+
+
 class Worker:
     """One consumer: `run` until the stop event is set, whatever the broker does meanwhile."""
 
@@ -105,6 +115,7 @@ class Worker:
         amqp: AmqpSettings,
         handler: Handlers,
         state: ConsumerState | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.name = name
         self.state = state or ConsumerState(name)
@@ -112,6 +123,7 @@ class Worker:
         self._amqp = amqp
         self._handler = handler
         self.count_interval_s = QUEUE_COUNT_INTERVAL_S
+        self._tracer = tracer
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, consume, and reconnect with backoff until `stop` is set."""
@@ -160,12 +172,12 @@ class Worker:
             try:
                 await self._consume(queue, settler, stop, lost)
             finally:
-                lost.cancel()
+                await cancel_and_wait(lost)
                 await stop_task(counting)
                 self.state.connected = self.state.consuming = False
         if stop.is_set():
             return
-        if cancelled.done():
+        if cancelled.done() and not cancelled.cancelled():
             # Handled as a lost channel: the next session declares the queue again (it may
             # have been deleted) and consumes it again.
             self.state.cancels += 1
@@ -222,7 +234,8 @@ class Worker:
             elif work.done():
                 work.result()
         finally:
-            work.cancel()
+            # Awaited: a batch may still be settling after its connection closed.
+            await cancel_and_wait(work)
 
     async def _receive(self, inbox: Inbox, settler: Settler, message: Delivery) -> None:
         settler.received(message)
@@ -261,22 +274,27 @@ class Worker:
                 await applying
         finally:
             if applying is not None:
-                applying.cancel()
+                await cancel_and_wait(applying)
 
     async def _process(self, batch: Sequence[Delivery], settler: Settler) -> None:
         self.state.batches += 1
         events, invalid = decode(batch)
         await asyncio.gather(*(settler.fail(message, exc) for message, exc in invalid))
-        if len(events) > 1 and await self._apply_many(events, settler):
-            return
-        await asyncio.gather(*(self._apply_one(m, e, settler) for m, e in events))
+        with spans.consuming(self._tracer, self.name, events) as traced:
+            if len(events) > 1 and await self._apply_many(events, settler, traced):
+                return
+            await asyncio.gather(*(self._apply_one(m, e, settler, traced) for m, e in events))
 
-    async def _apply_many(self, events: Sequence[Decoded], settler: Settler) -> bool:
+    async def _apply_many(
+        self, events: Sequence[Decoded], settler: Settler, traced: spans.Untraced
+    ) -> bool:
         """Apply the batch all or nothing; True if done (and acked), False to go one by one."""
         if self._handler.many is None:
             return False
+        applied = [event for _, event in events]
         try:
-            await self._call(self._handler.many([event for _, event in events]))
+            with traced.applying(applied):
+                await self._call(self._handler.many(applied))
         # Handler code is foreign: any exception it raises is a failed attempt, by contract.
         except Exception as exc:
             log.warning(
@@ -285,18 +303,25 @@ class Worker:
             )
             return False
         await settler.ack_all([message for message, _ in events])
+        applied_log(self.name, applied)
         return True
 
-    async def _apply_one(self, message: Delivery, event: Event, settler: Settler) -> None:
+    async def _apply_one(
+        self, message: Delivery, event: Event, settler: Settler, traced: spans.Untraced
+    ) -> None:
         try:
-            await self._call(self._handler.one(event))
+            with traced.applying((event,)):
+                await self._call(self._handler.one(event))
         # Handler code is foreign: any exception it raises is a failed attempt, by contract.
         except Exception as exc:
             if not isinstance(exc, Reject | RetryLater):
-                log.exception("handler raised", extra={"consumer": self.name, "event_id": event.id})
+                ids = {"event_id": event.id, "trace_id": event.trace_id}
+                log.exception("handler raised", extra={"consumer": self.name, **ids})
+            traced.failed(event, describe(exc))
             await settler.fail(message, exc)
         else:
             await settler.ack(message)
+            applied_log(self.name, (event,))
 
     async def _call(self, application: Awaitable[None]) -> None:
         """Await the handler, timed, for at most `handler_timeout_s`."""

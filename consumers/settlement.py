@@ -31,6 +31,8 @@ from core.contract import (  # where the tests and tools have found them
     FAILED_AT_HEADER as FAILED_AT_HEADER,
     REASON_HEADER as REASON_HEADER,
     REPLAYS_HEADER as REPLAYS_HEADER,
+    body_traceparent,
+    trace_id,
 )
 from core.settings import ConsumerSettings
 from core.times import iso
@@ -201,7 +203,12 @@ class Settler:
         """The copy is not safe, so the original must stay in the queue."""
         log.error(
             "cannot move message; requeueing it",
-            extra={"consumer": self._name, "event_id": message.message_id, "error": describe(exc)},
+            extra={
+                "consumer": self._name,
+                "event_id": message.message_id,
+                "trace_id": trace_id(body_traceparent(message.body)),
+                "error": describe(exc),
+            },
         )
         # A pause, so that a broker refusing our copies is not answered with a hot loop.
         await asyncio.sleep(self._settings.retry_base_ms / 1000)
@@ -217,6 +224,7 @@ class Settler:
         return {
             "consumer": self._name,
             "event_id": message.message_id,
+            "trace_id": trace_id(body_traceparent(message.body)),
             "attempts": attempts,
             "reason": reason,
             "delay_ms": delay_ms,

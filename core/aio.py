@@ -22,12 +22,21 @@ async def paused(pause_s: float, stop: asyncio.Event | None = None) -> bool:
 
 
 async def first_of(*waitables: Awaitable[Any]) -> None:
+    """Wait until one of `waitables` is done; the others are cancelled, and have ended
+    by the return (what they do as they are cancelled, they have done)."""
     tasks = [asyncio.ensure_future(w) for w in waitables]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in tasks:
-            task.cancel()
+        await cancel_and_wait(*tasks)
+
+
+async def cancel_and_wait(*futures: asyncio.Future[Any]) -> None:
+    """Cancel `futures` and wait until each has ended, whatever it ended with."""
+    for future in futures:
+        future.cancel()
+    if futures:
+        await asyncio.wait(futures)
 
 
 async def stop_task(task: asyncio.Task[Any] | None) -> None:

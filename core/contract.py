@@ -17,7 +17,16 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Final, Literal, TypedDict, cast
 
 import orjson
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 EXCHANGE: Final = "aifi.events"
 UNROUTED_EXCHANGE: Final = "aifi.unrouted"
@@ -63,6 +72,23 @@ HEADER_PREFIX: Final = "cloudEvents_"
 HEADER_ATTRIBUTES: Final = ("specversion", "id", "source", "type", "time", "subject")
 REQUIRED_ATTRIBUTES: Final = HEADER_ATTRIBUTES[:4]
 
+# The CloudEvents distributed-tracing extension (W3C Trace Context): every event the
+# gateway writes carries `traceparent` (version 00, as written), and `tracestate` when
+# the webhook brought one. Absent from events written before it, so optional to readers.
+TRACEPARENT: Final = "traceparent"
+TRACESTATE: Final = "tracestate"
+# Neither id may be all zeros (W3C: invalid).
+TRACEPARENT_PATTERN: Final = r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$"
+# W3C: `key=value` list members, at most 32; the gateway writes them comma-separated
+# without spaces, and keeps no more than the 512 characters every vendor must propagate.
+_TRACESTATE_KEY: Final = (
+    r"(?:[a-z][a-z0-9_*/-]{0,255}|[a-z0-9][a-z0-9_*/-]{0,240}@[a-z][a-z0-9_*/-]{0,13})"
+)
+_TRACESTATE_VALUE: Final = r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]"
+TRACESTATE_MEMBER: Final = f"{_TRACESTATE_KEY}={_TRACESTATE_VALUE}"
+TRACESTATE_MAX_MEMBERS: Final = 32
+TRACESTATE_MAX_CHARS: Final = 512
+TRACESTATE_PATTERN: Final = f"^{TRACESTATE_MEMBER}(,{TRACESTATE_MEMBER}){{0,31}}$"
 # Headers that are not CloudEvents attributes but let a binding or a shovel
 # filter without parsing the body.
 STORE_ID_HEADER: Final = "aifi_store_id"
@@ -156,6 +182,19 @@ SHA256_HEX: Final = r"^[0-9a-f]{64}$"
 EXTENSION_NAME: Final = "^[a-z0-9]+$"
 ExtensionValue = str | Int32 | bool
 _EXTENSION_NAME = re.compile(EXTENSION_NAME)
+# Optional, but never null (CloudEvents has no null attribute): the schema says string only.
+Traceparent = Annotated[
+    str | None,
+    Field(pattern=TRACEPARENT_PATTERN),
+    WithJsonSchema({"type": "string", "pattern": TRACEPARENT_PATTERN}),
+]
+Tracestate = Annotated[
+    str | None,
+    Field(pattern=TRACESTATE_PATTERN, max_length=TRACESTATE_MAX_CHARS),
+    WithJsonSchema(
+        {"type": "string", "pattern": TRACESTATE_PATTERN, "maxLength": TRACESTATE_MAX_CHARS}
+    ),
+]
 
 
 class Normalized(BaseModel):
@@ -204,6 +243,8 @@ class Context(BaseModel):
 def _schema_rules(schema: dict[str, Any]) -> None:
     """What `CloudEvent`'s validator checks, in JSON Schema: extension names, kind and type."""
     schema["propertyNames"] = {"pattern": EXTENSION_NAME}
+    for name in (TRACEPARENT, TRACESTATE):
+        schema["properties"][name].pop("default", None)
     schema["allOf"] = [
         {
             "if": {"properties": {"type": {"const": event_type}}, "required": ["type"]},
@@ -216,13 +257,26 @@ def _schema_rules(schema: dict[str, Any]) -> None:
 class CloudEvent(Context):
     """The body of every message on `aifi.events` (CloudEvents 1.0, structured mode).
 
-    Any other member is a CloudEvents extension attribute (`model_extra`).
+    `traceparent` and `tracestate` are the distributed-tracing extension; any other member
+    is a CloudEvents extension attribute (`model_extra`).
     """
 
-    model_config = ConfigDict(extra="allow", json_schema_extra=_schema_rules)
+    # Python's regexes, as JSON Schema's: the Rust engine has no look-ahead (all-zero ids).
+    model_config = ConfigDict(
+        extra="allow", json_schema_extra=_schema_rules, regex_engine="python-re"
+    )
     __pydantic_extra__: dict[str, ExtensionValue]
 
+    traceparent: Traceparent = None
+    tracestate: Tracestate = None
     data: EventData
+
+    @field_validator(TRACEPARENT, TRACESTATE, mode="before")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("an attribute is a string, or absent; never null")
+        return value
 
     @model_validator(mode="after")
     def _follows_the_rules(self) -> CloudEvent:
@@ -285,6 +339,16 @@ class ContextFields(TypedDict):
     datacontenttype: Literal["application/json"]
 
 
+class TraceFields(TypedDict, total=False):
+    """The distributed-tracing attributes of an event (`traceparent` always, from the gateway)."""
+
+    traceparent: str
+    tracestate: str
+
+
+NO_TRACE: Final[TraceFields] = {}
+
+
 class NormalizedFields(TypedDict):
     """`Normalized`'s fields as a plain dict, in wire order."""
 
@@ -345,15 +409,20 @@ def _data_fields(data: Normalized) -> NormalizedFields:
     return cast(NormalizedFields, vars(data))
 
 
-def encode_fields(context: ContextFields, data: NormalizedFields, payload: bytes) -> bytes:
+def encode_fields(
+    context: ContextFields, data: NormalizedFields, payload: bytes, trace: TraceFields = NO_TRACE
+) -> bytes:
     """The event's body. `payload` (a JSON object) is spliced in as it is: no second
     serialization, and not one byte of it changed."""
-    return orjson.dumps({**context, "data": {**data, "payload": orjson.Fragment(payload)}})
+    body = {**context, **trace, "data": {**data, "payload": orjson.Fragment(payload)}}
+    return orjson.dumps(body)
 
 
-def encode(context: Context, data: Normalized, payload: bytes) -> bytes:
+def encode(
+    context: Context, data: Normalized, payload: bytes, trace: TraceFields = NO_TRACE
+) -> bytes:
     """The event's body (see `encode_fields`)."""
-    return encode_fields(_context_fields(context), _data_fields(data), payload)
+    return encode_fields(_context_fields(context), _data_fields(data), payload, trace)
 
 
 def message(
@@ -362,12 +431,13 @@ def message(
     payload: bytes,
     timestamp_s: int,
     headers: Headers,
+    trace: TraceFields = NO_TRACE,
 ) -> Outbound:
     """The message of one event: body, routing key and headers (then `headers`), in one pass."""
     return Outbound(
         message_id=context["id"],
         routing_key=routing_key(data["kind"], data["storeId"]),
-        body=encode_fields(context, data, payload),
+        body=encode_fields(context, data, payload, trace),
         content_type=EVENT_CONTENT_TYPE,
         timestamp_s=timestamp_s,
         headers=mirrored_headers(context, data, headers),
@@ -375,10 +445,17 @@ def message(
 
 
 def outbound(
-    context: Context, data: Normalized, payload: bytes, timestamp_s: int, headers: Headers
+    context: Context,
+    data: Normalized,
+    payload: bytes,
+    timestamp_s: int,
+    headers: Headers,
+    trace: TraceFields = NO_TRACE,
 ) -> Outbound:
     """The message of one event built from its typed parts (see `message`)."""
-    return message(_context_fields(context), _data_fields(data), payload, timestamp_s, headers)
+    return message(
+        _context_fields(context), _data_fields(data), payload, timestamp_s, headers, trace
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,11 +469,18 @@ class Event:
     subject: str | None
     data: dict[str, Any]
     extensions: dict[str, ExtensionValue] = field(default_factory=dict)
+    traceparent: str | None = None
+    tracestate: str | None = None
 
     @property
     def kind(self) -> Kind:
         kind: Kind = self.data["kind"]
         return kind
+
+    @property
+    def trace_id(self) -> str | None:
+        """The W3C trace id of the event's trace, for logs; None for an event without one."""
+        return trace_id(self.traceparent)
 
     @classmethod
     def from_body(cls, body: bytes) -> Event:
@@ -410,4 +494,22 @@ class Event:
             subject=event.subject,
             data=fields(event.data),
             extensions=dict(event.model_extra or {}),
+            traceparent=event.traceparent,
+            tracestate=event.tracestate,
         )
+
+
+def trace_id(traceparent: str | None) -> str | None:
+    """The trace id in a (valid) `traceparent`: what logs show to find the trace."""
+    return traceparent[3:35] if traceparent else None
+
+
+def body_traceparent(body: bytes) -> str | None:
+    """The `traceparent` of a message's body, if it is an event that has one (never raises:
+    for logs and spans, which must not fail on a body that is no event)."""
+    try:
+        event = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    value = event.get(TRACEPARENT) if isinstance(event, dict) else None
+    return value if isinstance(value, str) else None

@@ -202,6 +202,14 @@ class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class TracingSettings(_Section):
+    """Spans over OTLP (needs the `otel` extra): on when an endpoint is set, here or in the
+    standard OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT."""
+
+    otlp_endpoint: str = ""  # e.g. http://collector:4318 (OTLP over HTTP)
+    service_name: str = ""  # empty: OTEL_SERVICE_NAME, else aifi-gateway / aifi-consumer-<name>
+
+
 class Settings(_Section):
     http: HttpSettings = HttpSettings()
     auth: AuthSettings = AuthSettings()
@@ -213,6 +221,7 @@ class Settings(_Section):
     consumers: dict[str, ConsumerSettings] = Field(default_factory=default_consumers)
     ledger: LedgerSettings = LedgerSettings()
     presence: PresenceSettings = PresenceSettings()
+    tracing: TracingSettings = TracingSettings()
 
     def consumer(self, name: str) -> ConsumerSettings:
         """`consumers.<name>`; the built-in workers need no entry."""

@@ -55,6 +55,7 @@ log.file.level = info
 """
 # Erlang distribution listens on every interface unless told otherwise.
 LOOPBACK_DIST_ARGS = "-kernel inet_dist_use_interface {127,0,0,1}"
+NETNS_TICKTIME_S = 8
 _NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -67,6 +68,14 @@ class NodeSpec:
     dist_port: int
     base_dir: Path
     extra_conf: str = ""  # rabbitmq.conf lines after the defaults, e.g. "max_message_size = 65536"
+    # Elsewhere than loopback: a node at its own address, inside the network namespace
+    # `netns` (a test's private network), named by its address (long node names).
+    host: str = LOOPBACK
+    netns: str = ""
+
+    @property
+    def on_loopback(self) -> bool:
+        return self.host == LOOPBACK
 
     def __post_init__(self) -> None:
         # The name becomes both an Erlang node name and a directory name.
@@ -93,11 +102,11 @@ class Node:
 
     @property
     def url(self) -> str:
-        return f"amqp://guest:guest@{LOOPBACK}:{self.spec.amqp_port}/"
+        return f"amqp://guest:guest@{self.spec.host}:{self.spec.amqp_port}/"
 
     @property
     def nodename(self) -> str:
-        return f"{self.spec.name}@localhost"
+        return f"{self.spec.name}@{'localhost' if self.spec.on_loopback else self.spec.host}"
 
     @property
     def pid_file(self) -> Path:
@@ -162,10 +171,10 @@ class Node:
         return "\n".join(_tail(path, lines) for path in paths if path.exists())
 
     def _ctl(self, args: list[str], timeout: float) -> str:
-        cmd = [str(CTL), "-n", self.nodename, *args]
+        cmd = [*self._in_netns(), str(CTL), "-n", self.nodename, *args]
         done = subprocess.run(
             cmd,
-            env=_ctl_env(),
+            env=_ctl_env(self.spec),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -179,7 +188,7 @@ class Node:
     def _check_ports_free(self) -> None:
         # Fail fast: otherwise the node dies late in boot with an obscure listener error.
         for port in (self.spec.amqp_port, self.spec.dist_port):
-            if amqp_reachable(f"amqp://{LOOPBACK}:{port}/", 0.5):
+            if amqp_reachable(f"amqp://{self.spec.host}:{port}/", 0.5):
                 raise RuntimeError(f"port {port} is already in use; cannot start {self.nodename}")
 
     def _prepare_files(self) -> None:
@@ -197,7 +206,7 @@ class Node:
         # Own session: the node outlives our terminal, ignores its Ctrl-C, and dies as a group.
         with (self._dir / "server.out").open("ab") as out:
             self._proc = subprocess.Popen(
-                [str(SERVER)],
+                [*self._in_netns(), str(SERVER)],
                 cwd=self._dir,
                 env=self._node_env(),
                 stdin=subprocess.DEVNULL,
@@ -207,11 +216,15 @@ class Node:
             )
         (self._dir / "launcher.pgid").write_text(f"{self._proc.pid}\n")
 
+    def _in_netns(self) -> list[str]:
+        # `ip netns exec` execs the command in place: same pid, same process group.
+        return ["ip", "netns", "exec", self.spec.netns] if self.spec.netns else []
+
     def _node_env(self) -> dict[str, str]:
         return {
             **_clean_env(),
             "RABBITMQ_NODENAME": self.nodename,
-            "RABBITMQ_NODE_IP_ADDRESS": LOOPBACK,
+            "RABBITMQ_NODE_IP_ADDRESS": self.spec.host,
             "RABBITMQ_NODE_PORT": str(self.spec.amqp_port),
             "RABBITMQ_DIST_PORT": str(self.spec.dist_port),
             "RABBITMQ_MNESIA_BASE": str(self._dir / "mnesia"),
@@ -221,8 +234,9 @@ class Node:
             "RABBITMQ_ADVANCED_CONFIG_FILE": str(self._dir / "advanced.config"),
             "RABBITMQ_CONF_ENV_FILE": str(self._dir / "rabbitmq-env.conf"),
             "RABBITMQ_PID_FILE": str(self.pid_file),
-            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": LOOPBACK_DIST_ARGS,
-            "ERL_EPMD_ADDRESS": LOOPBACK,
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": _dist_args(self.spec),
+            "ERL_EPMD_ADDRESS": self.spec.host,
+            "RABBITMQ_USE_LONGNAME": str(not self.spec.on_loopback).lower(),
             # A node that fails to boot dumps a large erl_crash.dump; keep it with the node.
             "ERL_CRASH_DUMP": str(self._dir / "erl_crash.dump"),
         }
@@ -360,10 +374,21 @@ def _clean_env() -> dict[str, str]:
     return env
 
 
-def _ctl_env() -> dict[str, str]:
+def _dist_args(spec: NodeSpec) -> str:
+    if spec.on_loopback:
+        return LOOPBACK_DIST_ARGS
+    # Distribution on the node's own address only; a tick every few seconds rather than
+    # 60, so that the cluster notices a partition of a test's length.
+    address = spec.host.replace(".", ",")
+    return f"-kernel inet_dist_use_interface {{{address}}} -kernel net_ticktime {NETNS_TICKTIME_S}"
+
+
+def _ctl_env(spec: NodeSpec) -> dict[str, str]:
     env = _clean_env()
-    env["RABBITMQ_CTL_ERL_ARGS"] = LOOPBACK_DIST_ARGS
-    env["ERL_EPMD_ADDRESS"] = LOOPBACK
+    # A node elsewhere is reached from inside its namespace, where its address is local.
+    env["RABBITMQ_CTL_ERL_ARGS"] = LOOPBACK_DIST_ARGS if spec.on_loopback else ""
+    env["ERL_EPMD_ADDRESS"] = spec.host
+    env["RABBITMQ_USE_LONGNAME"] = str(not spec.on_loopback).lower()
     # A failed CLI call explains itself on stderr; a crash dump in the cwd would be litter.
     env["ERL_CRASH_DUMP_SECONDS"] = "0"
     return env

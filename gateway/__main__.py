@@ -19,6 +19,7 @@ import orjson
 
 from core import logs
 from core.settings import Settings, SettingsError, load
+from core.tracing import TracingUnavailable
 
 log = logging.getLogger("gateway")
 
@@ -98,7 +99,11 @@ def run_gateway(settings: Settings) -> None:
     log.info("starting", extra={"host": http.host, "port": http.port, "workers": http.workers})
     if http.workers > 1:
         become_supervisor(settings)
-    serve(settings)
+    try:
+        serve(settings)
+    except TracingUnavailable as exc:
+        print(f"aifi-gateway: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def main(argv: list[str] | None = None) -> None:

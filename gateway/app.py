@@ -15,6 +15,7 @@ from aiohttp import HttpVersion11, hdrs, web
 
 from core.auth import TokenTable
 from core.settings import Settings
+from core.tracing import Tracer
 from gateway import events, openapi
 from gateway.handlers import (
     GATEWAY,
@@ -101,7 +102,7 @@ def add_routes(app: web.Application, settings: Settings, gateway: Gateway) -> No
     app.router.add_route(hdrs.METH_ANY, "/{path:.*}", nothing_here, expect_handler=expect_anything)
 
 
-def gateway_state(settings: Settings, pipeline: Pipeline) -> Gateway:
+def gateway_state(settings: Settings, pipeline: Pipeline, tracer: Tracer | None = None) -> Gateway:
     auth = settings.auth
     limiter = None
     if auth.rate_limit_per_s > 0:
@@ -114,6 +115,7 @@ def gateway_state(settings: Settings, pipeline: Pipeline) -> Gateway:
         body_timeout_s=settings.http.body_timeout_s,
         rate_limiter=limiter,
         forward_headers=settings.http.forward_headers,
+        tracer=tracer,
     )
 
 
@@ -129,11 +131,12 @@ GETS: tuple[tuple[str, Callable[[web.Request], Awaitable[web.Response]]], ...] =
 )
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, tracer: Tracer | None = None) -> web.Application:
+    """The gateway's app; `tracer` (`core.tracing.configured`) when tracing is on."""
     app = web.Application(client_max_size=settings.http.max_body_bytes)
-    pipeline = Pipeline(settings)
+    pipeline = Pipeline(settings, tracer)
     app[PIPELINE] = pipeline
-    app[GATEWAY] = gateway = gateway_state(settings, pipeline)
+    app[GATEWAY] = gateway = gateway_state(settings, pipeline, tracer)
     app[OPENAPI] = openapi.document(settings)
     app.cleanup_ctx.append(pipeline_ctx)
     app.on_shutdown.append(stop_being_ready)

@@ -27,6 +27,9 @@ class Backlog:
         self._records: deque[Record] = deque()
         self._bytes = 0
         self._spilled_from: int | None = None  # first seq that is only on disk
+        # The last seq added: the spool holds records after it that are not yet safe (and
+        # may never be), which a read back must leave alone.
+        self._last_seq = 0
 
     def __len__(self) -> int:
         return len(self._records) + self.spilled
@@ -35,9 +38,10 @@ class Backlog:
     def spilled(self) -> int:
         if self._spilled_from is None:
             return 0
-        return self._spool.last_seq - self._spilled_from + 1
+        return self._last_seq - self._spilled_from + 1
 
     def add(self, record: Record) -> None:
+        self._last_seq = record.seq
         if self._spilled_from is None and self._bytes < self._memory_max_bytes:
             self._keep(record)
         elif self._spilled_from is None:
@@ -64,6 +68,8 @@ class Backlog:
     def _read_back(self, first_seq: int) -> None:
         """Load spilled records, oldest first, up to half the bound."""
         for record in self._spool.read_from(first_seq, self._memory_max_bytes // 2):
+            if record.seq > self._last_seq:
+                break
             self._keep(record)
         last = self._records[-1].seq if self._records else first_seq - 1
-        self._spilled_from = last + 1 if last < self._spool.last_seq else None
+        self._spilled_from = last + 1 if last < self._last_seq else None

@@ -11,7 +11,7 @@ from typing import Final, Generic, Literal, TypeVar
 from pydantic import BaseModel
 
 from core import contract
-from core.contract import ContextFields, Headers, Kind, NormalizedFields, Outbound
+from core.contract import ContextFields, Headers, Kind, NormalizedFields, Outbound, TraceFields
 from core.times import iso
 from gateway.models import Tracking, Transition
 
@@ -30,6 +30,8 @@ class Receipt:
     received_at: datetime
     # The HTTP headers named in `http.forward_headers`, as AMQP headers.
     forwarded: Headers = field(default_factory=dict)
+    # The event's trace: the webhook's `traceparent`, a span of ours, or a new trace.
+    trace: TraceFields = field(default_factory=lambda: TraceFields())
 
 
 def fingerprint(raw: bytes) -> str:
@@ -124,6 +126,7 @@ def message(event_id: str, subject: str, data: NormalizedFields, receipt: Receip
         receipt.raw_body,
         int(receipt.received_at.timestamp()),
         receipt.forwarded,
+        receipt.trace,
     )
 
 

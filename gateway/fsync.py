@@ -74,7 +74,8 @@ class IntervalSync:
         self._syncing = asyncio.create_task(self._sync_quietly())
 
     async def _sync_quietly(self) -> None:
-        # A failing disk shows in the next append; the interval promises nothing more.
+        # A failed sync has poisoned the spool (`Spool._sync`): every later append is
+        # refused. What was answered before it is what the interval risks.
         with contextlib.suppress(OSError):
             await self._sync()
 

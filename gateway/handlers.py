@@ -16,8 +16,17 @@ from aiohttp import HttpVersion11, hdrs, web
 from pydantic import ValidationError
 
 from core.auth import TokenTable
-from core.contract import Headers, forwarded_header
+from core.contract import (
+    TRACEPARENT,
+    TRACESTATE,
+    Headers,
+    Outbound,
+    TraceFields,
+    forwarded_header,
+    trace_id,
+)
 from core.http import X_REQUEST_ID, problem, request_id
+from core.tracing import EVENT_ID, Tracer, incoming, new_trace, span
 from gateway import events
 from gateway.events import Model, Normalizer, Receipt
 from gateway.metrics import Metrics
@@ -45,6 +54,8 @@ class Gateway:
     body_timeout_s: float
     rate_limiter: RateLimiter | None = None
     forward_headers: tuple[str, ...] = ()
+    # None: tracing is off, and the request path starts no span.
+    tracer: Tracer | None = None
 
 
 GATEWAY: Final = web.AppKey("gateway", Gateway)
@@ -215,6 +226,13 @@ def forwarded(request: web.Request, names: tuple[str, ...]) -> Headers:
     return {forwarded_header(n): request.headers[n] for n in names if n in request.headers}
 
 
+def received_trace(request: web.Request) -> TraceFields | None:
+    """The webhook's W3C trace context, if it sent a valid one (else None: a new trace)."""
+    headers = request.headers
+    parent = headers.get(TRACEPARENT)
+    return None if parent is None else incoming(parent, headers.getall(TRACESTATE, []))
+
+
 def accepted(event_id: str, rid: str) -> web.Response:
     headers = {hdrs.CONTENT_TYPE: JSON_MEDIA_TYPE, X_EVENT_ID: event_id, X_REQUEST_ID: rid}
     return web.Response(body=OK_BODY, headers=headers)
@@ -244,14 +262,26 @@ class Receiver(Generic[Model]):
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The request path: admit the head, read the body, normalize it, hand it over."""
         started_s = time.perf_counter()
+        tracer = self.gateway.tracer
         try:
-            response = await self.respond(request)
+            if tracer is None:
+                response = await self.respond(request, received_trace(request) or new_trace())
+            else:
+                response = await self.traced(request, tracer)
         except Exception:
             response = server_error(request)
         self._observe(response.status, time.perf_counter() - started_s)
         return response
 
-    async def respond(self, request: web.Request) -> web.Response:
+    async def traced(self, request: web.Request, tracer: Tracer) -> web.Response:
+        """`respond` in a `receive` span, the child of the webhook's trace (or a new root)."""
+        with span(tracer, "receive", received_trace(request) or {}, "server") as receive:
+            response = await self.respond(request, receive.trace)
+            if response.status >= 500:
+                receive.fail(f"answered {response.status}")
+            return response
+
+    async def respond(self, request: web.Request, trace: TraceFields) -> web.Response:
         gateway = self.gateway
         token_name = admitted(request)
         if token_name is None:
@@ -263,21 +293,31 @@ class Receiver(Generic[Model]):
         except Rejection as rejection:
             return unread(self.refuse(request, rejection, token_name))
         headers = forwarded(request, gateway.forward_headers)
-        receipt = Receipt(raw, token_name, datetime.now(UTC), headers)
+        receipt = Receipt(raw, token_name, datetime.now(UTC), headers, trace)
         try:
             model = parse(raw, media_type(request), self.normalizer.model)
         except Rejection as rejection:
             await self.quarantine(request, rejection, receipt)
             return self.refuse(request, rejection, token_name)
         outbound = self.normalizer.build(model, receipt)
+        tracer = gateway.tracer
         try:
-            await gateway.pipeline.accept(outbound)
+            if tracer is None:
+                await gateway.pipeline.accept(outbound)
+            else:
+                await self.spooled(outbound, trace, tracer)
         except Unavailable as exc:
             return stamped(request, refusal(unavailable(exc)))
         rid = request_id(request)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("accepted", extra={"request_id": rid, "event_id": outbound.message_id})
+            ids = {"event_id": outbound.message_id, "trace_id": trace_id(trace[TRACEPARENT])}
+            log.debug("accepted", extra={"request_id": rid, **ids})
         return accepted(outbound.message_id, rid)
+
+    async def spooled(self, outbound: Outbound, trace: TraceFields, tracer: Tracer) -> None:
+        """`Pipeline.accept` in a `spool` span: until the event is safe."""
+        with span(tracer, "spool", trace, "internal", {EVENT_ID: outbound.message_id}):
+            await self.gateway.pipeline.accept(outbound)
 
     async def expect(self, request: web.Request) -> web.StreamResponse | None:
         """The route's expect handler: `100 Continue` only to a head that can be accepted.

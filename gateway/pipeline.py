@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from core.contract import Outbound
 from core.settings import Settings
+from core.tracing import Tracer
 from gateway.publisher import Outcomes, Publisher, PublishError
 from gateway.relay import Relay
 from gateway.spool import Spool, SpoolFull, SpoolStats
@@ -129,10 +130,10 @@ def _expire(waiters: list[Waiter]) -> None:
 class Pipeline:
     """Everything between a handler and the broker."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, tracer: Tracer | None = None) -> None:
         s = settings.spool
         self.spool = Spool(s.dir, s.segment_bytes, s.max_bytes, s.fsync, s.fsync_interval_ms / 1000)
-        self.publisher = Publisher(settings.amqp, settings.consumers)
+        self.publisher = Publisher(settings.amqp, settings.consumers, tracer)
         self.relay = Relay(self.spool, self.publisher, s.max_in_flight, s.memory_max_bytes)
         # `ack: confirmed`: how long a request waits for the broker before it is spooled.
         self._coalescer = (
@@ -192,7 +193,10 @@ class Pipeline:
         await self._spooled(outbound)
 
     async def _confirmed(self, coalescer: Coalescer, outbound: Outbound) -> bool:
-        if not self.publisher.ready:
+        # Behind a backlog (a broker late to confirm, blocked say), straight to the spool:
+        # a direct publish would also time out, be spooled and, once the broker goes on,
+        # arrive twice; the duplicates of a blocked broker stay those of one timeout.
+        if not self.publisher.ready or self.relay.pending:
             return False
         try:
             await coalescer.publish(outbound)
@@ -202,7 +206,7 @@ class Pipeline:
 
     async def _spooled(self, outbound: Outbound) -> None:
         try:
-            self.relay.submit(self.spool.append(outbound))
+            record = self.spool.append(outbound)
             await self.spool.durable()
         except SpoolFull as exc:
             self._alarm.raise_(str(exc))
@@ -210,13 +214,16 @@ class Pipeline:
         except OSError as exc:
             self._alarm.raise_(f"disk error: {exc.strerror or exc}")
             raise Unavailable("spool disk error") from exc
+        # Handed to the relay only once safe: an event answered 503 is never published
+        # (its retry would be a second event, with an id of its own).
+        self.relay.submit(record)
         self._alarm.clear()
 
     def status(self) -> Status:
         connected = self.publisher.ready
         # Connected but confirming nothing: blocked by a resource alarm, or stuck.
         stalled = self.relay.stalled_s > self._stall_after_s
-        problem = self._alarm.reason
+        problem = self.spool.poisoned or self._alarm.reason
         return Status(
             ready=connected and not stalled and problem is None and not self._stopping,
             broker_connected=connected,

@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Final, NoReturn
 from core import logs
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from core.settings import Settings
 
 # Named: run as `python -m gateway.processes`, this module is `__main__`.
@@ -64,14 +66,22 @@ def quiet_gc() -> None:
 
 def serve(settings: Settings) -> None:
     """One gateway process; with `http.workers` > 1 each of them shares the port (SO_REUSEPORT)."""
-    import uvloop
-    from aiohttp import web
-
+    from core import tracing
     from gateway.app import create_app
 
     logs.configure(settings.log.level)
-    app = create_app(settings)
-    quiet_gc()
+    # Entered before the app: its spans are flushed once the app has stopped.
+    with tracing.configured(settings.tracing, "aifi-gateway") as tracer:
+        app = create_app(settings, tracer)
+        quiet_gc()
+        run(app, settings)
+
+
+def run(app: web.Application, settings: Settings) -> None:
+    """Serve `app` until a signal stops it."""
+    import uvloop
+    from aiohttp import web
+
     web.run_app(
         app,
         host=settings.http.host,

@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Final, Generic, TypeVar
 
 import aio_pika
@@ -30,6 +31,8 @@ from core.topology import (
     declare_exchanges,
     declare_spec,
 )
+from core.tracing import Tracer
+from gateway import spans
 from gateway.frames import PublishEncoder
 
 log = logging.getLogger(__name__)
@@ -51,8 +54,14 @@ class Unencodable(PublishError):
 class Publisher:
     """Publishes with confirms, pipelined: any number of callers await their own confirm."""
 
-    def __init__(self, settings: AmqpSettings, consumers: Mapping[str, ConsumerSettings]) -> None:
+    def __init__(
+        self,
+        settings: AmqpSettings,
+        consumers: Mapping[str, ConsumerSettings],
+        tracer: Tracer | None = None,
+    ) -> None:
         self._settings = settings
+        self._tracer = tracer
         # Declared at each connection: what is accepted before a worker first ran (or after
         # the broker lost its data) waits in its consumer's queue, not in `aifi.unrouted`.
         self._queues = all_specs(consumers)
@@ -61,6 +70,7 @@ class Publisher:
         self._confirms: Confirms[Any] | None = None
         self._ready = asyncio.Event()
         self._serving: asyncio.Task[None] | None = None
+        self._lingering: set[asyncio.Future[None]] = set()
         self.reconnects = 0
         self.returns = 0
 
@@ -95,7 +105,7 @@ class Publisher:
         )
         # Closing the connection closes its channel: a channel of its own to close
         # would wait on the very node that stopped answering.
-        async with connection:
+        async with _closing(connection, self._settings.publish_timeout_s, self._lingering):
             channel = await self._declared_channel(connection)
             underlay = await channel.get_underlay_channel()
             if not isinstance(underlay, aiormq.Channel):
@@ -112,13 +122,30 @@ class Publisher:
             self._ready.set()
             log.info("amqp connected", extra={"url": redact(url)})
             try:
-                await first_of(connection.closed(), channel.closed())
+                await first_of(
+                    connection.closed(), channel.closed(), self._unanswered(underlay, confirms)
+                )
             finally:
                 self._ready.clear()
                 self._channel = self._encoder = self._confirms = None
                 # No confirm can come any more: what waits on one is not safe.
                 confirms.fail_all(PublishError("connection lost"))
         log.warning("amqp connection lost", extra={"url": redact(url)})
+
+    async def _unanswered(self, channel: aiormq.Channel, confirms: Confirms[Any]) -> None:
+        """Return once a confirm is overdue by `publish_timeout_s` on a connection that the
+        broker has not blocked (a memory or disk alarm, which only holds confirms back).
+
+        A node cut off from the network, or reached by a link that drops one way, keeps
+        the TCP connection open and silent until the heartbeat gives up, minutes later:
+        meanwhile nothing is confirmed, though another node of the cluster could.
+        """
+        limit_s = self._settings.publish_timeout_s
+        while True:
+            await asyncio.sleep(limit_s / 4)
+            if confirms.waited_s() > limit_s and not _blocked(channel.connection):
+                log.warning("amqp confirms overdue; leaving the node", extra={"after_s": limit_s})
+                return
 
     async def _declared_channel(self, connection: AbstractConnection) -> AbstractChannel:
         """A confirming channel once the exchanges and the consumers' queues are declared,
@@ -150,6 +177,17 @@ class Publisher:
         This bypasses aiormq's `basic_publish`, whose per-message objects, lock and
         write cost four times the CPU of the rest of the relay (measured under bench/).
         """
+        if self._tracer is None:
+            await self._send(messages, settle)
+            return
+        traced, settled = spans.publishing(self._tracer, messages, settle)
+        try:
+            await self._send(traced, settled)
+        except PublishError as exc:
+            spans.abandoned(traced, exc)
+            raise
+
+    async def _send(self, messages: Sequence[tuple[Outbound, T]], settle: Settle[T]) -> None:
         await self._ready.wait()
         try:
             channel, encoder, confirms = self._channel, self._encoder, self._confirms
@@ -219,6 +257,36 @@ async def _write(
         asyncio.get_running_loop().call_soon(settle, unencodable)
 
 
+@contextlib.asynccontextmanager
+async def _closing(
+    connection: AbstractConnection, timeout_s: float, lingering: set[asyncio.Future[None]]
+) -> AsyncIterator[None]:
+    """Close `connection` at the end, waiting `timeout_s` at most.
+
+    A graceful close drains the socket and awaits the broker's answer, which a node that
+    stopped answering never gives, and aiormq's close cannot be cancelled meanwhile: it
+    goes on in the background (kept in `lingering`) until aiormq gives up on the socket.
+    """
+    try:
+        yield
+    finally:
+        closing = asyncio.ensure_future(connection.close())
+        await asyncio.wait([closing], timeout=timeout_s)
+        if not closing.done():
+            lingering.add(closing)
+            closing.add_done_callback(lingering.discard)
+
+
+def _blocked(connection: object) -> bool:
+    """Whether the broker blocked the connection (connection.blocked, not yet unblocked)."""
+    unblocked = getattr(connection, UNBLOCKED_EVENT, None)
+    return isinstance(unblocked, asyncio.Event) and not unblocked.is_set()
+
+
+# aiormq 7.2 keeps the blocked state only in this private event (set while unblocked).
+UNBLOCKED_EVENT: Final = "_Connection__connection_unblocked"
+
+
 class _Pending(Generic[T]):
     """One message awaiting its confirm. aiormq's reader finds it by message id when the
     broker returns the message, and calls `set_result` or `set_exception` on it."""
@@ -265,6 +333,9 @@ class Confirms(Generic[T]):
         self._channel = channel
         self._publisher = publisher
         self._pending: OrderedDict[int, _Pending[T]] = OrderedDict()
+        # (last delivery tag, monotonic time) of each write: one entry per write, not per
+        # message, to tell how long the oldest pending confirm has been awaited.
+        self._writes: deque[tuple[int, float]] = deque()
         self.failed = False
         # The reader awaits the instance's attribute: this takes over every confirm frame.
         setattr(channel, "_on_confirm_frame", self._on_confirm_frame)  # noqa: B010
@@ -282,6 +353,18 @@ class Confirms(Generic[T]):
             by_message_id[message_id] = tag
             returnable[tag] = entry  # type: ignore[assignment]
         channel.delivery_tag = tag
+        self._writes.append((tag, time.monotonic()))
+
+    def waited_s(self) -> float:
+        """How long the oldest pending confirm has been awaited; 0 when none is."""
+        pending, writes = self._pending, self._writes
+        if not pending:
+            writes.clear()
+            return 0.0
+        oldest = next(iter(pending))
+        while writes and writes[0][0] < oldest:
+            writes.popleft()
+        return time.monotonic() - writes[0][1] if writes else 0.0
 
     async def _on_confirm_frame(self, frame: Basic.Ack | Basic.Nack) -> None:
         self.settle(frame.delivery_tag, frame.multiple, isinstance(frame, Basic.Ack))

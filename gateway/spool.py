@@ -5,7 +5,8 @@ u32><meta JSON><body>`; the checksum covers the payload, so a record torn by a
 crash mid-write is recognized and everything before it is kept. Appends go to a
 fresh segment after every start, so a torn tail is never written after.
 What the relay confirmed is recorded as a watermark (every seq at or below it
-is confirmed); segments entirely below it are deleted. When an appended record counts
+is confirmed), overwritten in place after every confirm; segments entirely below it
+are deleted. When an appended record counts
 as durable is the spool's `spool.fsync` policy (`gateway.fsync`), asked by `durable`.
 """
 
@@ -36,6 +37,7 @@ FRAME: Final = struct.Struct("<II")
 PREFIX: Final = struct.Struct("<QI")
 SUFFIX: Final = ".seg"
 WATERMARK_FILE: Final = "confirmed"
+WATERMARK_BYTES: Final = 30
 LOCK_FILE: Final = "lock"
 UNPUBLISHABLE_DIR: Final = "unpublishable"
 
@@ -46,6 +48,15 @@ class SpoolLocked(Exception):
 
 class SpoolFull(Exception):
     """Appending would exceed `spool.max_bytes`."""
+
+
+class SpoolPoisoned(OSError):
+    """An fsync of the spool failed: nothing appended is durable any more until a restart.
+
+    After a failed fsync the kernel may have dropped the pages it covered and report
+    success to the next one (PostgreSQL's "fsyncgate"), so the spool never syncs again
+    to call them safe: it refuses every append until the gateway restarts on it.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +136,14 @@ def segment_paths(directory: Path) -> list[Path]:
     return sorted(directory.glob(f"*{SUFFIX}"))
 
 
+def make_dir_durably(directory: Path) -> None:
+    """mkdir -p, each directory made also fsyncing its parent: a power cut keeps it."""
+    missing = [d for d in (directory, *directory.parents) if not d.exists()]
+    directory.mkdir(parents=True, exist_ok=True)
+    for made in reversed(missing):
+        fsync_dir(made.parent)
+
+
 def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -133,9 +152,25 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def watermark_text(watermark: int) -> bytes:
+    """A fixed-width line (`<20 digits> <crc32 hex>`): each save overwrites the last whole."""
+    digits = b"%020d" % watermark
+    return b"%s %08x\n" % (digits, zlib.crc32(digits))
+
+
+def parse_watermark(text: bytes) -> int:
+    """The watermark a file holds; 0 (replay all that is on disk) if it is torn."""
+    if len(text) != WATERMARK_BYTES:
+        return int(text)  # as written before the fixed-width line; ValueError if torn
+    digits, crc = text[:20], text[21:29]
+    if text[20:21] != b" " or int(crc, 16) != zlib.crc32(digits):
+        raise ValueError("watermark checksum mismatch")
+    return int(digits)
+
+
 def read_watermark(directory: Path) -> int:
     try:
-        return int((directory / WATERMARK_FILE).read_text())
+        return parse_watermark((directory / WATERMARK_FILE).read_bytes())
     except (FileNotFoundError, ValueError):
         return 0
 
@@ -161,14 +196,22 @@ class Spool:
         self._confirmed: set[int] = set()
         self.watermark = 0
         self._saved_watermark = 0
+        self._watermark_fd: int | None = None
         self._lock_fd: int | None = None
         self._bytes = 0
         self._sync_thread = fsync.SyncThread()
         self._durability = fsync.policy(fsync_mode, self._sync, fsync_interval_s)
+        # What the last successful sync covered: records up to `_synced_seq`, the active
+        # segment up to `_synced_bytes`.
+        self._synced_seq = 0
+        self._synced_bytes = 0
+        # `always` answers 503 for every record after a failed sync: forget them all.
+        self._forget_unsynced = fsync_mode == "always"
+        self.poisoned: str | None = None
 
     def recover(self) -> list[Record]:
         """Open the spool; return what was spooled and not confirmed, oldest first."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_dir_durably(self.directory)
         self._lock()
         self.watermark = self._saved_watermark = read_watermark(self.directory)
         pending: list[Record] = []
@@ -180,6 +223,8 @@ class Spool:
             self._adopt(path, records)
             pending.extend(r for r in records if r.seq > self.watermark)
         self._next_seq = max(self._next_seq, self.watermark + 1)
+        self._synced_seq = self._next_seq - 1
+        self._open_watermark()
         for record in pending:
             self._unconfirmed.append((record.seq, record.outbound.timestamp_s))
         self._delete_confirmed_segments()
@@ -203,6 +248,8 @@ class Spool:
 
     def append(self, outbound: Outbound) -> Record:
         """Write one record (not yet durable: see `durable`)."""
+        if self.poisoned is not None:
+            raise SpoolPoisoned(self.poisoned)
         seq = self._next_seq
         frame = encode(seq, outbound)
         if self.size_bytes + len(frame) > self._max_bytes:
@@ -222,7 +269,16 @@ class Spool:
     async def _sync(self) -> None:
         """fdatasync the segment appended to now: the policy calls it after the appends it
         covers, and a rotation in between has already fsynced the segment it sealed."""
-        await self._sync_thread.fdatasync(self._fd)
+        if self.poisoned is not None:
+            raise SpoolPoisoned(self.poisoned)
+        seq, size = self.last_seq, self._segments[-1].size_bytes if self._fd is not None else 0
+        try:
+            await self._sync_thread.fdatasync(self._fd)
+        except OSError as exc:
+            self._poison(f"fsync failed: {exc}")
+            raise
+        if seq > self._synced_seq:  # a rotation meanwhile has synced more
+            self._synced_seq, self._synced_bytes = seq, size
 
     def _write(self, segment: Segment, frame: bytes) -> None:
         assert self._fd is not None
@@ -243,12 +299,20 @@ class Spool:
             return active
         if active is not None:
             self._seal()
+            if self.poisoned is not None:
+                raise SpoolPoisoned(self.poisoned)
         return self._open_segment(seq)
 
     def _open_segment(self, seq: int) -> Segment:
         path = self.directory / f"{seq:020d}{SUFFIX}"
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        fsync_dir(self.directory)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            fsync_dir(self.directory)
+        except OSError as exc:
+            os.close(fd)
+            self._poison(f"fsync of the spool directory failed: {exc}")
+            raise
+        self._fd, self._synced_bytes = fd, 0
         segment = Segment(path, seq, seq - 1, 0)
         self._segments.append(segment)
         return segment
@@ -263,9 +327,43 @@ class Spool:
                 os.ftruncate(fd, truncate_to)
             os.fsync(fd)
         except OSError as exc:
-            log.error("sealing a segment failed", extra={"error": repr(exc)})
-        finally:
             os.close(fd)
+            self._poison(f"fsync of a sealed segment failed: {exc}")
+            return
+        os.close(fd)
+        self._synced_seq, self._synced_bytes = self._segments[-1].last_seq, 0
+
+    def _poison(self, reason: str) -> None:
+        """Refuse every append from now on; with `always`, forget what was not synced."""
+        if self.poisoned is not None:
+            return
+        self.poisoned = reason
+        log.error(
+            "spool poisoned: refusing events until the gateway restarts",
+            extra={"reason": reason, "durable_seq": self._synced_seq},
+        )
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+        if self._forget_unsynced:
+            self._forget_after(self._synced_seq, self._synced_bytes)
+
+    def _forget_after(self, seq: int, size_bytes: int) -> None:
+        """Drop the records after `seq`, each answered 503: none may be published, now or
+        after a restart (cut off the segment, and passed by the watermark)."""
+        while self._unconfirmed and self._unconfirmed[-1][0] > seq:
+            self._unconfirmed.pop()
+        segment = self._segments[-1] if self._segments else None
+        if segment is not None and segment.last_seq > seq:
+            try:
+                with open(segment.path, "r+b") as cut:
+                    cut.truncate(size_bytes)
+                    os.fsync(cut.fileno())
+            except OSError as exc:
+                log.error("cutting off refused records failed", extra={"error": repr(exc)})
+            self._bytes -= segment.size_bytes - size_bytes
+            segment.size_bytes, segment.last_seq = size_bytes, seq
+        self.watermark = self._unconfirmed[0][0] - 1 if self._unconfirmed else self.last_seq
 
     def confirm(self, seq: int) -> None:
         """Record the broker's confirm of `seq`; advance the watermark over every confirmed seq."""
@@ -316,13 +414,24 @@ class Spool:
             os.close(fd)
         return path
 
+    def _open_watermark(self) -> None:
+        """Hold the watermark file open: every save is then one pwrite of the whole line
+        over the last (which, once written, needs no new block, even on a full disk)."""
+        path = self.directory / WATERMARK_FILE
+        self._watermark_fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+
     def save_watermark(self) -> None:
-        """Persist the watermark (without fsync: a stale one only causes duplicates)."""
-        if self.watermark == self._saved_watermark:
+        """Persist the watermark: one pwrite of a few bytes into the page cache, cheap enough
+        after every confirm, so a killed process replays only what was in flight. Not
+        fsynced: after a power cut a stale (or torn, hence 0) one only causes duplicates,
+        and so does a save that fails (logged; the next one tries again)."""
+        if self.watermark == self._saved_watermark or self._watermark_fd is None:
             return
-        tmp = self.directory / f"{WATERMARK_FILE}.tmp"
-        tmp.write_text(str(self.watermark))
-        tmp.replace(self.directory / WATERMARK_FILE)
+        try:
+            os.pwrite(self._watermark_fd, watermark_text(self.watermark), 0)
+        except OSError as exc:
+            log.warning("saving the watermark failed", extra={"error": repr(exc)})
+            return
         self._saved_watermark = self.watermark
 
     def close(self) -> None:
@@ -330,6 +439,9 @@ class Spool:
         self._sync_thread.close()
         self._seal()
         self.save_watermark()
+        if self._watermark_fd is not None:
+            os.close(self._watermark_fd)
+            self._watermark_fd = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -1,5 +1,5 @@
 """`aifi-presence`: the presence ledger, read-only, as a JSON HTTP API for downstream services.
 
-It reads the ledger the built-in workers keep (`consumers.ledger`, on SQLite or PostgreSQL)
+It reads the ledger the built-in workers keep (`ledger`, on SQLite or PostgreSQL)
 and never writes to it; its bearer tokens are its own (`presence.tokens`).
 """

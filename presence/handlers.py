@@ -11,9 +11,11 @@ from typing import Final, TypeVar
 from aiohttp import hdrs, web
 from pydantic import BaseModel
 
-from consumers.ledger import Ledger, LedgerUnavailable, Row
 from core.auth import TokenTable
 from core.http import problem
+from ledger.effects import Row
+from ledger.errors import LedgerUnavailable
+from ledger.ledger import Ledger
 from presence.metrics import Metrics
 from presence.models import Health, Readiness, StoreOccupancy, Stores, Tracking, Visit
 from presence.reader import NotOpen, Reader

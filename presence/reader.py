@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from consumers import ledger
 from core.aio import backoff_s, paused
 from core.settings import LedgerSettings
+from ledger import ledger
+from ledger.errors import LedgerError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class Reader:
         while not stop.is_set():
             try:
                 await self._hold(stop)
-            except ledger.LedgerError as exc:
+            except LedgerError as exc:
                 pause_s = backoff_s(attempt, self._retry_max_s)
                 self._failed(exc, pause_s)
                 attempt += 1
@@ -62,7 +63,7 @@ class Reader:
             finally:
                 self._ledger, self._why = None, "the service is stopping"
 
-    def _failed(self, exc: ledger.LedgerError, pause_s: float) -> None:
+    def _failed(self, exc: LedgerError, pause_s: float) -> None:
         self._why = str(exc)
         self.tried.set()
         log.warning(

@@ -28,7 +28,7 @@ from core.settings import ConsumerSettings, LedgerSettings, Settings
 from devtools import pgnode, procs
 from devtools.rabbitnode import Node, NodeSpec, ensure_installed, free_port
 from tests.support.broker import Capture
-from tests.support.consumer import Scratch
+from tests.support.consumer import Launcher, Scratch, WorkerProcess
 from tests.support.gateway import gateway_settings, started_client
 from tests.support.loadcheck import Verdict
 from tests.support.monitoring import Prometheus, Stack, prometheus_for, traffic
@@ -179,6 +179,19 @@ async def scratch(amqp_url: str, consumer_base: ConsumerSettings) -> AsyncIterat
     made = Scratch(amqp_url, consumer_base)
     yield made
     await made.delete()
+
+
+@pytest.fixture
+def launcher(tmp_path: Path, amqp_url: str) -> Iterator[Launcher]:
+    made: list[WorkerProcess] = []
+
+    def launch(consumers: dict[str, ConsumerSettings]) -> WorkerProcess:
+        made.append(WorkerProcess(tmp_path / str(len(made)), amqp_url, consumers))
+        return made[-1]
+
+    yield launch
+    for each in made:
+        each.kill_all()
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from core.aio import backoff_s, first_of, paused
+from core.aio import backoff_s, cancel_and_wait, first_of, paused
 
 
 def test_backoff_doubles_from_a_tenth_of_a_second_up_to_its_cap() -> None:
@@ -27,3 +27,33 @@ async def test_first_of_returns_with_the_first_and_cancels_the_rest() -> None:
     await asyncio.wait_for(first_of(asyncio.sleep(0), never), 5)
     await asyncio.sleep(0)
     assert never.cancelled()
+
+
+async def test_first_of_returns_once_what_it_cancelled_has_ended() -> None:
+    settled: list[str] = []
+
+    async def settling_when_cancelled() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.sleep(0.01)  # a batch settling as its connection goes
+            settled.append("settled")
+
+    await asyncio.wait_for(first_of(asyncio.sleep(0), settling_when_cancelled()), 5)
+    assert settled == ["settled"]
+
+
+async def test_cancel_and_wait_ends_each_future_whatever_it_ends_with() -> None:
+    async def failing_when_cancelled() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            raise RuntimeError("while stopping")
+
+    failing = asyncio.ensure_future(failing_when_cancelled())
+    pending = asyncio.get_running_loop().create_future()
+    await asyncio.sleep(0)
+    await asyncio.wait_for(cancel_and_wait(failing, pending), 5)
+    assert failing.done()
+    assert isinstance(failing.exception(), RuntimeError)
+    assert pending.cancelled()

@@ -271,10 +271,11 @@ def excluded(path: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bool:
 def copied_sources() -> list[str]:
     """The sources of the Dockerfile's COPY instructions (all but the destination)."""
     sources: list[str] = []
+    # Only COPY lines are split (others may end in a line continuation shlex refuses), and
+    # not those copying from an earlier stage of the build.
     for line in (ROOT / "Dockerfile").read_text().splitlines():
-        words = shlex.split(line)
-        if words and words[0].upper() == "COPY":
-            args = [w for w in words[1:] if not w.startswith("--")]
+        if line.split()[:1] == ["COPY"] and "--from=" not in line:
+            args = [w for w in shlex.split(line)[1:] if not w.startswith("--")]
             sources += [str(PurePosixPath(a)) for a in args[:-1]]
     return sources
 
@@ -287,7 +288,9 @@ def test_the_build_context_leaves_out_secrets_and_local_state() -> None:
 
 def test_the_build_context_holds_every_file_the_dockerfile_copies() -> None:
     rules, sources = ignore_rules(), copied_sources()
-    assert {"pyproject.toml", "gateway", "consumers", "presence", "config.yaml"} <= set(sources)
+    assert {"pyproject.toml", "ledger", "gateway", "consumers", "presence", "config.yaml"} <= set(
+        sources
+    )
     for source in sources:
         path = ROOT / source
         files = [path] if path.is_file() else [p for p in path.rglob("*.py") if p.is_file()]

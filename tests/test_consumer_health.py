@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -68,9 +71,32 @@ async def test_serving_listens_only_for_the_block() -> None:
             await session.get(url)
 
 
+def listening_sockets_of_this_process() -> set[int]:
+    """Inodes of the TCP sockets this process listens on (state 0A in /proc/net/tcp*)."""
+    listening = {
+        int(fields[9])
+        for table in ("tcp", "tcp6")
+        for fields in map(str.split, Path(f"/proc/net/{table}").read_text().splitlines()[1:])
+        if fields[3] == "0A"
+    }
+    return {inode for inode in listening if f"socket:[{inode}]" in open_files()}
+
+
+def open_files() -> set[str]:
+    found = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):  # the descriptor of the listing itself is gone
+            found.add(os.readlink(fd))
+    return found
+
+
 async def test_port_0_serves_nothing() -> None:
+    before = listening_sockets_of_this_process()
     async with health.serving(ConsumerState("x"), "127.0.0.1", 0):
-        pass
+        assert listening_sockets_of_this_process() == before
+    # The same check sees a port that is served.
+    async with health.serving(ConsumerState("x"), "127.0.0.1", free_port()):
+        assert len(listening_sockets_of_this_process() - before) == 1
 
 
 async def test_metrics_report_outcomes_state_and_handler_time() -> None:

@@ -8,26 +8,22 @@ import signal
 import socket
 import sqlite3
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
-import yaml
 from aio_pika.abc import AbstractChannel
 
 from consumers import testing, topology
 from consumers.__main__ import parse
-from consumers.ledger import LedgerDB
 from core.contract import dead_queue_name, queue_name
-from core.settings import ConsumerSettings, LedgerSettings
+from core.settings import ConsumerSettings
 from devtools.rabbitnode import free_port
-from devtools.stack import BIN, CONSUMER_COMMAND
 from tests.support import broker
-from tests.support.consumer import Scratch
-from tests.support.processes import child_environ
+from tests.support.consumer import Launcher, Scratch, WorkerProcess
 from tests.support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,90 +37,6 @@ def consumer_base() -> ConsumerSettings:
 
 
 COUNT = 2000  # events in a stream that a worker is stopped in the middle of
-Launcher = Callable[[dict[str, ConsumerSettings]], "WorkerProcess"]
-
-
-class WorkerProcess:
-    """One `aifi-consumer NAME`, its settings in a YAML file, its log in a file."""
-
-    def __init__(self, tmp_path: Path, amqp_url: str, consumers: dict[str, ConsumerSettings]):
-        tmp_path.mkdir(parents=True)
-        self.db = tmp_path / "ledger.sqlite3"
-        self.config = tmp_path / "config.yaml"
-        self.config.write_text(
-            yaml.safe_dump(
-                {
-                    "consumers": {n: s.model_dump(mode="json") for n, s in consumers.items()},
-                }
-            )
-        )
-        self.env = child_environ() | {
-            "AIFI_AMQP_URL": amqp_url,
-            "AIFI_CONFIG": str(self.config),
-            "AIFI_LEDGER_DB": str(self.db),
-        }
-        self.logs = tmp_path / "logs"
-        self.logs.mkdir()
-        self.runs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, *args: str) -> subprocess.Popen[bytes]:
-        with (self.logs / f"{len(self.runs)}.log").open("wb") as log:
-            process = subprocess.Popen(
-                [str(BIN / CONSUMER_COMMAND[0]), *CONSUMER_COMMAND[1:], *args],
-                cwd=ROOT,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=log,
-            )
-        self.runs.append(process)
-        return process
-
-    def messages(self, run: int) -> list[str]:
-        return [line["message"] for line in self.log_lines(run)]
-
-    def log_lines(self, run: int) -> list[dict[str, Any]]:
-        text = (self.logs / f"{run}.log").read_text()
-        return [orjson.loads(line) for line in text.splitlines() if line.startswith("{")]
-
-    def stopped(self, run: int) -> dict[str, Any]:
-        [line] = [line for line in self.log_lines(run) if line["message"] == "stopped"]
-        return line
-
-    def processed(self) -> int:
-        # Opening creates the schema if the worker has not yet: no race with its start.
-        ledger = LedgerDB.open(LedgerSettings(db=self.db))
-        try:
-            return ledger.processed()
-        finally:
-            ledger.close()
-
-    def query(self, sql: str) -> list[tuple[Any, ...]]:
-        with contextlib.closing(sqlite3.connect(self.db)) as db:
-            return db.execute(sql).fetchall()
-
-    def kill_all(self) -> None:
-        for process in self.runs:
-            if process.poll() is None:
-                process.kill()
-            process.wait(10)
-            if process.stdout is not None:
-                process.stdout.close()
-
-
-@pytest.fixture
-def launcher(
-    tmp_path: Path, amqp_url: str
-) -> Iterator[Callable[[dict[str, ConsumerSettings]], WorkerProcess]]:
-    made: list[WorkerProcess] = []
-
-    def launch(consumers: dict[str, ConsumerSettings]) -> WorkerProcess:
-        made.append(WorkerProcess(tmp_path / str(len(made)), amqp_url, consumers))
-        return made[-1]
-
-    yield launch
-    for each in made:
-        each.kill_all()
 
 
 async def exited(process: subprocess.Popen[bytes], timeout_s: float = 15.0) -> int:

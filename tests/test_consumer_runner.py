@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -18,16 +19,18 @@ import orjson
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from consumers import health, ledger, testing, topology
+from consumers import health, testing, topology
 from consumers.handler import Handlers, Reject, RetryLater
-from consumers.ledger import Ledger, LedgerDB
-from consumers.runner import HandlerTimeout, Worker
+from consumers.ledger_handler import handlers
+from consumers.runner import HandlerTimeout, Worker, applied_log
 from consumers.settlement import ATTEMPTS_HEADER, REASON_HEADER
 from core import contract
 from core.amqp import declare_topology
 from core.contract import Event, Outbound, dead_queue_name, delay_queue_name, queue_name
 from core.settings import AmqpSettings, ConsumerSettings, LedgerSettings
 from devtools.rabbitnode import Node, NodeSpec, free_port
+from ledger import ledger
+from ledger.ledger import Ledger
 from tests.support import broker
 from tests.support.consumer import Scratch, running
 from tests.support.silent import SilentNode
@@ -102,13 +105,14 @@ async def test_twins_and_a_redelivery_through_the_broker(
     name, settings = scratch.consumer(f"entered.{store}", f"exited.{store}")
     entered = testing.transition("entered", store, "s1")
     twins = [testing.transition("exited", store, "s1") for _ in range(2)]
-    consumer = worker(amqp_url, name, settings, presence.handler())
+    consumer = worker(amqp_url, name, settings, handlers(presence))
     async with running(consumer):
         await broker.publish(channel, [entered, entered, *twins])
         await eventually(lambda: consumer.state.acked == 4, what="4 acks")
-    visit = await presence.call(LedgerDB.visit, "s1")
+    visit = await presence.visit("s1")
+    assert visit is not None
     assert (visit["personsEntered"], visit["personsExited"]) == (1, 2)
-    assert await presence.call(LedgerDB.processed) == 3
+    assert await presence.processed() == 3
 
 
 @pytest.mark.parametrize(
@@ -143,10 +147,10 @@ async def test_every_order_of_entry_and_exits_ends_the_same(
     expected_acks = {"entered": 1, "exited": 2}
     for turn in turns:
         await run_until_acked(
-            {kind: worker(amqp_url, *queues[kind], presence.handler()) for kind in turn},
+            {kind: worker(amqp_url, *queues[kind], handlers(presence)) for kind in turn},
             expected_acks,
         )
-    assert await presence.call(LedgerDB.visit, "s1") == {
+    assert await presence.visit("s1") == {
         "sessionId": "s1",
         "storeId": store,
         "oasisApiStoreId": store,
@@ -267,12 +271,12 @@ async def test_one_poison_event_does_not_hold_back_its_batch(
     good = [testing.transition("entered", store, f"s{i}") for i in range(10)]
     poison = without_session(testing.transition("entered", store, "s-poison"))
     await broker.publish(channel, [*good[:5], poison, *good[5:]])
-    consumer = worker(amqp_url, name, settings, presence.handler())
+    consumer = worker(amqp_url, name, settings, handlers(presence))
     async with running(consumer):
         await eventually(lambda: consumer.state.acked + consumer.state.dead_lettered == 11)
     assert consumer.state.batches < 11  # the events did arrive together
     assert (consumer.state.acked, consumer.state.dead_lettered) == (10, 1)
-    assert await presence.call(LedgerDB.processed) == 10
+    assert await presence.processed() == 10
     [dead] = await dead_letters(channel, name)
     assert dead.message_id == poison.message_id
     assert "no sessionId" in str(dead.headers[REASON_HEADER])
@@ -336,6 +340,34 @@ async def private_node(tmp_path: Path) -> AsyncIterator[Node]:
         await asyncio.to_thread(node.kill)
 
 
+async def test_a_lost_connection_ends_the_batch_in_hand_before_the_worker_says_so(
+    private_node: Node, store: int
+) -> None:
+    calls: list[str] = []
+    ended: list[str] = []
+
+    async def handler(event: Event) -> None:
+        calls.append(event.id)
+        if len(calls) > 1:
+            return  # the redelivery after the reconnect
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.sleep(0.5)  # still settling as its connection is gone
+            ended.append(event.id)
+
+    name = f"t{uuid.uuid4().hex[:16]}"
+    settings = BASE.model_copy(update={"bindings": (f"entered.{store}",)})
+    consumer = worker(private_node.url, name, settings, Handlers(one=handler))
+    async with running(consumer):
+        await publish_to(private_node.url, [testing.transition("entered", store, "s0")])
+        await eventually(lambda: len(calls) == 1, what="the handler's call")
+        await asyncio.to_thread(private_node.close_all_connections, "test")
+        await eventually(lambda: not consumer.state.connected, what="the loss")
+        assert ended == calls[:1], "the worker went on while its batch was still settling"
+        await eventually(lambda: len(calls) == 2, what="the redelivery")
+
+
 async def publish_to(url: str, outbounds: list[Outbound]) -> None:
     connection = await aio_pika.connect(url)
     async with connection, connection.channel() as channel:
@@ -356,14 +388,14 @@ async def test_consuming_resumes_after_the_broker_is_killed_and_restarted(
 ) -> None:
     name, port = f"t{uuid.uuid4().hex[:16]}", free_port()
     settings = BASE.model_copy(update={"bindings": (f"entered.{store}",), "prefetch": 32})
-    consumer = worker(private_node.url, name, settings, slowed(presence.handler()))
+    consumer = worker(private_node.url, name, settings, slowed(handlers(presence)))
     before = [testing.transition("entered", store, f"a{i}") for i in range(3000)]
     after = [testing.transition("entered", store, f"b{i}") for i in range(1000)]
     async with health.serving(consumer.state, "127.0.0.1", port), running(consumer):
         await publish_to(private_node.url, before)
         await eventually(lambda: processed_at_least(presence, 200), what="progress")
         await asyncio.to_thread(private_node.kill)
-        assert await presence.call(LedgerDB.processed) < len(before)  # killed mid-stream
+        assert await presence.processed() < len(before)  # killed mid-stream
         await eventually(lambda: not consumer.state.connected, what="the loss")
         assert (await healthz(port))[0] == 503
         await asyncio.to_thread(private_node.start)
@@ -375,8 +407,8 @@ async def test_consuming_resumes_after_the_broker_is_killed_and_restarted(
     assert (status, body["consuming"], body["connected"]) == (200, True, True)
     assert body["reconnects"] >= 1
     assert body["redelivered"] > 0  # what was in hand at the crash came back...
-    assert await presence.call(LedgerDB.processed) == len(before) + len(after)
-    [stats] = await presence.call(LedgerDB.occupancy, store)
+    assert await presence.processed() == len(before) + len(after)
+    [stats] = await presence.occupancy(store)
     assert stats["occupancy"] == len(before) + len(after)  # ...and counted once
 
 
@@ -394,7 +426,7 @@ def slowed(handler: Handlers) -> Handlers:
 
 
 async def processed_at_least(presence: Ledger, count: int) -> bool:
-    return bool(await presence.call(LedgerDB.processed) >= count)
+    return bool(await presence.processed() >= count)
 
 
 async def test_a_handler_that_runs_too_long_is_retried_then_dead_lettered(
@@ -490,3 +522,13 @@ async def test_a_node_holding_declarations_is_left_for_the_next_url(
             await eventually(lambda: consumer.state.acked == 1, what="the event acked")
     assert silent.declarations == 1, "the silent node was tried first and held a declaration"
     assert [call[0] for call in handler.calls] == [event.message_id]
+
+
+def test_an_applied_event_is_logged_with_its_trace_id(caplog: pytest.LogCaptureFixture) -> None:
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    traced = Event("e-1", "t", "s", None, None, {"kind": "entered"}, traceparent=traceparent)
+    untraced = Event("e-2", "t", "s", None, None, {"kind": "entered"})
+    with caplog.at_level(logging.DEBUG, logger="consumers.runner"):
+        applied_log("c", [traced, untraced])
+    ids = [(vars(r)["event_id"], vars(r)["trace_id"]) for r in caplog.records]
+    assert ids == [("e-1", "4bf92f3577b34da6a3ce929d0e0e4736"), ("e-2", None)]

@@ -25,6 +25,8 @@ from core.contract import Event, InvalidEvent
 Envelope = dict[str, Any]
 Change = Callable[[Envelope], None]
 FINGERPRINT: Final = "5" * 64
+TRACEPARENT: Final = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+TRACESTATE: Final = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7,tenant@vendor=a b"
 
 
 def valid() -> Envelope:
@@ -103,7 +105,7 @@ TABLE: Final[list[tuple[str, Change, bool]]] = [
     ("valid exited", kind("exited"), True),
     ("valid tracking", kind("tracking"), True),
     # Extension attributes (CloudEvents: lowercase a-z and 0-9; string, integer, boolean).
-    ("extension string", setting("traceparent", value="00-4bf92f-00f067-01"), True),
+    ("extension string", setting("comexampleextension1", value="value"), True),
     ("extension integer", setting("partitionkey", value=3), True),
     ("extension integral float", setting("partitionkey", value=3.0), True),
     ("extension boolean", setting("sampled", value=True), True),
@@ -117,6 +119,46 @@ TABLE: Final[list[tuple[str, Change, bool]]] = [
     ("extension array", setting("ext", value=[1]), False),
     ("extension object", setting("ext", value={"a": 1}), False),
     ("extension beyond 32 bits", setting("ext", value=2**31), False),
+    # The distributed-tracing extension (W3C Trace Context, version 00 as the gateway writes).
+    ("traceparent", setting("traceparent", value=TRACEPARENT), True),
+    (
+        "traceparent and tracestate",
+        both(setting("traceparent", value=TRACEPARENT), setting("tracestate", value=TRACESTATE)),
+        True,
+    ),
+    ("traceparent unsampled", setting("traceparent", value=TRACEPARENT[:-2] + "00"), True),
+    ("traceparent not hex", setting("traceparent", value=TRACEPARENT.replace("4bf", "4bg")), False),
+    ("traceparent uppercase", setting("traceparent", value=TRACEPARENT.upper()), False),
+    ("traceparent version 01", setting("traceparent", value="01" + TRACEPARENT[2:]), False),
+    ("traceparent suffixed", setting("traceparent", value=TRACEPARENT + "-x"), False),
+    ("traceparent short", setting("traceparent", value=TRACEPARENT[:-1]), False),
+    (
+        "traceparent zero trace id",
+        setting("traceparent", value=f"00-{'0' * 32}-{'1' * 16}-01"),
+        False,
+    ),
+    (
+        "traceparent zero parent id",
+        setting("traceparent", value=f"00-{'1' * 32}-{'0' * 16}-01"),
+        False,
+    ),
+    ("traceparent null", setting("traceparent", value=None), False),
+    ("traceparent integer", setting("traceparent", value=1), False),
+    ("tracestate uppercase key", setting("tracestate", value="Congo=1"), False),
+    ("tracestate no value", setting("tracestate", value="congo"), False),
+    ("tracestate spaces", setting("tracestate", value="congo=1, rojo=2"), False),
+    (
+        "tracestate 32 members",
+        setting("tracestate", value=",".join(f"k{i}=v" for i in range(32))),
+        True,
+    ),
+    (
+        "tracestate 33 members",
+        setting("tracestate", value=",".join(f"k{i}=v" for i in range(33))),
+        False,
+    ),
+    ("tracestate over 512", setting("tracestate", value=f"k={'v' * 255},l={'v' * 255},m=v"), False),
+    ("tracestate null", setting("tracestate", value=None), False),
     # The kind/type rule.
     ("type entered, kind exited", setting("data", "kind", value="exited"), False),
     ("type tracking, kind entered", setting("type", value="com.aifi.tracking"), False),
@@ -225,10 +267,27 @@ def test_the_table_covers_every_attribute_and_data_field() -> None:
 
 
 def test_extensions_reach_the_consumer() -> None:
-    envelope = valid() | {"traceparent": "00-ab-cd-01", "partitionkey": 3, "sampled": False}
+    envelope = valid() | {"comexample": "x", "partitionkey": 3, "sampled": False}
     event = Event.from_body(orjson.dumps(envelope))
-    assert event.extensions == {"traceparent": "00-ab-cd-01", "partitionkey": 3, "sampled": False}
+    assert event.extensions == {"comexample": "x", "partitionkey": 3, "sampled": False}
     assert Event.from_body(orjson.dumps(valid())).extensions == {}
+
+
+def test_the_trace_reaches_the_consumer() -> None:
+    envelope = valid() | {"traceparent": TRACEPARENT, "tracestate": TRACESTATE}
+    event = Event.from_body(orjson.dumps(envelope))
+    assert (event.traceparent, event.tracestate) == (TRACEPARENT, TRACESTATE)
+    assert event.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert event.extensions == {}
+    untraced = Event.from_body(orjson.dumps(valid()))
+    assert (untraced.traceparent, untraced.tracestate, untraced.trace_id) == (None, None, None)
+
+
+def test_the_sdk_reads_the_trace_as_extension_attributes() -> None:
+    envelope = valid() | {"traceparent": TRACEPARENT, "tracestate": TRACESTATE}
+    event = JSONFormat().read(None, orjson.dumps(envelope))
+    assert event.get_extension("traceparent") == TRACEPARENT
+    assert event.get_extension("tracestate") == TRACESTATE
 
 
 def test_decode_gives_plain_data_with_the_payload() -> None:
@@ -303,6 +362,25 @@ def test_encode_then_decode_is_the_envelope() -> None:
     body = contract.encode(*parts(valid()))
     assert orjson.loads(body) == valid()
     assert contract.decode(body).data.payload == valid()["data"]["payload"]
+
+
+def test_the_trace_rides_in_the_body_only() -> None:
+    context, data, payload = parts(valid())
+    trace: contract.TraceFields = {"traceparent": TRACEPARENT, "tracestate": TRACESTATE}
+    out = contract.outbound(context, data, payload, 1_700_000_000, {}, trace)
+    assert orjson.loads(out.body) == valid() | trace
+    assert list(orjson.loads(out.body))[-3:] == ["traceparent", "tracestate", "data"]
+    assert out.headers == contract.outbound(context, data, payload, 1_700_000_000, {}).headers
+    assert contract.decode(out.body).traceparent == TRACEPARENT
+    assert contract.body_traceparent(out.body) == TRACEPARENT
+    assert contract.trace_id(TRACEPARENT) == "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+@pytest.mark.parametrize(
+    "body", [b"", b"not json", b"[]", b'{"traceparent": 1}', orjson.dumps(valid())]
+)
+def test_a_body_without_a_traceparent_has_none(body: bytes) -> None:
+    assert contract.body_traceparent(body) is None
 
 
 def test_outbound_routes_and_mirrors_the_attributes_in_headers() -> None:

@@ -24,13 +24,13 @@ import aiormq
 import pytest
 import yaml
 
-from consumers.ledger import LedgerDB
 from consumers.replay import replay_unrouted
 from core import contract
 from core.settings import AmqpSettings, ConsumerSettings, LedgerSettings
 from core.topology import all_specs
 from devtools.rabbitnode import Node, NodeSpec, free_port
 from devtools.stack import BIN, CONSUMER_COMMAND
+from ledger.sqlite import LedgerDB
 from tests.support import broker
 from tests.support.gateway import AUTH, Client, gateway_env, gateway_settings, started_client
 from tests.support.processes import GatewayProcess, child_environ, kill_group

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway.fsync import FsyncMode
-from gateway.spool import Spool
+from gateway.spool import Spool, SpoolPoisoned
 from tests.support.broker import capturable
 from tests.support.waiting import eventually
 
@@ -66,7 +66,7 @@ async def test_a_waiter_arriving_during_a_sync_gets_a_sync_of_its_own(
 ) -> None:
     always.append(capturable("fsync-0"))
     first = asyncio.create_task(always.durable())
-    await asyncio.sleep(0)  # the first flush has started
+    await eventually(lambda: len(sync_calls) == 1, 10, "the first flush to start")
     always.append(capturable("fsync-1"))
     await asyncio.gather(first, always.durable())
     assert len(sync_calls) == 2
@@ -126,3 +126,34 @@ async def test_every_flush_goes_through_one_thread_that_ends_with_the_spool(
         assert len(syncing) == 1
     syncing[0].join(5)
     assert not syncing[0].is_alive()
+
+
+async def test_a_failed_sync_poisons_the_spool_and_forgets_what_it_refused(
+    tmp_path: Path, sync_calls: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk is real; its EIO is not (tests/test_fsync_failure.py causes that one)."""
+    with opened(tmp_path, "always") as spool:
+        kept = spool.append(capturable("fsync-kept"))
+        await spool.durable()
+
+        def failing(descriptor: int) -> None:
+            sync_calls.append(descriptor)
+            raise OSError(errno.EIO, "I/O error")
+
+        counting = os.fdatasync
+        monkeypatch.setattr(os, "fdatasync", failing)
+        spool.append(capturable("fsync-refused"))
+        with pytest.raises(OSError, match="I/O error"):
+            await spool.durable()
+        assert spool.poisoned is not None
+        assert "fsync failed" in spool.poisoned
+        # The disk answers again (and counts): the spool does not believe it.
+        monkeypatch.setattr(os, "fdatasync", counting)
+        with pytest.raises(SpoolPoisoned):
+            spool.append(capturable("fsync-later"))
+        with pytest.raises(SpoolPoisoned):
+            await spool.durable()
+        assert len(sync_calls) == 2  # the good one and the failed one: never a retry
+        assert spool.depth == 1
+    recovered = Spool(tmp_path, 1 << 20, 1 << 24).recover()
+    assert [r.outbound.message_id for r in recovered] == [kept.outbound.message_id]

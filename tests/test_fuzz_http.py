@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import sqlite3
 import time
 import uuid
 from collections import Counter
@@ -27,10 +28,11 @@ from typing import Any, Final
 import aio_pika
 import aiohttp
 import hypothesis
+import orjson
 import pytest
 import requests
 import schemathesis
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from hypothesis import HealthCheck, given, settings, strategies as st
 from pydantic import ValidationError
 from schemathesis import APIOperation, BaseSchema, Case, GenerationMode
@@ -43,17 +45,17 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from consumers import ledger
-from consumers.ledger import LedgerDB
-from consumers.runner import decode
+from consumers import topology
 from core import contract
 from core.amqp import declare_topology
-from core.contract import Event
-from core.settings import LedgerSettings
+from core.contract import dead_queue_name
 from devtools.rabbitnode import free_port
+from tests.support import broker
 from tests.support.broker import Capture, token_name_of
-from tests.support.gateway import AUTH, TOKEN, TOKEN_NAME, Client
+from tests.support.consumer import Launcher, Scratch, WorkerProcess
+from tests.support.gateway import AUTH, TOKEN, TOKEN_NAME
 from tests.support.processes import GatewayProcess
+from tests.support.waiting import eventually
 from tests.test_fuzz_models import (
     CLEAN_TEXT,
     DOCUMENTS,
@@ -522,9 +524,10 @@ async def test_regression_a_non_string_tracking_store_external_id_is_refused_and
 
 
 # What the gateway accepts, the built-in workers apply: a 200 is never an event that the
-# entered, exited or tracking worker rejects or dead-letters. The gateway runs in-process
-# (the `client` fixture), its events go through the real broker, and each is applied as
-# those workers apply it: decoded from the delivery, then handed to the ledger's handler.
+# entered, exited or tracking worker rejects or dead-letters. Hypothesis posts its examples
+# to a gateway process; then a worker process (`aifi-consumer`), on a ledger of this test's
+# own, consumes them from the broker; each accepted example's own event id must be marked
+# processed and its own row (visit or tracking) be there.
 
 BUILT_IN_PATHS: Final = {"entered": ENTERED, "left": "/webhooks/aifi/left", "tracking": TRACKING}
 # The ids the ledger keys its rows by, each of which a body may leave out or get wrong.
@@ -539,13 +542,15 @@ EDGE_NUMBERS: Final = st.sampled_from(
     ["NaN", "Infinity", "-Infinity", "1e999", "-1e999", "1" + "0" * 400, "-0", "1E+2", "5e-324"]
 )
 APPLIES: Final = settings(
-    max_examples=60,
+    max_examples=150,
     deadline=None,
     derandomize=True,
     database=None,
-    # One gateway, capture and ledger serve every example, on purpose.
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    suppress_health_check=[HealthCheck.too_slow],
 )
+# Fewer accepted examples than this, and the property would have tested too little.
+ACCEPTED_MIN: Final = 25
+WORKER_TIMEOUT_S: Final = 60.0
 
 
 def set_id(document: dict[str, Any], path: tuple[str, ...], value: str | None) -> None:
@@ -578,44 +583,80 @@ def odd_example(name: str, **changes: Any) -> tuple[str, bytes]:
     return name, dump(DOCUMENTS[name] | changes)
 
 
-async def published_event(capture: Capture, event_id: str) -> AbstractIncomingMessage:
-    """The event `event_id`; quarantined requests of earlier examples are passed over."""
-    try:
-        while (message := await capture.get()).message_id != event_id:
-            pass
-    except TimeoutError:
-        # `Capture` keeps only what decodes as an event of this run.
-        pytest.fail(f"event {event_id} of a 200 never arrived as a decodable event")
-    return message
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """An example answered 200: its kind and the event id the gateway answered with."""
+
+    name: str
+    event_id: str
 
 
-async def applied(event: Event, db: Path) -> dict[str, Any] | None:
-    """`event` applied by the built-in workers' handler; its ledger row afterwards."""
-    async with ledger.opened(LedgerSettings(db=db, processed_retention_days=0)) as presence:
-        await presence.handler().one(event)
-        if event.kind == "tracking":
-            row = await presence.call(LedgerDB.tracking, event.data["uniqueEventId"])
+def post_examples(served: Served) -> tuple[list[Accepted], Counter[int]]:
+    """Hypothesis's examples posted to the gateway process; those answered 200, and how
+    many of each status."""
+    accepted: list[Accepted] = []
+    statuses: Counter[int] = Counter()
+
+    @APPLIES
+    @given(case=CASES)
+    @hypothesis.example(case=odd_example("tracking", uniqueEventId=""))
+    @hypothesis.example(case=odd_example("entered", session=None, sessionId="", sessionToken=""))
+    @hypothesis.example(case=odd_example("tracking", confidence=float("nan")))
+    def post_one(case: tuple[str, bytes]) -> None:
+        name, raw = case
+        headers = AUTH | {"Content-Type": "application/json"}
+        url = served.url + BUILT_IN_PATHS[name]
+        response = requests.post(url, data=raw, headers=headers, timeout=REQUEST_TIMEOUT_S)
+        statuses[response.status_code] += 1
+        if response.status_code == 200:
+            accepted.append(Accepted(name, response.headers["X-Event-Id"]))
         else:
-            row = await presence.call(LedgerDB.visit, event.data["sessionId"])
-    return dict(row) if row is not None else None
+            assert response.status_code in {400, 422}, response.text
+
+    post_one()
+    return accepted, statuses
 
 
-@APPLIES
-@given(case=CASES)
-@hypothesis.example(case=odd_example("tracking", uniqueEventId=""))
-@hypothesis.example(case=odd_example("entered", session=None, sessionId="", sessionToken=""))
-@hypothesis.example(case=odd_example("tracking", confidence=float("nan")))
-async def test_what_the_gateway_accepts_the_built_in_workers_apply(
-    client: Client, capture: Capture, tmp_path: Path, case: tuple[str, bytes]
+def ledger_row(worker: WorkerProcess, event: dict[str, Any]) -> tuple[Any, ...] | None:
+    """The row the event keys: its tracking row, or the visit of its session."""
+    if event["type"].endswith("tracking"):
+        sql, key = "SELECT * FROM tracking WHERE unique_event_id = ?", "uniqueEventId"
+    else:
+        sql, key = "SELECT * FROM visits WHERE session_id = ?", "sessionId"
+    with contextlib.closing(sqlite3.connect(worker.db)) as db:
+        row: tuple[Any, ...] | None = db.execute(sql, (event["data"][key],)).fetchone()
+    return row
+
+
+async def test_what_the_gateway_accepts_a_worker_process_applies(
+    gateway: Served,
+    channel: AbstractChannel,
+    capture: Capture,
+    scratch: Scratch,
+    launcher: Launcher,
 ) -> None:
-    name, raw = case
-    response = await client.post(BUILT_IN_PATHS[name], data=raw, headers=AUTH)
-    hypothesis.event(f"{name}: {response.status}")
-    if response.status != 200:
-        assert response.status in {400, 422}, await response.text()
-        return
-    message = await published_event(capture, response.headers["X-Event-Id"])
-    events, invalid = decode([message])
-    assert not invalid, invalid
-    (_, event), *_ = events
-    assert await applied(event, tmp_path / "ledger.sqlite3") is not None
+    name, consumer = scratch.consumer("entered.#", "exited.#", "tracking.#")
+    await topology.declare(channel, name, consumer)
+    accepted, statuses = await asyncio.to_thread(post_examples, gateway)
+    assert len(accepted) >= ACCEPTED_MIN, f"too few accepted to test anything: {statuses}"
+    worker = launcher({name: consumer})
+    worker.start(name)
+    wanted = {a.event_id for a in accepted}
+    await eventually(
+        lambda: wanted <= worker.processed_ids(), WORKER_TIMEOUT_S, "every 200 to be applied"
+    )
+    events = await captured(capture, wanted)
+    for each in accepted:
+        assert ledger_row(worker, events[each.event_id]) is not None, each
+    assert not await broker.depth(channel, dead_queue_name(name)), "a 200 was dead-lettered"
+
+
+async def captured(capture: Capture, event_ids: set[str]) -> dict[str, dict[str, Any]]:
+    """The published events `event_ids` by id (a tracking call repeated has the same id);
+    anything else on the capture is passed over."""
+    found: dict[str, dict[str, Any]] = {}
+    while found.keys() < event_ids:
+        message = await capture.get(WORKER_TIMEOUT_S)
+        if message.message_id in event_ids:
+            found[message.message_id] = orjson.loads(message.body)
+    return found

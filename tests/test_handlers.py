@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import io
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,7 @@ async def test_each_example_is_published_once_as_a_cloudevent(
         message.headers[contract.FINGERPRINT_HEADER]
         == hashlib.sha256(examples[example]).hexdigest()
     )
-    assert await capture.nothing_more()
+    assert await capture.nothing_more(client)
 
 
 async def test_twins_stay_two_events_sharing_a_fingerprint(
@@ -171,7 +172,7 @@ async def test_bad_or_missing_token_is_401_and_publishes_nothing(
     assert response.headers["WWW-Authenticate"] == "Bearer"
     assert len(response.headers["X-Request-Id"]) == 32
     assert (await response.json(content_type=None))["status"] == 401
-    assert await capture.nothing_more()
+    assert await capture.nothing_more(client)
 
 
 async def quarantined(capture: Capture) -> Any:
@@ -296,7 +297,7 @@ async def test_declared_oversize_body_is_413_without_publishing(
     assert response.request_info.headers["Content-Length"]
     assert response.status == 413
     assert "exceeds" in (await response.json(content_type=None))["detail"]
-    assert await capture.nothing_more()
+    assert await capture.nothing_more(client)
 
 
 async def test_chunked_oversize_body_is_cut_off_with_413(
@@ -308,7 +309,7 @@ async def test_chunked_oversize_body_is_cut_off_with_413(
 
     response = await client.post(PATHS["entered"], data=chunks(), headers=AUTH)
     assert response.status == 413
-    assert await capture.nothing_more()
+    assert await capture.nothing_more(client)
 
 
 @pytest.mark.parametrize(
@@ -431,7 +432,7 @@ async def test_a_refusal_comes_instead_of_100_continue(
     assert answer.headers["connection"] == "close"
     assert orjson.loads(answer.body)["status"] == status
     assert (answer.headers.get("www-authenticate") == "Bearer") == (status == 401)
-    assert await capture.nothing_more()
+    assert await capture.nothing_more(client)
     metrics = await (await client.get("/metrics")).text()
     assert f'aifi_requests_total{{kind="tracking",status="{status}"}} 1.0' in metrics
 
@@ -557,3 +558,81 @@ async def test_curl_uploads_an_accepted_body_after_100_continue(
     )
     assert (curled.status, curled.uploaded_bytes) == (200, 4096)
     assert curled.continued, curled.trace
+
+
+TRACE_IDS: Final = "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"
+TRACEPARENT: Final = f"00-{TRACE_IDS}-01"
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        ({"traceparent": TRACEPARENT}, {"traceparent": TRACEPARENT}),
+        (
+            {"traceparent": TRACEPARENT, "tracestate": "congo=t61rcWkgMzE ,\trojo=00f0"},
+            {"traceparent": TRACEPARENT, "tracestate": "congo=t61rcWkgMzE,rojo=00f0"},
+        ),
+        ({"traceparent": TRACEPARENT, "tracestate": "Congo=1"}, {"traceparent": TRACEPARENT}),
+        ({"traceparent": f"cc-{TRACE_IDS}-01-later"}, {"traceparent": TRACEPARENT}),
+    ],
+    ids=["traceparent", "tracestate", "invalid tracestate dropped", "later version"],
+)
+async def test_the_webhooks_trace_rides_on_its_event(
+    client: Client,
+    capture: Capture,
+    examples: dict[str, bytes],
+    sent: dict[str, str],
+    kept: dict[str, str],
+) -> None:
+    assert await post(client, PATHS["entered"], examples["entered"], **sent) == (200, "ok")
+    message = await capture.get()
+    event = contract.decode_event(message.body)
+    assert {k: event[k] for k in ("traceparent", "tracestate") if k in event} == kept
+    assert not [name for name in message.headers if "trace" in name]
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        {},
+        {"traceparent": ""},
+        {"traceparent": "garbage"},
+        {"traceparent": TRACEPARENT.upper()},
+        {"traceparent": f"{TRACEPARENT}-more"},
+        {"traceparent": f"ff-{TRACE_IDS}-01"},
+        {"traceparent": f"00-{'0' * 32}-00f067aa0ba902b7-01"},
+        {"traceparent": f"00-4bf92f3577b34da6a3ce929d0e0e4736-{'0' * 16}-01"},
+        {"traceparent": f"00-{TRACE_IDS[:-1]}-01"},
+        {"tracestate": "congo=t61rcWkgMzE"},
+    ],
+    ids=lambda sent: "/".join(f"{k}={v}" for k, v in sent.items()) or "none",
+)
+async def test_without_a_valid_traceparent_the_event_starts_a_new_trace(
+    client: Client, capture: Capture, examples: dict[str, bytes], sent: dict[str, str]
+) -> None:
+    assert await post(client, PATHS["tracking"], examples["tracking"], **sent) == (200, "ok")
+    message = await capture.get()
+    event = contract.decode_event(message.body)
+    assert "tracestate" not in event
+    version, trace_id, _, flags = event["traceparent"].split("-")
+    assert (version, flags) == ("00", "00")  # ours, and no span of ours was recorded
+    assert trace_id not in sent.get("traceparent", "")
+
+
+async def test_each_webhook_without_a_trace_starts_its_own(
+    client: Client, capture: Capture, examples: dict[str, bytes]
+) -> None:
+    for _ in range(2):
+        assert await post(client, PATHS["entered"], examples["entered"]) == (200, "ok")
+    traces = {contract.decode((await capture.get()).body).traceparent for _ in range(2)}
+    assert len(traces) == 2
+
+
+async def test_the_accepted_event_is_logged_with_its_trace_id(
+    client: Client, capture: Capture, examples: dict[str, bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="gateway.handlers"):
+        await post(client, PATHS["entered"], examples["entered"], traceparent=TRACEPARENT)
+    event = contract.decode((await capture.get()).body)
+    (record,) = [r for r in caplog.records if r.getMessage() == "accepted"]
+    assert (vars(record)["event_id"], vars(record)["trace_id"]) == (event.id, TRACE_IDS[:32])

@@ -1,6 +1,7 @@
-"""The import graph: `core` below both, `gateway` and `consumers` never importing each
-other, `presence` above `consumers` and known to neither, `devtools` importing no test
-support, and a consumer or presence process that does not load the gateway's HTTP side."""
+"""The import graph: `core` at the bottom, `ledger` on `core` alone, `gateway` and
+`consumers` never importing each other, `presence` reading the ledger and known to no
+product package, `devtools` importing no test support, and a consumer, ledger or presence
+process that does not load the gateway's HTTP side."""
 
 from __future__ import annotations
 
@@ -18,15 +19,18 @@ ROOT: Final = Path(__file__).resolve().parents[1]
 ALLOWED: Final = {
     "core": {"core"},
     "gateway": {"core", "gateway"},
-    "consumers": {"core", "consumers"},
+    # Storage shared by its writers (the workers) and its readers (the presence API, the
+    # CLI): it knows neither of them.
+    "ledger": {"core", "ledger"},
+    "consumers": {"core", "ledger", "consumers"},
     # The presence API reads the ledger the workers keep; neither of them knows of it.
-    "presence": {"core", "consumers", "presence"},
+    "presence": {"core", "ledger", "presence"},
     # Developer tools run the product; test support (tests/support) builds on them, not the
     # other way round.
-    "devtools": {"core", "gateway", "consumers", "presence", "devtools"},
+    "devtools": {"core", "ledger", "gateway", "consumers", "presence", "devtools"},
 }
 PROJECT: Final = frozenset(
-    {"core", "gateway", "consumers", "presence", "devtools", "tests", "bench"}
+    {"core", "ledger", "gateway", "consumers", "presence", "devtools", "tests", "bench"}
 )
 
 
@@ -63,7 +67,7 @@ def test_the_check_sees_a_crossing(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "module",
-    ["consumers.__main__", "consumers.ledger_cli", "consumers.migrate", "presence.__main__"],
+    ["consumers.__main__", "ledger.cli", "consumers.migrate", "presence.__main__"],
 )
 def test_a_consumer_process_loads_nothing_of_the_gateway(module: str) -> None:
     probe = (
@@ -78,7 +82,7 @@ def test_a_consumer_process_loads_nothing_of_the_gateway(module: str) -> None:
     assert done.stdout.strip() == ""
 
 
-@pytest.mark.parametrize("package", ["core", "gateway", "consumers", "presence"])
+@pytest.mark.parametrize("package", ["core", "ledger", "gateway", "consumers", "presence"])
 def test_every_package_ships_its_type_information(package: str) -> None:
     # `from consumers import Event, Handler, Reject` is an API: type checkers of
     # downstream code read it only from a package marked typed (PEP 561).

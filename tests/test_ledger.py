@@ -22,20 +22,25 @@ from typing import IO, Any, Literal
 import orjson
 import pytest
 
-from consumers import ledger, testing
-from consumers.handler import Reject
-from consumers.ledger import (
-    SCHEMA_VERSION,
-    Ledger,
-    LedgerDB,
+from consumers import testing
+from consumers.ledger_handler import handlers
+from core.contract import Event
+from core.settings import LedgerSettings
+from devtools import pgnode
+from ledger import ledger
+from ledger.effects import instant
+from ledger.errors import (
+    BadEvent,
     LedgerError,
     LedgerMissing,
+    LedgerUnavailable,
     SchemaTooNew,
     SchemaTooOld,
 )
-from core.contract import Event
-from core.settings import LedgerSettings
-from tests import ledger_reference as reference, ledger_schema as schema
+from ledger.ledger import Ledger
+from ledger.schema import SCHEMA_VERSION
+from ledger.sqlite import LedgerDB
+from tests.support import ledger_reference as reference, ledger_schema as schema
 from tests.support.processes import child_environ
 from tests.support.waiting import eventually
 
@@ -46,8 +51,9 @@ OPENERS, ROUNDS = 6, 100
 OPENER = """
 import sys
 from pathlib import Path
-from consumers.ledger import LedgerDB
+from ledger.sqlite import LedgerDB
 from core.settings import LedgerSettings
+from devtools import pgnode
 folder, rounds = Path(sys.argv[1]), int(sys.argv[2])
 for n in range(rounds):
     sys.stdin.readline()
@@ -166,7 +172,7 @@ async def test_tracking_is_one_row_per_unique_event_id(presence: Ledger) -> None
 
 async def test_a_batch_is_all_or_nothing(presence: Ledger) -> None:
     good, bad = event("entered", "s1"), without(event("entered", "s2"), "sessionId")
-    with pytest.raises(Reject, match="no sessionId"):
+    with pytest.raises(BadEvent, match="no sessionId"):
         await presence.apply([good, bad])
     assert await presence.processed() == 0
     assert await presence.visit("s1") is None
@@ -176,7 +182,7 @@ async def test_a_batch_is_all_or_nothing(presence: Ledger) -> None:
 async def test_a_time_that_is_not_iso_is_rejected(presence: Ledger) -> None:
     broken = event("entered")
     broken.data["timeOfOrigin"] = "yesterday"
-    with pytest.raises(Reject, match="not an ISO time"):
+    with pytest.raises(BadEvent, match="not an ISO time"):
         await presence.apply([broken])
 
 
@@ -238,16 +244,16 @@ async def test_concurrent_writers_of_overlapping_batches_equal_the_reference_mod
 
 def test_times_compare_as_times_not_as_text() -> None:
     # As raw text "…22Z" sorts after "…22.5Z"; normalized, the later time sorts later.
-    earlier = ledger.instant("2024-05-01T10:00:22Z")
-    later = ledger.instant("2024-05-01T10:00:22.5Z")
+    earlier = instant("2024-05-01T10:00:22Z")
+    later = instant("2024-05-01T10:00:22.5Z")
     assert earlier is not None
     assert later is not None
     assert earlier < later
-    assert ledger.instant("2024-05-01T12:00:00+02:00") == "2024-05-01T10:00:00.000000Z"
+    assert instant("2024-05-01T12:00:00+02:00") == "2024-05-01T10:00:00.000000Z"
 
 
 def test_times_before_year_1000_keep_a_fixed_width() -> None:
-    early, late = ledger.instant("0999-12-31T23:59:59Z"), ledger.instant("1000-01-01T00:00:00Z")
+    early, late = instant("0999-12-31T23:59:59Z"), instant("1000-01-01T00:00:00Z")
     assert early == "0999-12-31T23:59:59.000000Z"
     assert late is not None
     assert early < late
@@ -256,11 +262,11 @@ def test_times_before_year_1000_keep_a_fixed_width() -> None:
 async def test_the_sqlite_ledger_runs_off_the_event_loop(tmp_path: Path) -> None:
     settings = LedgerSettings(db=tmp_path / "ledger.sqlite3")
     async with ledger.opened(settings) as presence:
-        handler = presence.handler()
+        handler = handlers(presence)
         assert handler.many is not None
         await handler.many([event("entered"), event("exited")])
         await handler.one(event("entered", "s2"))
-        assert await presence.call(LedgerDB.processed) == 3
+        assert await presence.processed() == 3
     reopened = LedgerDB.open(settings)
     assert reopened.occupancy()[0]["occupancy"] == 1
     reopened.close()
@@ -305,7 +311,27 @@ async def test_a_retention_of_zero_keeps_every_id(ledger_settings: LedgerSetting
 
 
 async def test_ping_answers_while_the_database_does(presence: Ledger) -> None:
-    await presence.ping()
+    assert await answers(presence)
+
+
+async def test_ping_fails_while_postgresql_is_down_and_answers_once_it_is_back(
+    private_pg: pgnode.PgNode,
+) -> None:
+    async with ledger.opened(LedgerSettings(url=private_pg.url)) as presence:
+        assert await answers(presence)
+        await asyncio.to_thread(private_pg.stop, "immediate")
+        with pytest.raises(LedgerUnavailable):
+            await presence.ping()
+        await asyncio.to_thread(private_pg.start)
+        await eventually(lambda: answers(presence), 30, "the ledger to answer again")
+
+
+async def answers(presence: Ledger) -> bool:
+    try:
+        await presence.ping()
+    except LedgerUnavailable:
+        return False
+    return True
 
 
 async def test_a_reader_does_not_create_a_ledger(ledger_settings: LedgerSettings) -> None:

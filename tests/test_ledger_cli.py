@@ -9,9 +9,10 @@ import orjson
 import psycopg
 import pytest
 
-from consumers import ledger, ledger_cli, testing
+from consumers import testing
 from core.contract import Event
 from core.settings import LedgerSettings
+from ledger import cli as ledger_cli, ledger
 
 EVENTS = (
     testing.transition("entered", 1, "s1"),

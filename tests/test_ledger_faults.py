@@ -23,15 +23,16 @@ import orjson
 import pytest
 import yaml
 
-from consumers import ledger, testing, topology
-from consumers.ledger import Ledger
+from consumers import testing, topology
 from core.amqp import declare_topology
 from core.contract import Event, Outbound, dead_queue_name
 from core.settings import ConsumerSettings, LedgerSettings
 from devtools import pgnode
 from devtools.rabbitnode import Node, NodeSpec, free_port
-from tests import ledger_reference as reference
-from tests.support import broker
+from ledger import ledger
+from ledger.errors import LedgerUnavailable
+from ledger.ledger import Ledger
+from tests.support import broker, ledger_reference as reference
 from tests.support.consumer import Scratch
 from tests.support.processes import child_environ
 from tests.support.waiting import eventually
@@ -157,7 +158,7 @@ async def processed_at_least(presence: Ledger, count: int) -> bool:
     """Whether the ledger holds `count` events; False while its database is away."""
     try:
         return await presence.processed() >= count
-    except ledger.LedgerUnavailable:
+    except LedgerUnavailable:
         await asyncio.sleep(0.2)
         return False
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +20,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from consumers import topology
 from consumers.migrate import HOLDING_ARGUMENTS, HOLDING_SUFFIX, MigrationError, migrate
+from core import contract, topology as core_topology
 from core.contract import DEAD_EXCHANGE, dead_queue_name
 from core.settings import AmqpSettings, ConsumerSettings
 from core.topology import TopologyError, declare_exchanges
@@ -204,3 +206,103 @@ async def test_the_migrate_command_prints_what_it_moved(
     assert orjson.loads(stdout) == {"migrated": {dead_queue_name(name): 2}}
     await topology.declare(channel, name, settings)
     assert await broker.depth(channel, dead_queue_name(name)) == 2
+
+
+# Main and delay queues: long delays, so that nothing expires from a delay queue mid-test.
+SLOW_RETRIES = ConsumerSettings(max_attempts=3, retry_base_ms=600_000, retry_max_ms=1_200_000)
+# What makes each queue differ from this release's: a bound an earlier release had set.
+OLD_EXTRA: dict[str, Any] = {"x-max-length": 1_000_000}
+MIGRATION_TIMEOUT_S = 120
+
+
+@pytest.fixture
+async def old_queues(
+    channel: AbstractChannel, scratch: Scratch, store: int
+) -> AsyncIterator[tuple[str, ConsumerSettings, list[core_topology.QueueSpec]]]:
+    """A consumer bound with two keys whose main, dead and delay queues an earlier release
+    declared with other arguments (and the same bindings); holding queues deleted after."""
+    name, _ = scratch.consumer()
+    bound = SLOW_RETRIES.model_copy(update={"bindings": (f"entered.{store}", f"exited.{store}")})
+    specs = core_topology.queue_specs(name, bound)
+    await declare_exchanges(channel)
+    for spec in specs:
+        old = await channel.declare_queue(
+            spec.name, durable=True, arguments=spec.arguments | OLD_EXTRA
+        )
+        for exchange, key in spec.bindings:
+            await old.bind(exchange, key)
+    yield name, bound, specs
+    for spec in specs:
+        await channel.queue_delete(spec.name + HOLDING_SUFFIX)
+
+
+async def publish_via(
+    channel: AbstractChannel, exchange: str, keys: list[str], numbers: range
+) -> None:
+    """Message n through `exchange` with key n (of `keys`, in turn): order kept per queue."""
+    target = await channel.get_exchange(exchange)
+    await asyncio.gather(*(target.publish(message(n), keys[n % len(keys)]) for n in numbers))
+
+
+async def test_main_and_delay_queues_keep_their_messages_and_every_binding(
+    amqp_url: str,
+    channel: AbstractChannel,
+    old_queues: tuple[str, ConsumerSettings, list[core_topology.QueueSpec]],
+) -> None:
+    name, settings, specs = old_queues
+    main, _dead, *delays = specs
+    assert len(delays) == 2
+    assert len(main.bindings) == 3  # two keys and the redeliveries
+    keys = [key for exchange, key in main.bindings if exchange == contract.EXCHANGE]
+    await publish_via(channel, contract.EXCHANGE, keys, range(300))
+    for index, delay in enumerate(delays):
+        [(exchange, key)] = delay.bindings
+        await publish_via(channel, exchange, [key], range(1000 * index, 1000 * index + 100))
+    moved = await migrate(AmqpSettings(urls=(amqp_url,)), {name: settings})
+    assert moved == {main.name: 300, specs[1].name: 0, delays[0].name: 100, delays[1].name: 100}
+    await topology.declare(channel, name, settings)  # the arguments now match
+    assert_intact(await broker.drain(channel, main.name), range(300))
+    for index, delay in enumerate(delays):
+        assert_intact(
+            await broker.drain(channel, delay.name), range(1000 * index, 1000 * index + 100)
+        )
+    # Every binding came back: one message through each lands in its queue again.
+    for n, (exchange, key) in enumerate(b for spec in specs for b in spec.bindings):
+        await publish_via(channel, exchange, [key], range(n, n + 1))
+    for spec in specs:
+        count = len(spec.bindings)
+        await eventually(functools.partial(depth_is, channel, spec.name, count), what=spec.name)
+
+
+async def test_what_is_published_during_a_migration_is_all_in_the_queue_after(
+    amqp_url: str,
+    channel: AbstractChannel,
+    old_queues: tuple[str, ConsumerSettings, list[core_topology.QueueSpec]],
+) -> None:
+    """The "never a gap" promise: the holding queue is bound before the old queue goes."""
+    name, settings, specs = old_queues
+    keys = [key for exchange, key in specs[0].bindings if exchange == contract.EXCHANGE]
+    await publish_via(channel, contract.EXCHANGE, keys, range(1000))  # a move that lasts
+    done = asyncio.Event()
+    published: list[int] = []
+
+    async def publish_until_done() -> None:
+        async with connected(amqp_url) as other:
+            exchange = await other.get_exchange(contract.EXCHANGE)
+            n = 10_000
+            while not done.is_set() or len(published) < 50:
+                await exchange.publish(message(n), keys[n % 2])  # confirmed, one at a time
+                published.append(n)
+                n += 1
+                await asyncio.sleep(0.005)  # a steady stream, not a flood
+
+    publishing = asyncio.create_task(publish_until_done())
+    try:
+        async with asyncio.timeout(MIGRATION_TIMEOUT_S):  # a move that chases a stream hangs
+            await migrate(AmqpSettings(urls=(amqp_url,)), {name: settings})
+    finally:
+        done.set()
+        await publishing
+    found = [m.message_id for m in await broker.drain(channel, specs[0].name, timeout_s=60)]
+    # At worst a duplicate, never a gap.
+    assert {f"m{n}" for n in [*range(1000), *published]} <= set(found)

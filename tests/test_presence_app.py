@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from consumers import ledger, testing
+from consumers import testing
 from consumers.__main__ import handler_for
 from consumers.health import ConsumerState
 from consumers.runner import Worker
@@ -26,6 +26,7 @@ from core.contract import Event
 from core.settings import AmqpSettings, LedgerSettings, Settings
 from devtools import pgnode
 from devtools.rabbitnode import free_port
+from ledger import ledger
 from presence import openapi
 from presence.app import create_app
 from tests.support.consumer import Scratch, running

@@ -16,9 +16,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from openapi_spec_validator import validate
 
-from consumers import ledger, testing
+from consumers import testing
 from core.contract import Event
 from core.settings import LedgerSettings, Settings
+from ledger import ledger
 from presence import openapi
 from presence.app import create_app
 from tests.support import validators

@@ -21,7 +21,14 @@ from core.contract import Outbound, queue_name
 from core.settings import AmqpSettings
 from core.topology import queue_specs
 from devtools.rabbitnode import free_port
-from gateway.publisher import AIORMQ_INTERNALS, Outcomes, Publisher, PublishError, Unencodable
+from gateway.publisher import (
+    AIORMQ_INTERNALS,
+    UNBLOCKED_EVENT,
+    Outcomes,
+    Publisher,
+    PublishError,
+    Unencodable,
+)
 from tests.support import broker
 from tests.support.broker import Capture, capturable
 from tests.support.consumer import Scratch
@@ -193,6 +200,9 @@ def test_the_aiormq_internals_the_publisher_relies_on_are_there() -> None:
     returns = inspect.getsource(aiormq.Channel._on_return_frame)
     assert "self.message_id_delivery_tag.get(message_id)" in returns
     assert "self.confirmations.pop(delivery_tag, None)" in returns
+    # The blocked state the publisher reads before it leaves a node for overdue confirms.
+    blocked = inspect.getsource(aiormq.Connection)
+    assert f"self.{UNBLOCKED_EVENT.removeprefix('_Connection')}.clear()" in blocked
 
 
 async def test_connect_first_tries_each_url_and_fails_clearly_when_none_answers() -> None:

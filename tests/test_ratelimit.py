@@ -68,4 +68,4 @@ async def test_over_the_limit_is_429_with_retry_after_and_publishes_nothing(
     assert int(response.headers["Retry-After"]) >= 1
     await capture.get()
     await capture.get()
-    assert await capture.nothing_more()
+    assert await capture.nothing_more(limited)

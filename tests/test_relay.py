@@ -75,6 +75,8 @@ async def test_confirmed_records_advance_the_watermark(
     assert received == {f"relay-{n}" for n in range(20)}
     assert store.depth == 0
     assert store.watermark == 20
+    # On disk at once, not at the next checkpoint: a gateway killed now replays nothing.
+    assert spool.read_watermark(store.directory) == 20
 
 
 def oversized_header(n: int) -> Outbound:

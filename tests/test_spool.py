@@ -112,6 +112,20 @@ def test_watermark_survives_a_crash(tmp_path: Path) -> None:
     assert [r.outbound.message_id for r in recovered] == ["id-2", "id-3"]
 
 
+def test_a_torn_watermark_reads_as_0_and_an_old_plain_one_is_read(tmp_path: Path) -> None:
+    spool = spool_at(tmp_path)
+    spool.confirm(spool.append(outbound(0)).seq)
+    spool.save_watermark()
+    saved = (tmp_path / spool_module.WATERMARK_FILE).read_bytes()
+    assert spool_module.parse_watermark(saved) == 1
+    # A digit changed under its checksum (a torn write): replay all, never skip any.
+    torn = saved.replace(b"1 ", b"7 ", 1)
+    (tmp_path / spool_module.WATERMARK_FILE).write_bytes(torn)
+    assert spool_module.read_watermark(tmp_path) == 0
+    (tmp_path / spool_module.WATERMARK_FILE).write_text("41")
+    assert spool_module.read_watermark(tmp_path) == 41
+
+
 def test_full_spool_refuses_appends(tmp_path: Path) -> None:
     spool = spool_at(tmp_path, max_bytes=1000)
     spool.append(outbound(0, size=400))

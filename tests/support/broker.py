@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import uuid
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from typing import Final
@@ -16,10 +17,13 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from core import contract
 from core.contract import EXCHANGE, Outbound
-from tests.support.gateway import TOKEN_NAME
+from gateway.app import PIPELINE
+from tests.support.gateway import TOKEN_NAME, Client
 from tests.support.waiting import eventually
 
 PUBLISH_CHUNK: Final = 1000
+# A key no consumer binds: only queues bound to `#` see the marker.
+MARKER_ROUTING_KEY: Final = "test.capture-marker"
 
 
 def message(outbound: Outbound) -> aio_pika.Message:
@@ -83,7 +87,7 @@ def capturable(
     routing_key: str = "invalid.entered",
     content_type: str = contract.EVENT_CONTENT_TYPE,
 ) -> Outbound:
-    """A message shaped like a quarantined request of this run, so that `Capture` keeps it."""
+    """A message shaped like a quarantined request of this run."""
     headers: contract.Headers = {contract.TOKEN_NAME_HEADER: TOKEN_NAME}
     return Outbound(message_id, routing_key, b"{}", content_type, 1_700_000_000, headers)
 
@@ -99,10 +103,11 @@ def token_name_of(message: AbstractIncomingMessage) -> str:
 
 
 class Capture:
-    """Messages arriving on one queue bound to the events exchange."""
+    """Every message arriving on one queue bound to the events exchange, whoever sent it."""
 
-    def __init__(self, queue: AbstractQueue) -> None:
+    def __init__(self, queue: AbstractQueue, channel: AbstractChannel) -> None:
         self.queue = queue
+        self._channel = channel
         self.received: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
 
     @classmethod
@@ -113,7 +118,7 @@ class Capture:
         # Exclusive: RabbitMQ 4.3 refuses a transient queue other connections could use.
         queue = await channel.declare_queue(name, exclusive=True)
         await queue.bind(contract.EXCHANGE, binding)
-        capture = cls(queue)
+        capture = cls(queue, channel)
         tag = await queue.consume(capture._on_message, no_ack=True)
         try:
             yield capture
@@ -122,12 +127,19 @@ class Capture:
             await queue.delete(if_unused=False, if_empty=False)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        if token_name_of(message).startswith(TOKEN_NAME):
-            await self.received.put(message)
+        await self.received.put(message)
 
     async def get(self, timeout_s: float = 5.0) -> AbstractIncomingMessage:
         return await asyncio.wait_for(self.received.get(), timeout_s)
 
-    async def nothing_more(self, wait_s: float = 0.3) -> bool:
-        await asyncio.sleep(wait_s)
-        return self.received.empty()
+    async def nothing_more(self, client: Client, timeout_s: float = 10.0) -> bool:
+        """True if nothing arrives that `client`'s gateway published: once its relay has
+        nothing unconfirmed (a confirm means routed to this queue), a marker message is
+        published, and nothing may come before it."""
+        relay = client.app[PIPELINE].relay
+        await eventually(lambda: not relay.pending, timeout_s, "the relay to settle")
+        marker = f"capture-marker-{uuid.uuid4().hex}"
+        exchange = await self._channel.get_exchange(EXCHANGE)
+        await exchange.publish(aio_pika.Message(b"", message_id=marker), MARKER_ROUTING_KEY)
+        first = await self.get(timeout_s)
+        return first.message_id == marker

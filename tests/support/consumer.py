@@ -1,18 +1,27 @@
-"""Consumers for a test: queues no other test uses, and a worker consuming for a block."""
+"""Consumers for a test: queues no other test uses, a worker consuming for a block, and
+worker processes (`aifi-consumer NAME`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
+import subprocess
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import aio_pika
+import orjson
+import yaml
 
 from consumers import topology
 from consumers.runner import Worker
-from core.settings import ConsumerSettings
+from core.settings import ConsumerSettings, LedgerSettings
+from devtools.stack import BIN, CONSUMER_COMMAND
+from ledger.sqlite import LedgerDB
+from tests.support.processes import child_environ
 from tests.support.waiting import eventually
 
 
@@ -62,3 +71,80 @@ class Scratch:
         """The queues of a consumer `name` made elsewhere (a worker process's) from `base`."""
         self._made.append((name, self._base))
         await self.delete()
+
+
+ROOT = Path(__file__).resolve().parents[2]
+Launcher = Callable[[dict[str, ConsumerSettings]], "WorkerProcess"]
+
+
+class WorkerProcess:
+    """One `aifi-consumer NAME`, its settings in a YAML file, its log in a file."""
+
+    def __init__(self, tmp_path: Path, amqp_url: str, consumers: dict[str, ConsumerSettings]):
+        tmp_path.mkdir(parents=True)
+        self.db = tmp_path / "ledger.sqlite3"
+        self.config = tmp_path / "config.yaml"
+        self.config.write_text(
+            yaml.safe_dump(
+                {
+                    "consumers": {n: s.model_dump(mode="json") for n, s in consumers.items()},
+                }
+            )
+        )
+        self.env = child_environ() | {
+            "AIFI_AMQP_URL": amqp_url,
+            "AIFI_CONFIG": str(self.config),
+            "AIFI_LEDGER_DB": str(self.db),
+        }
+        self.logs = tmp_path / "logs"
+        self.logs.mkdir()
+        self.runs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str) -> subprocess.Popen[bytes]:
+        with (self.logs / f"{len(self.runs)}.log").open("wb") as log:
+            process = subprocess.Popen(
+                [str(BIN / CONSUMER_COMMAND[0]), *CONSUMER_COMMAND[1:], *args],
+                cwd=ROOT,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+            )
+        self.runs.append(process)
+        return process
+
+    def messages(self, run: int) -> list[str]:
+        return [line["message"] for line in self.log_lines(run)]
+
+    def log_lines(self, run: int) -> list[dict[str, Any]]:
+        text = (self.logs / f"{run}.log").read_text()
+        return [orjson.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+    def stopped(self, run: int) -> dict[str, Any]:
+        [line] = [line for line in self.log_lines(run) if line["message"] == "stopped"]
+        return line
+
+    def processed(self) -> int:
+        # Opening creates the schema if the worker has not yet: no race with its start.
+        ledger = LedgerDB.open(LedgerSettings(db=self.db))
+        try:
+            return ledger.processed()
+        finally:
+            ledger.close()
+
+    def processed_ids(self) -> set[str]:
+        """The event ids the ledger marked processed."""
+        self.processed()  # creates the schema if the worker has not yet
+        return {row[0] for row in self.query("SELECT event_id FROM processed")}
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        with contextlib.closing(sqlite3.connect(self.db)) as db:
+            return db.execute(sql).fetchall()
+
+    def kill_all(self) -> None:
+        for process in self.runs:
+            if process.poll() is None:
+                process.kill()
+            process.wait(10)
+            if process.stdout is not None:
+                process.stdout.close()

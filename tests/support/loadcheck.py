@@ -3,7 +3,9 @@
 Every request carries a unique session id (its marker). After the run, each
 marker is classified by what the gateway answered and what arrived on a queue
 bound to `#`: lost (answered 200, never arrived), duplicated (arrived more than
-once), unexpected (arrived, never sent).
+once), unexpected (arrived, never sent), wrong ids (a copy whose event id is not
+the one answered, or copies of one marker with different ids: a replay under a
+fresh id, which a consumer deduplicating by id would apply twice).
 """
 
 from __future__ import annotations
@@ -42,9 +44,12 @@ class Sent:
     status: dict[str, int | str] = field(default_factory=dict)
     event_ids: dict[str, str] = field(default_factory=dict)
     answered: asyncio.Event = field(default_factory=asyncio.Event)
+    # When each answer came (time.monotonic()): what was answered during a fault.
+    answered_at: dict[str, float] = field(default_factory=dict)
 
     def record(self, marker: str, status: int | str, event_id: str | None = None) -> None:
         self.status[marker] = status
+        self.answered_at[marker] = time.monotonic()
         if event_id is not None:
             self.event_ids[marker] = event_id
         self.answered.set()
@@ -64,6 +69,11 @@ class Verdict:
     unexpected: frozenset[str]
     wrong_ids: frozenset[str]
 
+    @property
+    def extra_copies(self) -> int:
+        """Copies beyond the first: what a consumer that is not idempotent pays for."""
+        return sum(count - 1 for count in self.duplicated.values())
+
     def summary(self) -> dict[str, int]:
         return {
             "sent": self.sent,
@@ -71,6 +81,7 @@ class Verdict:
             "arrived": self.arrived,
             "lost": len(self.lost),
             "duplicated": len(self.duplicated),
+            "extra_copies": self.extra_copies,
             "unexpected": len(self.unexpected),
             "wrong_ids": len(self.wrong_ids),
         }
@@ -192,7 +203,9 @@ async def collect(
 
 def classify(sent_markers: list[str], sent: Sent, arrived: list[tuple[str, str]]) -> Verdict:
     counts = Counter(m for m, _ in arrived)
-    ids = dict(arrived)
+    ids: dict[str, set[str]] = {}
+    for marker, event_id in arrived:
+        ids.setdefault(marker, set()).add(event_id)
     acknowledged = sent.acknowledged
     return Verdict(
         sent=len(sent_markers),
@@ -201,5 +214,10 @@ def classify(sent_markers: list[str], sent: Sent, arrived: list[tuple[str, str]]
         lost=frozenset(acknowledged - counts.keys()),
         duplicated={m: c for m, c in counts.items() if c > 1},
         unexpected=frozenset(counts.keys() - set(sent_markers)),
-        wrong_ids=frozenset(m for m in acknowledged & ids.keys() if ids[m] != sent.event_ids[m]),
+        wrong_ids=frozenset(m for m, found in ids.items() if not _one_right_id(m, found, sent)),
     )
+
+
+def _one_right_id(marker: str, found: set[str], sent: Sent) -> bool:
+    """Every copy carries one id, the one answered if the marker was answered 200."""
+    return len(found) == 1 and found <= {sent.event_ids.get(marker, next(iter(found)))}

@@ -18,41 +18,43 @@ import math
 import random
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any, ClassVar, Final, LiteralString
+from typing import Any, ClassVar, Final, TypeVar
 
 import psycopg
 from psycopg import errors
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from consumers.ledger_effects import (
-    SCHEMA_VERSION,
+from core.logs import redact
+from core.settings import LedgerSettings
+from ledger import schema
+from ledger.effects import (
     TRACKING_FIELDS,
     TRACKING_MERGE,
     VISIT_FIELDS,
     VISIT_MERGE,
     Batch,
-    LedgerError,
-    LedgerUnavailable,
     Row,
-    check_not_newer,
-    check_readable,
     tracking_answer,
 )
-from core.logs import redact
-from core.settings import LedgerSettings
+from ledger.errors import LedgerError, LedgerUnavailable
+
+T = TypeVar("T")
 
 # "C": text compares as its bytes, as in SQLite, so that "the greatest value" of a text
 # field is the same on both backends whatever the database's locale.
-MIGRATIONS: Final[dict[int, tuple[LiteralString, ...]]] = {
-    1: (
-        """CREATE TABLE processed (
+DIALECT: Final = schema.Dialect(
+    has_table="SELECT to_regclass(%s) IS NOT NULL",
+    placeholder="%s",
+    migrations={
+        1: (
+            """CREATE TABLE processed (
             event_id text COLLATE "C" PRIMARY KEY,
             kind text NOT NULL,
             processed_at timestamptz NOT NULL DEFAULT now()
         )""",
-        "CREATE INDEX processed_by_time ON processed (processed_at)",
-        """CREATE TABLE visits (
+            "CREATE INDEX processed_by_time ON processed (processed_at)",
+            """CREATE TABLE visits (
             session_id text COLLATE "C" PRIMARY KEY,
             store_id bigint,
             oasis_store_id bigint,
@@ -67,8 +69,8 @@ MIGRATIONS: Final[dict[int, tuple[LiteralString, ...]]] = {
             persons_entered bigint NOT NULL,
             persons_exited bigint NOT NULL
         )""",
-        "CREATE INDEX visits_by_store ON visits (store_id)",
-        """CREATE TABLE tracking (
+            "CREATE INDEX visits_by_store ON visits (store_id)",
+            """CREATE TABLE tracking (
             unique_event_id text COLLATE "C" PRIMARY KEY,
             store_id bigint,
             shopper_id text COLLATE "C",
@@ -76,12 +78,12 @@ MIGRATIONS: Final[dict[int, tuple[LiteralString, ...]]] = {
             time_of_issue timestamptz,
             received_at timestamptz
         )""",
-    ),
-    2: ("CREATE TABLE schema_version (version integer NOT NULL)",),
-}
+        ),
+        2: ("CREATE TABLE schema_version (version integer NOT NULL)",),
+    },
+)
 # Openers that find the schema to create or migrate take turns on this advisory lock.
 MIGRATION_LOCK: Final = 0x41694669
-HAS_TABLE: Final = "SELECT to_regclass(%s) IS NOT NULL"
 
 TYPES: Final = {
     "store_id": "bigint",
@@ -213,36 +215,32 @@ def parameters(batch: Batch) -> dict[str, Any]:
 async def migrate(
     connection: psycopg.AsyncConnection[Any], where: str, create: bool, timeout_s: float
 ) -> None:
-    """Bring the schema to `SCHEMA_VERSION` in one transaction, one opener at a time;
-    refuse a schema newer than this release knows. Waiting longer than `timeout_s` for
-    another opener raises `LockNotAvailable`, a passing error."""
+    """Bring the schema up to date in one transaction, one opener at a time (a reader's,
+    `create=False`, only checks it). Waiting longer than `timeout_s` for another opener
+    raises `LockNotAvailable`, a passing error."""
     if not create:
-        check_readable(await schema_version(connection), where)
+        await converse(connection, schema.readable(DIALECT, where))
         return
     async with connection.transaction():
         await connection.execute(f"SET LOCAL lock_timeout = {int(timeout_s * 1000):d}")
         await connection.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-        version = await schema_version(connection)
-        check_not_newer(version, where)
-        for step in range(version + 1, SCHEMA_VERSION + 1):
-            for statement in MIGRATIONS[step]:
-                await connection.execute(statement)
-        if version < SCHEMA_VERSION:
-            await connection.execute("DELETE FROM schema_version")
-            await connection.execute("INSERT INTO schema_version VALUES (%s)", (SCHEMA_VERSION,))
+        await converse(connection, schema.migrate(DIALECT, where))
 
 
-async def schema_version(connection: psycopg.AsyncConnection[Any]) -> int:
-    """The version table's, or 1 for the layout from before it, or 0 for none."""
-
-    async def has(table: str) -> bool:
-        row = await (await connection.execute(HAS_TABLE, (table,))).fetchone()
-        return bool(row and row[0])
-
-    if await has("schema_version"):
-        row = await (await connection.execute("SELECT max(version) FROM schema_version")).fetchone()
-        return int(row[0] or 0) if row else 0
-    return 1 if await has("processed") else 0
+async def converse(
+    connection: psycopg.AsyncConnection[Any], conversation: schema.Conversation[T]
+) -> T:
+    """Run one of `ledger.schema`'s conversations on `connection`; its result."""
+    answer = None
+    try:
+        while True:
+            sql, args = conversation.send(answer)
+            cursor = await connection.execute(sql, args)
+            row = await cursor.fetchone() if cursor.description else None
+            answer = row[0] if row else None
+    except StopIteration as done:
+        result: T = done.value
+        return result
 
 
 class PostgresStore:

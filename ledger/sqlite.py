@@ -14,30 +14,28 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, TypeVar
 
 import orjson
 
-from consumers.ledger_effects import (
-    SCHEMA_VERSION,
+from core.settings import LedgerSettings
+from ledger import schema
+from ledger.effects import (
     TRACKING_FIELDS,
     TRACKING_MERGE,
     VISIT_FIELDS,
     VISIT_MERGE,
     Batch,
-    LedgerMissing,
-    LedgerUnavailable,
     Row,
-    check_not_newer,
-    check_readable,
     tracking_answer,
 )
-from core.settings import LedgerSettings
+from ledger.errors import LedgerMissing, LedgerUnavailable
+
+T = TypeVar("T")
 
 # Each step takes the schema from the version before it to its own; statements one by one,
 # as `executescript` would commit the transaction they run in.
-MIGRATIONS: Final = {
-    1: """
+VERSION_1: Final = """
 CREATE TABLE IF NOT EXISTS processed (
     event_id TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -68,10 +66,15 @@ CREATE TABLE IF NOT EXISTS tracking (
     time_of_issue TEXT,
     received_at TEXT
 ) WITHOUT ROWID
-""",
-    2: "CREATE TABLE schema_version (version INTEGER NOT NULL)",
-}
-HAS_TABLE: Final = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?"
+"""
+DIALECT: Final = schema.Dialect(
+    has_table="SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?",
+    placeholder="?",
+    migrations={
+        1: tuple(filter(str.strip, VERSION_1.split(";"))),
+        2: ("CREATE TABLE schema_version (version INTEGER NOT NULL)",),
+    },
+)
 
 # Plain INSERT: `_unseen` filtered the batch under the write lock, so a conflict is a bug
 # that must fail the transaction, not an event to count twice.
@@ -178,7 +181,7 @@ class LedgerDB:
             db.execute(f"PRAGMA busy_timeout = {busy_timeout_ms:d}")
             ledger = cls(db)
             if not create:
-                check_readable(ledger.version(), str(path))
+                ledger.converse(schema.readable(DIALECT, str(path)))
                 return ledger
             use_wal(db, busy_timeout_ms / 1000)
             db.execute(f"PRAGMA synchronous = {settings.synchronous}")
@@ -189,28 +192,22 @@ class LedgerDB:
         return ledger
 
     def migrate(self, path: Path) -> None:
-        """Bring the schema to `SCHEMA_VERSION` in one write transaction, so that concurrent
-        openers take turns; refuse a schema newer than this release knows."""
+        """Bring the schema up to date in one write transaction, so that concurrent openers
+        take turns."""
         with self._transaction():
-            version = self.version()
-            check_not_newer(version, str(path))
-            for step in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in filter(str.strip, MIGRATIONS[step].split(";")):
-                    self._db.execute(statement)
-            if version < SCHEMA_VERSION:
-                self._db.execute("DELETE FROM schema_version")
-                self._db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+            self.converse(schema.migrate(DIALECT, str(path)))
 
-    def version(self) -> int:
-        """The version table's, or 1 for the layout from before it, or 0 for none."""
-        if self._has("schema_version"):
-            return int(
-                self._db.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0
-            )
-        return 1 if self._has("processed") else 0
-
-    def _has(self, table: str) -> bool:
-        return bool(self._db.execute(HAS_TABLE, (table,)).fetchone()[0])
+    def converse(self, conversation: schema.Conversation[T]) -> T:
+        """Run one of `ledger.schema`'s conversations on this connection; its result."""
+        answer = None
+        try:
+            while True:
+                sql, args = conversation.send(answer)
+                row = self._db.execute(sql, args).fetchone()
+                answer = row[0] if row else None
+        except StopIteration as done:
+            result: T = done.value
+            return result
 
     def close(self) -> None:
         self._db.close()
@@ -316,17 +313,17 @@ class SqliteStore:
     def where(self) -> str:
         return str(self._path)
 
-    async def call(self, function: Callable[..., Any], *args: Any) -> Any:
+    async def _call(self, function: Callable[..., Any], *args: Any) -> Any:
         """Run `function(db, *args)` on the ledger's thread."""
         return await asyncio.get_running_loop().run_in_executor(
             self._executor, function, self._db, *args
         )
 
     async def apply(self, batch: Batch) -> int:
-        return int(await self.call(LedgerDB.apply_batch, batch))
+        return int(await self._call(LedgerDB.apply_batch, batch))
 
     async def prune(self, before: datetime) -> int:
-        return int(await self.call(LedgerDB.prune, before))
+        return int(await self._call(LedgerDB.prune, before))
 
     async def occupancy(self, store_id: int | None = None) -> list[Row]:
         rows: list[Row] = await self._read(LedgerDB.occupancy, store_id)
@@ -350,12 +347,12 @@ class SqliteStore:
         """A read; a database that cannot answer now (locked, I/O) is `LedgerUnavailable`,
         as PostgreSQL's outages are, so that a reader answers 503 rather than 500."""
         try:
-            return await self.call(function, *args)
+            return await self._call(function, *args)
         except sqlite3.Error as exc:
             raise LedgerUnavailable(str(exc)) from exc
 
     async def close(self) -> None:
         try:
-            await self.call(LedgerDB.close)
+            await self._call(LedgerDB.close)
         finally:
             self._executor.shutdown(wait=False)

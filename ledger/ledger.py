@@ -3,7 +3,7 @@
 `opened(settings)` gives a `Ledger` on the backend that `ledger.url` names: a SQLite file
 (the default: nothing to install, the workers of one machine) or PostgreSQL (any number of
 workers on any number of machines). Both have the same schema meaning and answer the same
-reads; what an event does is defined once, in `consumers.ledger_effects`.
+reads; what an event does is defined once, in `ledger.effects`.
 
 Each batch is applied in the transaction that records its events' ids as processed, so an
 effect and its "done" mark commit together, a redelivered event has its effect once, and
@@ -18,48 +18,17 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Final
 
-from consumers.handler import Handlers
-from consumers.ledger_effects import (
-    SCHEMA_VERSION,
-    Batch,
-    LedgerError,
-    LedgerMissing,
-    LedgerUnavailable,
-    Row,
-    SchemaTooNew,
-    SchemaTooOld,
-    Store,
-    instant,
-    tracking_row,
-    visit_row,
-)
-from consumers.ledger_postgres import PostgresStore
-from consumers.ledger_sqlite import LedgerDB, SqliteStore, passing
 from core.aio import backoff_s, paused
 from core.contract import Event
 from core.logs import redact
 from core.settings import LedgerSettings
-
-__all__ = [
-    "SCHEMA_VERSION",
-    "Ledger",
-    "LedgerDB",
-    "LedgerError",
-    "LedgerMissing",
-    "LedgerUnavailable",
-    "Outage",
-    "Retry",
-    "Row",
-    "SchemaTooNew",
-    "SchemaTooOld",
-    "instant",
-    "opened",
-    "passing",
-    "tracking_row",
-    "visit_row",
-]
+from ledger.effects import Batch, Row
+from ledger.errors import LedgerError, LedgerUnavailable
+from ledger.postgres import PostgresStore
+from ledger.sqlite import SqliteStore
+from ledger.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +61,7 @@ def where(settings: LedgerSettings) -> str:
 
 
 class Ledger:
-    """The ledger on one backend: the workers' handler and the reads the CLI prints."""
+    """The ledger on one backend: what the workers apply and the reads the CLI prints."""
 
     def __init__(self, store: Store, outage: Outage | None = None) -> None:
         self._store = store
@@ -106,7 +75,7 @@ class Ledger:
         """Apply `events` all or nothing; how many were new. While the database is away
         (PostgreSQL down or restarting) it waits, as `Outage` says, and tries again: the
         deliveries stay in hand, unacked."""
-        batch = Batch.of(events)  # a bad event fails the batch before any waiting
+        batch = Batch.of(events)  # a `BadEvent` fails the batch before any waiting
         attempt = 0
         while True:
             try:
@@ -119,16 +88,6 @@ class Ledger:
             if attempt:
                 self._outage.over()
             return applied
-
-    async def apply_one(self, event: Event) -> None:
-        await self.apply([event])
-
-    async def apply_many(self, events: Sequence[Event]) -> None:
-        await self.apply(events)
-
-    def handler(self) -> Handlers:
-        """The built-in workers' handler: batches in one transaction, acked after the commit."""
-        return Handlers(one=self.apply_one, many=self.apply_many)
 
     async def occupancy(self, store_id: int | None = None) -> list[Row]:
         """Per store: people inside (never below 0 per session), open and all sessions."""
@@ -146,12 +105,6 @@ class Ledger:
     async def ping(self) -> None:
         """Raise `LedgerUnavailable` unless the database answers now."""
         await self._store.ping()
-
-    async def call(self, function: Callable[..., Any], *args: Any) -> Any:
-        """SQLite only: run `function(LedgerDB, *args)` on the ledger's thread."""
-        if not isinstance(self._store, SqliteStore):
-            raise TypeError(f"call() needs the SQLite ledger, not {self.where}")
-        return await self._store.call(function, *args)
 
     async def prune(self, retention_s: float) -> int:
         return await self._store.prune(datetime.now(UTC) - timedelta(seconds=retention_s))

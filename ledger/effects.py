@@ -6,7 +6,7 @@ is not null), so every order of the same events ends in the same state, and a ba
 effects can be merged per row before they are written: a backend writes one row per visit
 and per tracking match, in key order, whatever the batch holds.
 
-Each backend (`consumers.ledger_sqlite`, `consumers.ledger_postgres`) implements `Store` with
+Each backend (`ledger.sqlite`, `ledger.postgres`) implements `ledger.store.Store` with
 the same schema meaning, records an event's id in the transaction that applies its effect,
 and applies only the events whose id it had not recorded.
 """
@@ -16,17 +16,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar, Final, Protocol
+from typing import Any, Final
 
-from consumers.handler import Reject
 from core.contract import Event
 from core.times import utc
+from ledger.errors import BadEvent
 
 Row = dict[str, Any]
-
-# The layout both backends create. 1: visits, tracking and processed (a SQLite ledger
-# without a version table is at 1); 2: the schema_version table itself.
-SCHEMA_VERSION: Final = 2
 
 # Facts about a visit that every event of its session repeats; merged by keeping the greatest.
 VISIT_FACTS: Final = (
@@ -64,47 +60,6 @@ TRACKING_MERGE: Final = {
 }
 
 
-class LedgerError(Exception):
-    """The ledger cannot be used, and waiting will not change that."""
-
-
-class LedgerMissing(LedgerError):
-    """A reader found no ledger where the settings point (a mistyped path, say)."""
-
-
-class SchemaTooNew(LedgerError):
-    """The database was created or migrated by a newer release than this one."""
-
-
-class SchemaTooOld(LedgerMissing):
-    """A reader found a schema that no worker of this release has migrated yet."""
-
-
-def check_not_newer(version: int, where: str) -> None:
-    """A schema a newer release made is refused: this one would misread it."""
-    if version > SCHEMA_VERSION:
-        raise SchemaTooNew(
-            f"the ledger at {where} has schema version {version}, newer than this "
-            f"release's {SCHEMA_VERSION}: run a release that knows it"
-        )
-
-
-def check_readable(version: int, where: str) -> None:
-    """A reader writes nothing, migrations included: it reads only the current schema."""
-    if version == 0:
-        raise LedgerMissing(f"no ledger at {where} (no worker has created it yet)")
-    check_not_newer(version, where)
-    if version < SCHEMA_VERSION:
-        raise SchemaTooOld(
-            f"the ledger at {where} has schema version {version}: a worker of this release "
-            "migrates it when it starts"
-        )
-
-
-class LedgerUnavailable(Exception):
-    """The database is away for a while (down, restarting, locked): try again later."""
-
-
 def instant(value: object) -> str | None:
     """A time as fixed-width UTC text, so that comparing the text compares the times."""
     if value is None:
@@ -112,7 +67,7 @@ def instant(value: object) -> str | None:
     try:
         moment = datetime.fromisoformat(str(value))
     except ValueError as exc:
-        raise Reject(f"not an ISO time: {value!r}") from exc
+        raise BadEvent(f"not an ISO time: {value!r}") from exc
     aware = utc(moment)
     # %Y is not zero-padded below year 1000 on glibc, which would break the text order.
     return f"{aware.year:04d}" + aware.strftime("-%m-%dT%H:%M:%S.%fZ")
@@ -126,7 +81,7 @@ def visit_row(event: Event) -> Row:
     """One person entering or leaving: the twin "left" calls of a group are two rows' worth."""
     data = event.data
     if not data.get("sessionId"):
-        raise Reject(f"{event.kind} event {event.id} has no sessionId")
+        raise BadEvent(f"{event.kind} event {event.id} has no sessionId")
     entered = event.kind == "entered"
     at = instant(data.get("timeOfOrigin"))
     return {
@@ -149,7 +104,7 @@ def visit_row(event: Event) -> Row:
 def tracking_row(event: Event) -> Row:
     data = event.data
     if not data.get("uniqueEventId"):
-        raise Reject(f"tracking event {event.id} has no uniqueEventId")
+        raise BadEvent(f"tracking event {event.id} has no uniqueEventId")
     return {
         "unique_event_id": str(data["uniqueEventId"]),
         "store_id": data.get("storeId"),
@@ -241,36 +196,3 @@ def _applied(event: Event) -> Applied:
 def tracking_answer(row: Row | None) -> Row | None:
     """A tracking row as read: with `matched`, true once a shopper is known."""
     return None if row is None else row | {"matched": row["shopperId"] is not None}
-
-
-class Store(Protocol):
-    """A backend of the ledger. Reads return rows keyed as the CLI prints them."""
-
-    errors: ClassVar[tuple[type[Exception], ...]]  # what its database raises
-
-    @property
-    def where(self) -> str:
-        """Where the ledger is, for logs and messages (never a password)."""
-
-    async def apply(self, batch: Batch) -> int:
-        """Apply the batch's new events in one transaction; how many were new.
-
-        Raises `LedgerUnavailable` when the database is away for a while."""
-
-    async def prune(self, before: datetime) -> int:
-        """Forget the ids of events applied before `before`; how many were forgotten."""
-
-    async def occupancy(self, store_id: int | None = None) -> list[Row]:
-        """Per store: people inside (never below 0 per session), open and all sessions."""
-
-    async def visit(self, session_id: str) -> Row | None: ...
-
-    async def tracking(self, unique_event_id: str) -> Row | None: ...
-
-    async def processed(self) -> int:
-        """How many distinct events the ledger remembers having applied."""
-
-    async def ping(self) -> None:
-        """Raise `LedgerUnavailable` unless the database answers now (a readiness probe)."""
-
-    async def close(self) -> None: ...

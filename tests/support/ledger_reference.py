@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from consumers.ledger import Ledger, instant
 from core.contract import Event
+from ledger.effects import instant
+from ledger.ledger import Ledger
 
 Rows = dict[str, dict[str, Any]]
 

@@ -21,8 +21,9 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from consumers import ledger
 from core.settings import LedgerSettings, SettingsError, describe, load
+from ledger import ledger
+from ledger.errors import LedgerError
 
 
 def parser() -> argparse.ArgumentParser:
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = ledger_settings(args.db, args.url)
         result = asyncio.run(read(settings, args))
-    except (SettingsError, ledger.LedgerError) as exc:
+    except (SettingsError, LedgerError) as exc:
         print(f"aifi-ledger: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
