@@ -13,9 +13,9 @@ PYTEST_ARGS ?= -q
 # The fast loop needs the .venv alone: no RabbitMQ, PostgreSQL or Node.js, no fault, fuzz
 # or load suite (markers in pyproject.toml; tests/conftest.py fails a test of this tier
 # that starts a node or a Node.js validator without its marker).
-FAST_MARKERS := not broker and not postgresql and not nodejs and not slow and not cluster
+FAST_MARKERS := not broker and not postgresql and not nodejs and not slow and not cluster and not compose
 
-.PHONY: lock debootstrap standins wrk prometheus fuse3 netfaults test-alerts run test test-fast test-cluster bench tail spool lint rabbitmq-server postgresql broker broker-stop clean
+.PHONY: lock debootstrap standins docker wrk prometheus fuse3 netfaults test-alerts run test test-fast test-cluster bench tail spool lint rabbitmq-server postgresql broker broker-stop clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -76,7 +76,7 @@ lint: $(VENV)/.installed
 # The suite starts a private node of its own (tests/conftest.py) and never uses the
 # broker of a running `make run`. It measures the branch coverage of the product packages,
 # the processes the tests start included, and fails under the floor in pyproject.toml.
-test: lint rabbitmq-server postgresql prometheus netfaults node_modules/.installed fuse3
+test: lint rabbitmq-server postgresql prometheus netfaults node_modules/.installed fuse3 docker
 	$(VENV)/bin/pytest $(PYTEST_ARGS) -m "not cluster and not alerts" --cov --cov-report=term:skip-covered
 
 # The alert rules live (tests/test_alerts_live.py): RabbitMQ stopped and started, a worker
@@ -101,6 +101,14 @@ netfaults:
 # (tests/support/lazyfs.py): Debian's fuse3 brings fusermount3 and libfuse3.
 fuse3:
 	command -v fusermount3 >/dev/null || { apt-get update -qq && apt-get install -y -qq fuse3; }
+
+# What the compose tests need (tests/test_compose_live.py): Debian's Docker engine and the
+# Python docker-compose; debootstrap for the stand-in images, ip and iptables for the
+# engine's network namespace.
+DOCKER_TOOLS := dockerd docker docker-compose
+docker: debootstrap netfaults
+	(for tool in $(DOCKER_TOOLS); do command -v $$tool || exit 1; done) >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq docker.io docker-compose; }
 
 # The load generator of `make bench` (Debian's wrk); without it the bench falls back to
 # an aiohttp client, whose own cost narrows the gaps between servers.

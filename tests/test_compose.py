@@ -56,6 +56,20 @@ def test_rabbitmq_is_4x_with_management_and_a_healthcheck(compose: dict[str, Any
     assert rabbitmq["healthcheck"]["test"][0] == "CMD"
 
 
+def test_our_services_run_on_a_read_only_root_with_a_private_tmp(compose: dict[str, Any]) -> None:
+    for name, service in ours(compose).items():
+        assert service.get("read_only") is True, name
+        assert service.get("tmpfs") == ["/tmp"], name
+
+
+def test_every_rabbitmq_node_keeps_its_name_across_containers(compose: dict[str, Any]) -> None:
+    """A node's data on its volume is under rabbit@<hostname>: a container's default
+    hostname (its id) would make every recreated container a new, empty node."""
+    nodes = [s for s in compose["services"].values() if s.get("image", "").startswith("rabbitmq:")]
+    assert len(nodes) == 4
+    assert all(node.get("hostname") for node in nodes)
+
+
 MIGRATE_COMMAND = [*CONSUMER_COMMAND, "migrate"]
 
 
