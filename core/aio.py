@@ -1,11 +1,13 @@
 """asyncio helpers the processes share: waiting for the first of several things, a pause
-that a stop cuts short, and the backoff between attempts."""
+that a stop cuts short, the backoff between attempts, and the loop that retries."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def backoff_s(attempt: int, cap_s: float) -> float:
@@ -19,6 +21,23 @@ async def paused(pause_s: float, stop: asyncio.Event | None = None) -> bool:
         return False
     await first_of(stop.wait(), asyncio.sleep(pause_s))
     return stop.is_set()
+
+
+async def retrying(
+    attempt: Callable[[], Awaitable[T]],
+    transient: tuple[type[Exception], ...],
+    wait: Callable[[Exception, int], Awaitable[None]],
+) -> T:
+    """What `attempt()` returns, trying it again after each `transient` error once
+    `wait(error, failures_before)` has returned; `wait` raises to give up. Any other
+    error ends the loop at once."""
+    failures = 0
+    while True:
+        try:
+            return await attempt()
+        except transient as exc:
+            await wait(exc, failures)
+            failures += 1
 
 
 async def first_of(*waitables: Awaitable[Any]) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from core.aio import backoff_s, paused
+from core.aio import backoff_s, paused, retrying
 from core.contract import Event
 from core.logs import redact
 from core.settings import LedgerSettings
@@ -76,18 +76,18 @@ class Ledger:
         (PostgreSQL down or restarting) it waits, as `Outage` says, and tries again: the
         deliveries stay in hand, unacked."""
         batch = Batch.of(events)  # a `BadEvent` fails the batch before any waiting
-        attempt = 0
-        while True:
-            try:
-                applied = await self._store.apply(batch)
-            except LedgerUnavailable as exc:
-                log.warning("ledger unavailable", extra={"where": self.where, "error": str(exc)})
-                await self._outage.wait(exc, attempt)
-                attempt += 1
-                continue
-            if attempt:
-                self._outage.over()
-            return applied
+        waited = False
+
+        async def wait(exc: Exception, failures: int) -> None:
+            nonlocal waited
+            log.warning("ledger unavailable", extra={"where": self.where, "error": str(exc)})
+            await self._outage.wait(exc, failures)
+            waited = True
+
+        applied = await retrying(lambda: self._store.apply(batch), (LedgerUnavailable,), wait)
+        if waited:
+            self._outage.over()
+        return applied
 
     async def occupancy(self, store_id: int | None = None) -> list[Row]:
         """Per store: people inside (never below 0 per session), open and all sessions."""
@@ -130,22 +130,21 @@ async def connect(settings: LedgerSettings, retry: Retry | None, create: bool = 
 
     While the database is away (locked, down, starting), `retry(error, attempt)` is awaited
     before each new attempt; without `retry`, or for any other failure, `LedgerError`."""
-    failures: tuple[type[Exception], ...] = (
-        *SqliteStore.errors,
-        *PostgresStore.errors,
-        OSError,
-    )
-    attempt = 0
-    while True:
+    errors: tuple[type[Exception], ...] = (*SqliteStore.errors, *PostgresStore.errors, OSError)
+
+    def cannot_open(exc: Exception) -> LedgerError:
+        return LedgerError(f"cannot open the ledger at {where(settings)}: {exc}")
+
+    async def open_once() -> Store:
         try:
             return await BACKENDS[settings.backend](settings, create)
-        except LedgerUnavailable as exc:
-            if retry is None:
-                raise LedgerError(f"cannot open the ledger at {where(settings)}: {exc}") from exc
-            await retry(exc, attempt)
-        except failures as exc:
-            raise LedgerError(f"cannot open the ledger at {where(settings)}: {exc}") from exc
-        attempt += 1
+        except errors as exc:
+            raise cannot_open(exc) from exc
+
+    async def give_up(exc: Exception, failures: int) -> None:
+        raise cannot_open(exc) from exc
+
+    return await retrying(open_once, (LedgerUnavailable,), retry or give_up)
 
 
 @contextlib.asynccontextmanager

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from core.aio import backoff_s, paused
+from core.aio import backoff_s, paused, retrying
 from core.settings import LedgerSettings
 from ledger import ledger
 from ledger.errors import LedgerError
@@ -43,15 +43,17 @@ class Reader:
 
     async def keep_open(self, stop: asyncio.Event) -> None:
         """Open the ledger (read-only: never create it), retrying with backoff, until `stop`."""
-        attempt = 0
-        while not stop.is_set():
-            try:
+
+        async def hold() -> None:
+            if not stop.is_set():
                 await self._hold(stop)
-            except LedgerError as exc:
-                pause_s = backoff_s(attempt, self._retry_max_s)
-                self._failed(exc, pause_s)
-                attempt += 1
-                await paused(pause_s, stop)
+
+        async def wait(exc: Exception, failures: int) -> None:
+            pause_s = backoff_s(failures, self._retry_max_s)
+            self._failed(exc, pause_s)
+            await paused(pause_s, stop)
+
+        await retrying(hold, (LedgerError,), wait)
 
     async def _hold(self, stop: asyncio.Event) -> None:
         async with ledger.opened(self._settings, create=False) as opened:
@@ -63,7 +65,7 @@ class Reader:
             finally:
                 self._ledger, self._why = None, "the service is stopping"
 
-    def _failed(self, exc: LedgerError, pause_s: float) -> None:
+    def _failed(self, exc: Exception, pause_s: float) -> None:
         self._why = str(exc)
         self.tried.set()
         log.warning(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import pytest
 
-from core.aio import backoff_s, cancel_and_wait, first_of, paused, stop_task
+from core.aio import backoff_s, cancel_and_wait, first_of, paused, retrying, stop_task
 
 
 def test_backoff_doubles_from_a_tenth_of_a_second_up_to_its_cap() -> None:
@@ -22,6 +23,52 @@ async def test_a_pause_cut_short_by_stop_says_so() -> None:
 async def test_a_pause_that_runs_its_course_says_so() -> None:
     assert await paused(0.01, asyncio.Event()) is False
     assert await paused(0.01) is False
+
+
+class Flaky(Exception):
+    pass
+
+
+def failing(times: int, error: Exception) -> Callable[[], Awaitable[str]]:
+    """An attempt that raises `error` the first `times` calls, then returns "done"."""
+    calls: list[None] = []
+
+    async def attempt() -> str:
+        calls.append(None)
+        if len(calls) <= times:
+            raise error
+        return "done"
+
+    return attempt
+
+
+async def test_retrying_waits_after_each_transient_failure_then_returns() -> None:
+    waits: list[tuple[str, int]] = []
+
+    async def wait(exc: Exception, failures: int) -> None:
+        waits.append((str(exc), failures))
+
+    assert await retrying(failing(3, Flaky("busy")), (Flaky,), wait) == "done"
+    assert waits == [("busy", 0), ("busy", 1), ("busy", 2)]
+
+
+async def test_retrying_gives_up_when_wait_raises() -> None:
+    async def give_up(exc: Exception, failures: int) -> None:
+        raise RuntimeError(f"gave up after {failures + 1}") from exc
+
+    with pytest.raises(RuntimeError, match="gave up after 1"):
+        await retrying(failing(5, Flaky("busy")), (Flaky,), give_up)
+
+
+async def test_retrying_lets_other_errors_through_without_waiting() -> None:
+    waits: list[int] = []
+
+    async def wait(exc: Exception, failures: int) -> None:
+        waits.append(failures)
+
+    with pytest.raises(ValueError, match="bad"):
+        await retrying(failing(1, ValueError("bad")), (Flaky,), wait)
+    assert waits == []
 
 
 async def test_first_of_returns_with_the_first_and_cancels_the_rest() -> None:
