@@ -28,6 +28,8 @@ from pydantic import (
     model_validator,
 )
 
+from core.validation import reasons
+
 EXCHANGE: Final = "aifi.events"
 UNROUTED_EXCHANGE: Final = "aifi.unrouted"
 UNROUTED_QUEUE: Final = "aifi.unrouted"
@@ -297,14 +299,7 @@ def decode(body: bytes) -> CloudEvent:
     try:
         return CloudEvent.model_validate_json(body)
     except ValidationError as exc:
-        raise InvalidEvent(_reasons(exc)) from None
-
-
-def _reasons(error: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in item['loc']) or 'body'}: {item['msg']}"
-        for item in error.errors(include_url=False, include_input=False)
-    )
+        raise InvalidEvent(reasons(exc)) from None
 
 
 def decode_event(body: bytes) -> dict[str, Any]:

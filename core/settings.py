@@ -26,6 +26,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from core.validation import problems
+
 
 def split_list(value: object) -> object:
     """A comma-separated string from the environment into a tuple of trimmed items."""
@@ -326,13 +328,10 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 def describe(error: ValidationError) -> str:
     """Name each offending key, never echoing a value (it might be a token)."""
-    problems = []
-    for item in error.errors():
-        key = ".".join(str(p) for p in item["loc"])
-        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
-        # A check across sections has no single key; its message names the keys.
-        problems.append(f"{key}: {message}" if key else message)
-    return "invalid settings: " + "; ".join(problems)
+    # A check across sections has no single key; its message names the keys.
+    return "invalid settings: " + "; ".join(
+        f"{p.field}: {p.message}" if p.field else p.message for p in problems(error)
+    )
 
 
 def load(environ: Mapping[str, str] | None = None) -> Settings:

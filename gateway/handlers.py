@@ -27,6 +27,7 @@ from core.contract import (
 )
 from core.http import X_REQUEST_ID, problem, request_id
 from core.tracing import EVENT_ID, Tracer, incoming, new_trace, span
+from core.validation import problems
 from gateway import events
 from gateway.events import Model, Normalizer, Receipt
 from gateway.metrics import Metrics
@@ -106,10 +107,7 @@ def is_json(content_type: str) -> bool:
 
 
 def field_errors(error: ValidationError) -> list[dict[str, str]]:
-    return [
-        {"field": ".".join(str(p) for p in item["loc"]) or "(body)", "message": item["msg"]}
-        for item in error.errors(include_url=False, include_input=False)
-    ]
+    return [{"field": p.field or "(body)", "message": p.message} for p in problems(error)]
 
 
 # The head checks return the refusal, or None: an accepted request builds no exception.
