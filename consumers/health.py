@@ -21,6 +21,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from core import http
+
 
 class HealthPortError(Exception):
     """The health endpoint's address cannot be bound (in use, or not this host's)."""
@@ -82,7 +84,7 @@ def create_app(state: ConsumerState) -> web.Application:
 
     async def metrics(_: web.Request) -> web.Response:
         body = generate_latest(registry)
-        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+        return http.exposition(body)
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)

@@ -8,7 +8,8 @@ short names. Unknown keys and bad values stop start-up with a message naming the
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
@@ -26,6 +27,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from core import logs
 from core.validation import problems
 
 
@@ -344,3 +346,17 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     # `from None`: pydantic's error text repeats the input, which may hold a token.
     except ValidationError as exc:
         raise SettingsError(describe(exc)) from None
+
+
+def settings_for(program: str, check: Callable[[Settings], None] | None = None) -> Settings:
+    """The settings, logging configured at their level, then `check`ed if given; what is
+    wrong is printed as `program: why`, and the process exits with status 2."""
+    try:
+        settings = load()
+        logs.configure(settings.log.level)
+        if check is not None:
+            check(settings)
+    except SettingsError as exc:
+        print(f"{program}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return settings

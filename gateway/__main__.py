@@ -17,8 +17,7 @@ from pathlib import Path
 
 import orjson
 
-from core import logs
-from core.settings import Settings, SettingsError, load
+from core.settings import Settings, SettingsError, settings_for
 from core.tracing import TracingUnavailable
 
 log = logging.getLogger("gateway")
@@ -66,18 +65,6 @@ def quiet_when_reader_leaves() -> Iterator[None]:
         raise SystemExit(1) from None
 
 
-def settings_for(command: str | None) -> Settings:
-    try:
-        settings = load()
-        logs.configure(settings.log.level)
-        if command in (None, "serve"):
-            check_auth(settings)
-    except SettingsError as exc:
-        print(f"aifi-gateway: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    return settings
-
-
 def print_command(args: argparse.Namespace, settings: Settings) -> None:
     from core import asyncapi
     from gateway import openapi, tail
@@ -108,8 +95,9 @@ def run_gateway(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    settings = settings_for(args.command)
-    if args.command in (None, "serve"):
+    serving = args.command in (None, "serve")
+    settings = settings_for("aifi-gateway", check_auth if serving else None)
+    if serving:
         run_gateway(settings)
         return
     with quiet_when_reader_leaves():

@@ -29,7 +29,6 @@ from gateway.handlers import (
     not_allowed,
     not_found,
     readyz,
-    refusal,
     send_continue,
     stamped,
 )
@@ -50,7 +49,7 @@ async def expect_anything(request: web.Request) -> web.StreamResponse | None:
         return None
     refused = expectation_refusal(request.headers.get(hdrs.EXPECT, ""))
     if refused is not None:
-        return stamped(request, refusal(refused))
+        return stamped(request, refused.response())
     await send_continue(request)
     return None
 

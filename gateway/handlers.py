@@ -9,7 +9,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, Generic
+from types import MappingProxyType
+from typing import Final, Generic
 
 import orjson
 from aiohttp import HttpVersion11, hdrs, web
@@ -25,7 +26,7 @@ from core.contract import (
     forwarded_header,
     trace_id,
 )
-from core.http import X_REQUEST_ID, problem, request_id
+from core.http import X_REQUEST_ID, Rejection, exposition, problem, request_id
 from core.tracing import EVENT_ID, Tracer, incoming, new_trace, span
 from core.validation import problems
 from gateway import events
@@ -63,26 +64,8 @@ GATEWAY: Final = web.AppKey("gateway", Gateway)
 # The token name of a request its head was found acceptable for, before its body was read.
 ADMITTED: Final = web.RequestKey("admitted", str)
 NO_HEADERS: Final[Headers] = {}
-
-
-class Rejection(Exception):
-    """A request we refuse, with the status and a JSON problem to answer."""
-
-    def __init__(
-        self, status: int, title: str, detail: str, retry_after_s: int | None = None, **extra: Any
-    ) -> None:
-        super().__init__(detail)
-        self.status, self.title, self.detail = status, title, detail
-        self.retry_after_s, self.extra = retry_after_s, extra
-
-
-def refusal(rejection: Rejection) -> web.Response:
-    response = problem(rejection.status, rejection.title, rejection.detail, **rejection.extra)
-    if rejection.status == 401:
-        response.headers[hdrs.WWW_AUTHENTICATE] = "Bearer"
-    if rejection.retry_after_s is not None:
-        response.headers[hdrs.RETRY_AFTER] = str(rejection.retry_after_s)
-    return response
+BEARER: Final = MappingProxyType({hdrs.WWW_AUTHENTICATE: "Bearer"})
+RETRY_LATER: Final = MappingProxyType({hdrs.RETRY_AFTER: str(RETRY_AFTER_S)})
 
 
 def unread(response: web.Response) -> web.Response:
@@ -116,7 +99,8 @@ def field_errors(error: ValidationError) -> list[dict[str, str]]:
 def rate_refusal(limiter: RateLimiter | None, token_name: str) -> Rejection | None:
     wait_s = limiter.retry_after_s(token_name) if limiter else 0
     if wait_s:
-        return Rejection(429, "Too Many Requests", f"rate limit of {token_name!r}", wait_s)
+        retry = {hdrs.RETRY_AFTER: str(wait_s)}
+        return Rejection(429, "Too Many Requests", f"rate limit of {token_name!r}", retry)
     return None
 
 
@@ -152,7 +136,7 @@ def head_refusal(
     if before_body and (refused := expectation_refusal(request.headers.get(hdrs.EXPECT, ""))):
         return refused
     if token_name is None:
-        return Rejection(401, "Unauthorized", "a valid bearer token is required")
+        return Rejection(401, "Unauthorized", "a valid bearer token is required", BEARER)
     if refused := rate_refusal(gateway.rate_limiter, token_name):
         return refused
     declared = request.content_length
@@ -238,7 +222,7 @@ def accepted(event_id: str, rid: str) -> web.Response:
 
 def unavailable(exc: Unavailable) -> Rejection:
     # The pipeline logs the cause once when it starts, not on every request.
-    return Rejection(503, "Service Unavailable", f"not accepted: {exc}", RETRY_AFTER_S)
+    return Rejection(503, "Service Unavailable", f"not accepted: {exc}", RETRY_LATER)
 
 
 async def send_continue(request: web.Request) -> None:
@@ -305,7 +289,7 @@ class Receiver(Generic[Model]):
             else:
                 await self.spooled(outbound, trace, tracer)
         except Unavailable as exc:
-            return stamped(request, refusal(unavailable(exc)))
+            return stamped(request, unavailable(exc).response())
         rid = request_id(request)
         if log.isEnabledFor(logging.DEBUG):
             ids = {"event_id": outbound.message_id, "trace_id": trace_id(trace[TRACEPARENT])}
@@ -367,7 +351,7 @@ class Receiver(Generic[Model]):
                 "reason": rejection.detail,
             },
         )
-        response = refusal(rejection)
+        response = rejection.response()
         response.headers[X_REQUEST_ID] = rid
         return response
 
@@ -426,5 +410,4 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     body = request.app[GATEWAY].metrics.exposition()
-    answer = web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
-    return stamped(request, answer)
+    return stamped(request, exposition(body))

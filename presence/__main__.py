@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 import orjson
 from aiohttp import web
 
-from core import logs
-from core.settings import Settings, SettingsError, load
+from core.settings import Settings, SettingsError, settings_for
 from presence import openapi
 from presence.app import create_app
 
@@ -26,16 +24,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def settings_for(command: str | None) -> Settings:
-    try:
-        settings = load()
-        logs.configure(settings.log.level)
-        if command in (None, "serve") and not settings.presence.tokens:
-            raise SettingsError("no token configured: set AIFI_PRESENCE_TOKENS (name=token,...)")
-    except SettingsError as exc:
-        print(f"aifi-presence: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    return settings
+def check_tokens(settings: Settings) -> None:
+    if not settings.presence.tokens:
+        raise SettingsError("no token configured: set AIFI_PRESENCE_TOKENS (name=token,...)")
 
 
 def serve(settings: Settings) -> None:
@@ -63,7 +54,8 @@ def serve(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    settings = settings_for(args.command)
+    serving = args.command in (None, "serve")
+    settings = settings_for("aifi-presence", check_tokens if serving else None)
     if args.command == "openapi":
         print(orjson.dumps(openapi.document(), option=orjson.OPT_INDENT_2).decode())
         return

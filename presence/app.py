@@ -15,9 +15,10 @@ from aiohttp import hdrs, web
 from core import http
 from core.aio import first_of
 from core.auth import TokenTable
+from core.http import Rejection
 from core.settings import Settings
 from presence import handlers, openapi
-from presence.handlers import PRESENCE, Presence, Rejection
+from presence.handlers import PRESENCE, Presence
 from presence.metrics import UNMATCHED, Metrics
 from presence.reader import Reader
 
@@ -44,7 +45,7 @@ def http_problem(request: web.Request, exc: web.HTTPException) -> web.Response:
     if isinstance(exc, web.HTTPMethodNotAllowed):
         detail = f"{exc.method} is not allowed; allowed: {', '.join(sorted(exc.allowed_methods))}"
     headers = {k: v for k, v in exc.headers.items() if k != hdrs.CONTENT_TYPE}
-    return Rejection(exc.status, exc.reason, detail, **headers).response()
+    return Rejection(exc.status, exc.reason, detail, headers).response()
 
 
 @web.middleware
@@ -80,7 +81,7 @@ def check_token(request: web.Request) -> None:
         return
     if request.app[PRESENCE].tokens.identify(request.headers.get(hdrs.AUTHORIZATION)) is None:
         detail = "a valid bearer token is required"
-        raise Rejection(401, "Unauthorized", detail, **{hdrs.WWW_AUTHENTICATE: "Bearer"})
+        raise Rejection(401, "Unauthorized", detail, {hdrs.WWW_AUTHENTICATE: "Bearer"})
 
 
 async def ledger_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -11,8 +11,9 @@ from typing import Final, TypeVar
 from aiohttp import hdrs, web
 from pydantic import BaseModel
 
+from core import http
 from core.auth import TokenTable
-from core.http import problem
+from core.http import Rejection
 from ledger.effects import Row
 from ledger.errors import LedgerUnavailable
 from ledger.ledger import Ledger
@@ -41,17 +42,6 @@ class Presence:
 PRESENCE: Final = web.AppKey("presence", Presence)
 
 
-class Rejection(Exception):
-    """An answer refusing the request, as an RFC 9457 problem document."""
-
-    def __init__(self, status: int, title: str, detail: str, **headers: str) -> None:
-        super().__init__(detail)
-        self.status, self.title, self.detail, self.headers = status, title, detail, headers
-
-    def response(self) -> web.Response:
-        return problem(self.status, self.title, self.detail, self.headers)
-
-
 def answer(model: BaseModel, status: int = 200) -> web.Response:
     return web.Response(status=status, text=model.model_dump_json(), content_type=JSON)
 
@@ -70,7 +60,7 @@ async def read(request: web.Request, query: Callable[[Ledger], Awaitable[T]]) ->
     except (NotOpen, LedgerUnavailable):
         detail = "the ledger cannot be read now; /readyz says why"
         retry = {hdrs.RETRY_AFTER: str(RETRY_AFTER_S)}
-        raise Rejection(503, "Service Unavailable", detail, **retry) from None
+        raise Rejection(503, "Service Unavailable", detail, retry) from None
 
 
 def not_found(what: str) -> Rejection:
@@ -134,7 +124,7 @@ async def metrics(request: web.Request) -> web.Response:
     except (NotOpen, LedgerUnavailable):
         occupancy = None
     body = presence.metrics.exposition(occupancy)
-    return web.Response(body=body, headers={hdrs.CONTENT_TYPE: "text/plain; version=0.0.4"})
+    return http.exposition(body)
 
 
 async def openapi_json(request: web.Request) -> web.Response:

@@ -7,9 +7,9 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from core.http import LATENCY_BUCKETS_S
 from ledger.effects import Row
 
-LATENCY_BUCKETS_S: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
 # The label of a request no route matched: its path would make a label per URL tried.
 UNMATCHED: Final = "unmatched"
 

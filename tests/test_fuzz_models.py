@@ -19,10 +19,11 @@ from pydantic import BaseModel
 
 from core import contract
 from core.contract import Kind, Outbound
+from core.http import Rejection
 from core.settings import AmqpSettings
 from gateway import events
 from gateway.frames import PublishEncoder
-from gateway.handlers import Rejection, parse
+from gateway.handlers import parse
 from gateway.models import Customer, Payment, Session, Shopper, Store, Tracking, Transition
 from tests.support.gateway import TOKEN_NAME
 
