@@ -43,3 +43,23 @@ def test_a_problem_is_rfc_9457_json_with_its_headers_and_members() -> None:
 def test_a_made_up_request_id_is_made_once_per_request() -> None:
     request = make_mocked_request("GET", "/")
     assert http.request_id(request) == http.request_id(request)
+
+
+def test_a_rejection_answers_its_headers_apart_from_its_problem_members() -> None:
+    rejection = http.Rejection(
+        429, "Too Many Requests", "slow down", {"Retry-After": "3"}, errors=["x"]
+    )
+    response = rejection.response()
+    assert response.status == 429
+    assert response.headers["Retry-After"] == "3"
+    assert response.content_type == http.PROBLEM_MEDIA_TYPE
+    assert isinstance(response.body, bytes)
+    body = orjson.loads(response.body)
+    assert body["errors"] == ["x"]
+    assert "Retry-After" not in body
+
+
+def test_the_metrics_answer_is_prometheus_text() -> None:
+    response = http.exposition(b"up 1\n")
+    assert response.headers["Content-Type"] == http.METRICS_MEDIA_TYPE
+    assert response.body == b"up 1\n"
