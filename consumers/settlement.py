@@ -26,11 +26,11 @@ from consumers.handler import Reject
 from consumers.health import ConsumerState
 from consumers.topology import Topology
 from core import topology
-from core.contract import (  # where the tests and tools have found them
-    ATTEMPTS_HEADER as ATTEMPTS_HEADER,
-    FAILED_AT_HEADER as FAILED_AT_HEADER,
-    REASON_HEADER as REASON_HEADER,
-    REPLAYS_HEADER as REPLAYS_HEADER,
+from core.contract import (
+    ATTEMPTS_HEADER,
+    FAILED_AT_HEADER,
+    REASON_HEADER,
+    REPLAYS_HEADER,
     body_traceparent,
     trace_id,
 )

@@ -39,7 +39,6 @@ class Relay:
         self._progress_at = time.monotonic()
         self.attempts = 0
         self.published = 0
-        self.failures = 0
 
     def submit(self, record: Record) -> None:
         self._progressed_if_idle()
@@ -169,7 +168,6 @@ class Relay:
 
     def _failed(self, record: Record) -> None:
         """Put the record back in front and pause, so a refusing broker is not hammered."""
-        self.failures += 1
         self._backlog.put_back(record)
         self._wakeup.set()
         self._pause_until = asyncio.get_running_loop().time() + FAILURE_PAUSE_S

@@ -14,8 +14,14 @@ from consumers import testing, topology
 from consumers.handler import Handlers, Reject
 from consumers.replay import replay
 from consumers.runner import Worker
-from consumers.settlement import ATTEMPTS_HEADER, REPLAYS_HEADER
-from core.contract import DEAD_EXCHANGE, Event, dead_queue_name, queue_name
+from core.contract import (
+    ATTEMPTS_HEADER,
+    DEAD_EXCHANGE,
+    REPLAYS_HEADER,
+    Event,
+    dead_queue_name,
+    queue_name,
+)
 from core.settings import AmqpSettings, ConsumerSettings
 from devtools.rabbitnode import free_port
 from devtools.stack import BIN, CONSUMER_COMMAND

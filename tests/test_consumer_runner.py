@@ -23,10 +23,17 @@ from consumers import health, testing, topology
 from consumers.handler import Handlers, Reject, RetryLater
 from consumers.ledger_handler import handlers
 from consumers.runner import HandlerTimeout, Worker, applied_log
-from consumers.settlement import ATTEMPTS_HEADER, REASON_HEADER
 from core import contract
 from core.amqp import declare_topology
-from core.contract import Event, Outbound, dead_queue_name, delay_queue_name, queue_name
+from core.contract import (
+    ATTEMPTS_HEADER,
+    REASON_HEADER,
+    Event,
+    Outbound,
+    dead_queue_name,
+    delay_queue_name,
+    queue_name,
+)
 from core.settings import AmqpSettings, ConsumerSettings, LedgerSettings
 from devtools.rabbitnode import Node, NodeSpec, free_port
 from ledger import ledger

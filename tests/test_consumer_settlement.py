@@ -14,11 +14,7 @@ from consumers import topology
 from consumers.handler import Reject, RetryLater
 from consumers.health import ConsumerState
 from consumers.settlement import (
-    ATTEMPTS_HEADER,
-    FAILED_AT_HEADER,
     MAX_REASON_CHARS,
-    REASON_HEADER,
-    REPLAYS_HEADER,
     Settler,
     copy,
     describe,
@@ -27,7 +23,14 @@ from consumers.settlement import (
     replay_copy,
 )
 from consumers.topology import Topology
-from core.contract import REDELIVER_EXCHANGE, queue_name
+from core.contract import (
+    ATTEMPTS_HEADER,
+    FAILED_AT_HEADER,
+    REASON_HEADER,
+    REDELIVER_EXCHANGE,
+    REPLAYS_HEADER,
+    queue_name,
+)
 from core.settings import ConsumerSettings
 from tests.support import broker
 from tests.support.consumer import Scratch
