@@ -30,7 +30,7 @@ from bench.measure import EventQueue
 from core import contract
 from core.contract import Outbound
 from core.settings import AmqpSettings
-from gateway import events
+from gateway import normalize
 from gateway.publisher import Outcomes, Publisher
 
 IN_FLIGHT: Final = 256
@@ -38,17 +38,17 @@ BATCH: Final = 64
 Run = Callable[[Sequence[Outbound]], Awaitable[None]]
 
 
-EXAMPLE_KINDS: Final[tuple[tuple[events.Normalizer[Any], str], ...]] = (
-    (events.ENTERED, "entered"),
-    (events.EXITED, "left"),
-    (events.TRACKING, "tracking"),
+EXAMPLE_KINDS: Final[tuple[tuple[normalize.Normalizer[Any], str], ...]] = (
+    (normalize.ENTERED, "entered"),
+    (normalize.EXITED, "left"),
+    (normalize.TRACKING, "tracking"),
 )
 
 
-def example_outbound(normalizer: events.Normalizer[Any], name: str) -> Outbound:
+def example_outbound(normalizer: normalize.Normalizer[Any], name: str) -> Outbound:
     """What the gateway publishes for AiFi's example `name`."""
     raw = (EXAMPLES / f"{name}.json").read_bytes()
-    receipt = events.Receipt(raw, "test", datetime.now(UTC))
+    receipt = normalize.Receipt(raw, "test", datetime.now(UTC))
     return normalizer.build(normalizer.model.model_validate_json(raw), receipt)
 
 

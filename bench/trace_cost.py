@@ -60,17 +60,17 @@ def step(mode: str, traced: bool) -> Step:
     """One request's steps in `mode`, as the gateway's handler and relay take them."""
     import gateway.app  # noqa: F401 - every mode's heap as the gateway's: what a collection walks
     from core.contract import EXCHANGE
-    from gateway import events, spool
+    from gateway import normalize, spool
     from gateway.frames import PublishEncoder
 
     raw = EXAMPLE.read_bytes()
-    model = events.ENTERED.model.model_validate_json(raw)
+    model = normalize.ENTERED.model.model_validate_json(raw)
     encoder = PublishEncoder(1, EXCHANGE, 131_064, 16 * 1024 * 1024)
-    build, request = events.ENTERED.build, Request(traced)
+    build, request = normalize.ENTERED.build, Request(traced)
     if mode == "before":
 
         def before() -> object:
-            outbound = build(model, events.Receipt(raw, "aifi", datetime.now(UTC), {}))
+            outbound = build(model, normalize.Receipt(raw, "aifi", datetime.now(UTC), {}))
             return spool.encode(1, outbound), encoder.encode(outbound)
 
         return before, NOTHING
@@ -82,7 +82,7 @@ def step(mode: str, traced: bool) -> Step:
 
     def off() -> object:
         trace = received_trace(request) or new_trace()  # type: ignore[arg-type]
-        outbound = build(model, events.Receipt(raw, "aifi", datetime.now(UTC), {}, trace))
+        outbound = build(model, normalize.Receipt(raw, "aifi", datetime.now(UTC), {}, trace))
         return spool.encode(1, outbound), encoder.encode(outbound)
 
     return off, NOTHING
@@ -91,17 +91,17 @@ def step(mode: str, traced: bool) -> Step:
 def traced_step(raw: bytes, model: Any, encoder: Any, request: Request) -> Step:
     from core import otel
     from core.tracing import EVENT_ID, span
-    from gateway import events, spans, spool
+    from gateway import normalize, spans, spool
     from gateway.handlers import received_trace
 
     provider = on_provider()
-    tracer, build = otel.tracer(provider), events.ENTERED.build
+    tracer, build = otel.tracer(provider), normalize.ENTERED.build
 
     def on() -> object:
         parent = received_trace(request) or {}  # type: ignore[arg-type]
         with span(tracer, "receive", parent, "server") as receive:
             trace = receive.trace
-            outbound = build(model, events.Receipt(raw, "aifi", datetime.now(UTC), {}, trace))
+            outbound = build(model, normalize.Receipt(raw, "aifi", datetime.now(UTC), {}, trace))
             with span(tracer, "spool", trace, "internal", {EVENT_ID: outbound.message_id}):
                 record = spool.encode(1, outbound)
         publish = spans.started(tracer, outbound)

@@ -16,7 +16,7 @@ from aiohttp import HttpVersion11, hdrs, web
 from core.auth import TokenTable
 from core.settings import Settings
 from core.tracing import Tracer
-from gateway import events, openapi
+from gateway import normalize, openapi
 from gateway.handlers import (
     GATEWAY,
     Gateway,
@@ -91,10 +91,10 @@ def add_receiver(app: web.Application, path: str, receiver: Receiver[Any]) -> No
 
 def add_routes(app: web.Application, settings: Settings, gateway: Gateway) -> None:
     base = settings.http.base_path.rstrip("/")
-    add_receiver(app, f"{base}/entered", Receiver(events.ENTERED, gateway))
-    add_receiver(app, f"{base}/left", Receiver(events.EXITED, gateway))
-    add_receiver(app, f"{base}/exited", Receiver(events.EXITED, gateway))
-    add_receiver(app, settings.http.tracking_path, Receiver(events.TRACKING, gateway))
+    add_receiver(app, f"{base}/entered", Receiver(normalize.ENTERED, gateway))
+    add_receiver(app, f"{base}/left", Receiver(normalize.EXITED, gateway))
+    add_receiver(app, f"{base}/exited", Receiver(normalize.EXITED, gateway))
+    add_receiver(app, settings.http.tracking_path, Receiver(normalize.TRACKING, gateway))
     for path, handler in GETS:
         app.router.add_get(path, answering_errors(handler), expect_handler=expect_anything)
         refuse_other_methods(app, path, frozenset({hdrs.METH_GET, hdrs.METH_HEAD}))

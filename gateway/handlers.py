@@ -29,9 +29,9 @@ from core.contract import (
 from core.http import X_REQUEST_ID, Rejection, exposition, problem, request_id
 from core.tracing import EVENT_ID, Tracer, incoming, new_trace, span
 from core.validation import problems
-from gateway import events
-from gateway.events import Model, Normalizer, Receipt
+from gateway import normalize
 from gateway.metrics import Metrics
+from gateway.normalize import Model, Normalizer, Receipt
 from gateway.pipeline import Pipeline, Unavailable
 from gateway.ratelimit import RateLimiter
 
@@ -325,7 +325,7 @@ class Receiver(Generic[Model]):
         self, request: web.Request, rejection: Rejection, receipt: Receipt
     ) -> None:
         """Keep a body we refused (400, 415, 422) under `invalid.<kind>`, as received."""
-        kept = events.quarantined(self.kind, rejection.detail, receipt, request.content_type)
+        kept = normalize.quarantined(self.kind, rejection.detail, receipt, request.content_type)
         try:
             await self.gateway.pipeline.accept(kept)
         except Unavailable as exc:

@@ -21,7 +21,7 @@ from core import contract
 from core.contract import Kind, Outbound
 from core.http import Rejection
 from core.settings import AmqpSettings
-from gateway import events
+from gateway import normalize
 from gateway.frames import PublishEncoder
 from gateway.handlers import parse
 from gateway.models import Customer, Payment, Session, Shopper, Store, Tracking, Transition
@@ -39,10 +39,10 @@ DOCUMENTS: Final[dict[str, dict[str, Json]]] = {
 }
 MODELS: Final[dict[str, Model]] = {"entered": Transition, "left": Transition, "tracking": Tracking}
 KINDS: Final[dict[str, Kind]] = {"entered": "entered", "left": "exited", "tracking": "tracking"}
-NORMALIZERS: Final[dict[str, events.Normalizer[Any]]] = {
-    "entered": events.ENTERED,
-    "left": events.EXITED,
-    "tracking": events.TRACKING,
+NORMALIZERS: Final[dict[str, normalize.Normalizer[Any]]] = {
+    "entered": normalize.ENTERED,
+    "left": normalize.EXITED,
+    "tracking": normalize.TRACKING,
 }
 # The objects of each document that keep unknown fields, and the model that declares each.
 OPEN_OBJECTS: Final[dict[str, dict[tuple[str, ...], type[BaseModel]]]] = {
@@ -191,7 +191,7 @@ def normalized(name: str, raw: bytes) -> Outbound:
     """What the gateway publishes for a body it accepted (as handlers.Receiver does)."""
     normalizer = NORMALIZERS[name]
     model = parse(raw, "application/json", normalizer.model)
-    return normalizer.build(model, events.Receipt(raw, TOKEN_NAME, RECEIVED_AT))
+    return normalizer.build(model, normalize.Receipt(raw, TOKEN_NAME, RECEIVED_AT))
 
 
 def amqp_frame(outbound: Outbound) -> bytes:
@@ -258,8 +258,8 @@ def test_valid_bodies_with_extras_and_nulls_become_contract_events(
 def test_quarantined_keeps_the_raw_bytes(
     raw: bytes, kind: Kind, reason: str, content_type: str
 ) -> None:
-    receipt = events.Receipt(raw, TOKEN_NAME, RECEIVED_AT)
-    kept = events.quarantined(kind, reason, receipt, content_type)
+    receipt = normalize.Receipt(raw, TOKEN_NAME, RECEIVED_AT)
+    kept = normalize.quarantined(kind, reason, receipt, content_type)
     assert kept.body == raw
     assert kept.routing_key == f"invalid.{kind}"
     assert kept.content_type == (content_type or "application/octet-stream")
@@ -364,6 +364,6 @@ def test_edge_inputs_are_refused_or_published(name: str, raw: bytes) -> None:
 
 
 def test_a_quarantined_request_with_a_long_content_type_is_publishable() -> None:
-    receipt = events.Receipt(b"{}", TOKEN_NAME, RECEIVED_AT)
-    kept = events.quarantined("tracking", "not JSON", receipt, "text/" + "a" * 300)
+    receipt = normalize.Receipt(b"{}", TOKEN_NAME, RECEIVED_AT)
+    kept = normalize.quarantined("tracking", "not JSON", receipt, "text/" + "a" * 300)
     assert amqp_frame(kept)

@@ -1,4 +1,4 @@
-"""Unit tests of the normalization into CloudEvents (gateway.events)."""
+"""Unit tests of the normalization into CloudEvents (gateway.normalize)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 
 from core import contract
 from core.contract import Outbound
-from gateway import events
-from gateway.events import Receipt
+from gateway import normalize
+from gateway.normalize import Receipt
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 RECEIVED = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
@@ -35,7 +35,7 @@ def odd(doc: dict[str, Any]) -> bytes:
 
 
 def outbound(
-    normalizer: events.Normalizer[Any], doc: dict[str, Any], token_name: str | None = TOKEN_NAME
+    normalizer: normalize.Normalizer[Any], doc: dict[str, Any], token_name: str | None = TOKEN_NAME
 ) -> tuple[Outbound, bytes]:
     raw = odd(doc)
     receipt = Receipt(raw, token_name, RECEIVED, FORWARDED)
@@ -43,13 +43,13 @@ def outbound(
 
 
 def transition(kind: contract.Kind = "entered", **changes: Any) -> tuple[dict[str, Any], bytes]:
-    normalizer = events.EXITED if kind == "exited" else events.ENTERED
+    normalizer = normalize.EXITED if kind == "exited" else normalize.ENTERED
     out, raw = outbound(normalizer, example("entered", **changes))
     return orjson.loads(out.body), raw
 
 
 def tracking(**changes: Any) -> tuple[dict[str, Any], bytes]:
-    out, raw = outbound(events.TRACKING, example("tracking", **changes), token_name=None)
+    out, raw = outbound(normalize.TRACKING, example("tracking", **changes), token_name=None)
     return orjson.loads(out.body), raw
 
 
@@ -139,9 +139,9 @@ def test_tracking_keeps_an_undeclared_store_external_id() -> None:
     assert tracking(storeExternalId="shop-3")[0]["data"]["storeExternalId"] == "shop-3"
 
 
-@pytest.mark.parametrize("normalizer", [events.ENTERED, events.TRACKING])
-def test_payload_is_the_raw_body_byte_for_byte(normalizer: events.Normalizer[Any]) -> None:
-    name = "tracking" if normalizer is events.TRACKING else "entered"
+@pytest.mark.parametrize("normalizer", [normalize.ENTERED, normalize.TRACKING])
+def test_payload_is_the_raw_body_byte_for_byte(normalizer: normalize.Normalizer[Any]) -> None:
+    name = "tracking" if normalizer is normalize.TRACKING else "entered"
     out, raw = outbound(normalizer, example(name, customerNote="café  \t ünïcode"))
     assert raw in out.body
     assert b'"payload":' + raw + b"}}" == out.body[-len(raw) - 12 :]
@@ -159,16 +159,16 @@ def test_tracking_id_is_deterministic_per_store_and_unique_event_id() -> None:
 
 
 def test_transition_ids_are_unique_per_call_and_twins_share_the_fingerprint() -> None:
-    twins = [outbound(events.EXITED, example("left")) for _ in range(3)]
+    twins = [outbound(normalize.EXITED, example("left")) for _ in range(3)]
     assert len({out.message_id for out, _ in twins}) == 3
     assert all(uuid.UUID(out.message_id).version == 4 for out, _ in twins)
     fingerprints = {out.headers[contract.FINGERPRINT_HEADER] for out, _ in twins}
     assert fingerprints == {hashlib.sha256(twins[0][1]).hexdigest()}
 
 
-@pytest.mark.parametrize("normalizer", [events.ENTERED, events.EXITED, events.TRACKING])
+@pytest.mark.parametrize("normalizer", [normalize.ENTERED, normalize.EXITED, normalize.TRACKING])
 def test_the_message_is_one_valid_event_routed_and_mirrored_in_headers(
-    normalizer: events.Normalizer[Any],
+    normalizer: normalize.Normalizer[Any],
 ) -> None:
     name = {"entered": "entered", "exited": "left", "tracking": "tracking"}[normalizer.kind]
     out, raw = outbound(normalizer, example(name, storeId=42))
@@ -229,12 +229,12 @@ GOLDEN_TRACKING: Final = (
 
 @pytest.mark.parametrize(
     ("normalizer", "name"),
-    [(events.ENTERED, "entered"), (events.EXITED, "left"), (events.TRACKING, "tracking")],
+    [(normalize.ENTERED, "entered"), (normalize.EXITED, "left"), (normalize.TRACKING, "tracking")],
 )
 def test_the_examples_envelopes_are_byte_for_byte_as_pinned(
-    monkeypatch: pytest.MonkeyPatch, normalizer: events.Normalizer[Any], name: str
+    monkeypatch: pytest.MonkeyPatch, normalizer: normalize.Normalizer[Any], name: str
 ) -> None:
-    monkeypatch.setattr(events, "new_event_id", lambda: str(GOLDEN_ID))
+    monkeypatch.setattr(normalize, "new_event_id", lambda: str(GOLDEN_ID))
     raw = (EXAMPLES / f"{name}.json").read_bytes()
     receipt = Receipt(raw, "aifi", GOLDEN_RECEIVED, FORWARDED)
     out = normalizer.build(normalizer.model.model_validate_json(raw), receipt)
@@ -277,7 +277,7 @@ def test_quarantined_keeps_the_raw_body_and_explains(content_type: str, expected
     secret = "s3cr3t-bearer-value"
     raw = b'{"storeId": "not-an-int" ,\n}'
     receipt = Receipt(raw, TOKEN_NAME, RECEIVED)
-    out = events.quarantined("entered", "x" * 1500, receipt, content_type)
+    out = normalize.quarantined("entered", "x" * 1500, receipt, content_type)
     assert (out.body, out.routing_key, out.content_type) == (raw, "invalid.entered", expected)
     assert out.timestamp_s == int(RECEIVED.timestamp())
     assert out.headers == {
@@ -289,4 +289,4 @@ def test_quarantined_keeps_the_raw_body_and_explains(content_type: str, expected
         contract.REQUEST_CONTENT_TYPE_HEADER: content_type,
     }
     assert all(secret not in str(v) for v in out.headers.values())
-    assert events.quarantined("entered", "r", receipt, "").message_id != out.message_id
+    assert normalize.quarantined("entered", "r", receipt, "").message_id != out.message_id
