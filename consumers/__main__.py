@@ -22,10 +22,10 @@ import uvloop
 
 from consumers import health, ledger_handler
 from consumers.handler import HandlerError, Handlers, load
-from consumers.health import ConsumerState
 from consumers.migrate import MigrationError, migrate
 from consumers.replay import replay, replay_unrouted
 from consumers.runner import Worker
+from consumers.state import ConsumerState
 from consumers.topology import check_name
 from core import logs, tracing
 from core.aio import backoff_s, paused

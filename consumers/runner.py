@@ -14,8 +14,8 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 
 from consumers import spans
 from consumers.handler import Handlers, Reject, RetryLater
-from consumers.health import ConsumerState
 from consumers.settlement import ACK_GRACE_S, Settler, describe
+from consumers.state import ConsumerState
 from consumers.topology import declare
 from core import contract
 from core.aio import cancel_and_wait, first_of, stop_task

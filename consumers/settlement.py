@@ -23,7 +23,7 @@ import aio_pika
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, DateType, DeliveryMode
 
 from consumers.handler import Reject
-from consumers.health import ConsumerState
+from consumers.state import ConsumerState
 from consumers.topology import Topology
 from core import topology
 from core.contract import (

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumers import health
-from consumers.health import ConsumerState
+from consumers.state import ConsumerState
 from devtools.rabbitnode import free_port
 
 

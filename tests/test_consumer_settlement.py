@@ -12,7 +12,6 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from consumers import topology
 from consumers.handler import Reject, RetryLater
-from consumers.health import ConsumerState
 from consumers.settlement import (
     MAX_REASON_CHARS,
     Settler,
@@ -22,6 +21,7 @@ from consumers.settlement import (
     failures,
     replay_copy,
 )
+from consumers.state import ConsumerState
 from consumers.topology import Topology
 from core.contract import (
     ATTEMPTS_HEADER,

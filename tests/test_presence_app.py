@@ -20,8 +20,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from consumers import testing
 from consumers.__main__ import handler_for
-from consumers.health import ConsumerState
 from consumers.runner import Worker
+from consumers.state import ConsumerState
 from core.contract import Event
 from core.settings import AmqpSettings, LedgerSettings, Settings
 from devtools import pgnode
