@@ -25,6 +25,7 @@ from psycopg import errors
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from core.aio import retrying
 from core.logs import redact
 from core.settings import LedgerSettings
 from ledger import schema
@@ -303,17 +304,19 @@ class PostgresStore:
 
     async def apply(self, batch: Batch) -> int:
         values = parameters(batch)
-        for attempt in range(TRANSACTION_RETRIES):
-            try:
-                async with self._connection() as connection:
-                    row = await (await connection.execute(APPLY, values)).fetchone()
-                return int(row[0]) if row else 0
-            except LedgerUnavailable as exc:
-                if not isinstance(exc.__cause__, RETRIED) or attempt + 1 == TRANSACTION_RETRIES:
-                    raise
+
+        async def once() -> int:
+            async with self._connection() as connection:
+                row = await (await connection.execute(APPLY, values)).fetchone()
+            return int(row[0]) if row else 0
+
+        async def again(exc: Exception, failures: int) -> None:
+            if not isinstance(exc.__cause__, RETRIED) or failures + 1 == TRANSACTION_RETRIES:
+                raise exc
             # Rolled back whole: nothing of the batch was recorded, so it runs again as new.
-            await asyncio.sleep(random.uniform(0, 0.01 * 2 ** min(attempt, 6)))
-        raise AssertionError("unreachable")
+            await asyncio.sleep(random.uniform(0, 0.01 * 2 ** min(failures, 6)))
+
+        return await retrying(once, (LedgerUnavailable,), again)
 
     async def prune(self, before: datetime) -> int:
         async with self._connection() as connection:
