@@ -95,15 +95,15 @@ class Publisher:
     async def __aexit__(self, *exc_info: object) -> None:
         task, self._serving = self._serving, None
         await stop_task(task)
-        # A close still lingering would outlive the loop, whose shutdown cannot cancel it.
+        # A close still lingering would outlive the loop: given its time, then cancelled.
         if self._lingering:
             _, pending = await asyncio.wait(
                 self._lingering, timeout=self._settings.publish_timeout_s
             )
+            for closing in pending:
+                closing.cancel()
             if pending:
-                log.warning(
-                    "amqp connection close still pending at exit", extra={"closes": len(pending)}
-                )
+                await asyncio.wait(pending, timeout=self._settings.publish_timeout_s)
 
     def _reconnected(self) -> None:
         self.reconnects += 1
