@@ -114,7 +114,8 @@ class Publisher:
         )
         # Closing the connection closes its channel: a channel of its own to close
         # would wait on the very node that stopped answering.
-        async with _closing(connection, self._settings.publish_timeout_s, self._lingering):
+        silent = asyncio.Event()
+        async with _closing(connection, self._settings.publish_timeout_s, self._lingering, silent):
             channel = await self._declared_channel(connection)
             underlay = await channel.get_underlay_channel()
             if not isinstance(underlay, aiormq.Channel):
@@ -132,7 +133,9 @@ class Publisher:
             log.info("amqp connected", extra={"url": redact(url)})
             try:
                 await first_of(
-                    connection.closed(), channel.closed(), self._unanswered(underlay, confirms)
+                    connection.closed(),
+                    channel.closed(),
+                    self._unanswered(underlay, confirms, silent),
                 )
             finally:
                 self._ready.clear()
@@ -141,7 +144,9 @@ class Publisher:
                 confirms.fail_all(PublishError("connection lost"))
         log.warning("amqp connection lost", extra={"url": redact(url)})
 
-    async def _unanswered(self, channel: aiormq.Channel, confirms: Confirms[Any]) -> None:
+    async def _unanswered(
+        self, channel: aiormq.Channel, confirms: Confirms[Any], silent: asyncio.Event
+    ) -> None:
         """Return once a confirm is overdue by `publish_timeout_s` on a connection that the
         broker has not blocked (a memory or disk alarm, which only holds confirms back).
 
@@ -154,6 +159,7 @@ class Publisher:
             await asyncio.sleep(limit_s / 4)
             if confirms.waited_s() > limit_s and not _blocked(channel.connection):
                 log.warning("amqp confirms overdue; leaving the node", extra={"after_s": limit_s})
+                silent.set()
                 return
 
     async def _declared_channel(self, connection: AbstractConnection) -> AbstractChannel:
@@ -268,9 +274,12 @@ async def _write(
 
 @contextlib.asynccontextmanager
 async def _closing(
-    connection: AbstractConnection, timeout_s: float, lingering: set[asyncio.Future[None]]
+    connection: AbstractConnection,
+    timeout_s: float,
+    lingering: set[asyncio.Future[None]],
+    silent: asyncio.Event,
 ) -> AsyncIterator[None]:
-    """Close `connection` at the end, waiting `timeout_s` at most.
+    """Close `connection` at the end; after a node fell `silent`, waiting `timeout_s` at most.
 
     A graceful close drains the socket and awaits the broker's answer, which a node that
     stopped answering never gives, and aiormq's close cannot be cancelled meanwhile: it
@@ -279,11 +288,15 @@ async def _closing(
     try:
         yield
     finally:
-        closing = asyncio.ensure_future(connection.close())
-        await asyncio.wait([closing], timeout=timeout_s)
-        if not closing.done():
-            lingering.add(closing)
-            closing.add_done_callback(lingering.discard)
+        if silent.is_set():
+            closing = asyncio.ensure_future(connection.close())
+            await asyncio.wait([closing], timeout=timeout_s)
+            if not closing.done():
+                lingering.add(closing)
+                closing.add_done_callback(lingering.discard)
+        else:
+            # A node that answers closes at once (or the exit cancels the close).
+            await connection.close()
 
 
 def _blocked(connection: object) -> bool:
