@@ -15,7 +15,7 @@ PYTEST_ARGS ?= -q
 # that starts a node or a Node.js validator without its marker).
 FAST_MARKERS := not broker and not postgresql and not nodejs and not slow and not cluster and not compose
 
-.PHONY: lock debootstrap standins docker wrk prometheus fuse3 netfaults test-alerts run test test-fast test-cluster bench tail spool lint rabbitmq-server postgresql broker broker-stop clean
+.PHONY: test-setup test-tools lock debootstrap standins docker wrk prometheus fuse3 netfaults test-alerts run test test-fast test-cluster bench tail spool lint rabbitmq-server postgresql broker broker-stop clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -73,11 +73,24 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-# The suite starts a private node of its own (tests/conftest.py) and never uses the
-# broker of a running `make run`. It measures the branch coverage of the product packages,
-# the processes the tests start included, and fails under the floor in pyproject.toml.
-test: lint rabbitmq-server postgresql prometheus netfaults node_modules/.installed fuse3 docker
-	$(VENV)/bin/pytest $(PYTEST_ARGS) -m "not cluster and not alerts" --cov --cov-report=term:skip-covered
+# The suite starts private nodes of its own (tests/conftest.py) and never uses the broker
+# of a running `make run`. It measures the branch coverage of the product packages, the
+# processes the tests start included, and fails under the floor in pyproject.toml. Its
+# files run on TEST_PROCESSES pytest-xdist workers, a file on one worker (so a module's
+# fixtures start once): most of a test's time is spent waiting on a broker, a container
+# or a fault, so more workers than cores pay off.
+TEST_PROCESSES ?= 3
+test: test-setup
+	$(VENV)/bin/pytest $(PYTEST_ARGS) -n $(TEST_PROCESSES) --dist loadfile \
+	  -m "not cluster and not alerts" --cov --cov-report=term:skip-covered
+
+# npm unpacks the validators (1.5 GB) while the .venv, the linters and Debian's packages
+# are set up, one after the other (apt takes one install at a time).
+test-setup:
+	$(MAKE) --no-print-directory -j2 test-tools node_modules/.installed
+
+test-tools:
+	$(MAKE) --no-print-directory -j1 lint rabbitmq-server postgresql prometheus netfaults fuse3 docker
 
 # The alert rules live (tests/test_alerts_live.py): RabbitMQ stopped and started, a worker
 # killed, under the shipped `for:` durations; minutes long, so not in `make test`. -rP prints

@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 from unittest import mock
@@ -245,17 +245,40 @@ def scraped_twice(prometheus: Prometheus) -> bool:
     )
 
 
-CHECKER_VERDICTS = pytest.StashKey[list[tuple[str, dict[str, int]]]]()
+# Figures a test measured, waiting to ride on this process's next test report: a report is
+# what reaches the run's summary from any pytest-xdist worker.
+PENDING_FINDINGS = pytest.StashKey[list[str]]()
+FINDING = "finding"
+# Where a pytest-xdist worker hands the processes it found left running to the controller.
+STRAGGLERS_OUTPUT = "aifi_stragglers"
+
+
+@pytest.fixture(scope="session")
+def finding(pytestconfig: pytest.Config) -> Callable[[str], None]:
+    """Record a measured figure for the summary at the end of the run."""
+    return pytestconfig.stash.setdefault(PENDING_FINDINGS, []).append
 
 
 @pytest.fixture
-def checker_report(request: pytest.FixtureRequest) -> Callable[[str, Verdict], None]:
+def checker_report(
+    request: pytest.FixtureRequest, finding: Callable[[str], None]
+) -> Callable[[str, Verdict], None]:
     """Keep a checker verdict for the summary at the end of the run, duplicates included."""
-    verdicts = request.config.stash.setdefault(CHECKER_VERDICTS, [])
 
     def report(name: str, verdict: Verdict) -> None:
-        verdicts.append((f"{request.node.name} [{name}]", verdict.summary()))
+        finding(f"{request.node.name} [{name}]: {verdict.summary()}")
 
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item,
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    pending = item.config.stash.get(PENDING_FINDINGS, [])
+    report.user_properties += [(FINDING, text) for text in pending]
+    pending.clear()
     return report
 
 
@@ -265,11 +288,17 @@ def pytest_terminal_summary(terminalreporter: TerminalReporter, config: pytest.C
         terminalreporter.section("processes the tests left running (killed now)", red=True)
         for line in stragglers:
             terminalreporter.write_line(line)
-    verdicts = config.stash.get(CHECKER_VERDICTS, [])
-    if verdicts:
-        terminalreporter.section("zero-loss checker")
-        for name, summary in verdicts:
-            terminalreporter.write_line(f"{name}: {summary}")
+    if found := _findings(terminalreporter.stats.values()):
+        terminalreporter.section("measured")
+        for line in found:
+            terminalreporter.write_line(line)
+
+
+def _findings(stats: Iterable[list[Any]]) -> list[str]:
+    properties = [
+        p for reports in stats for r in reports for p in getattr(r, "user_properties", ())
+    ]
+    return [str(value) for key, value in properties if key == FINDING]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -311,18 +340,34 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Fail the run if anything it started is still alive, after killing it."""
+    """Fail the run if anything it started is still alive, after killing it. Under
+    pytest-xdist each worker checks what it started (its own mark) and hands what it found
+    to the controller, which starts nothing but the workers."""
+    config = session.config
+    if config.pluginmanager.getplugin("dsession") is None and (left := _stragglers()):
+        config.stash[STRAGGLERS] = left
+        getattr(config, "workeroutput", {})[STRAGGLERS_OUTPUT] = left
+    if config.stash.get(STRAGGLERS, []):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """The controller keeps what a pytest-xdist worker found left running."""
+    left = getattr(node, "workeroutput", {}).get(STRAGGLERS_OUTPUT, [])
+    node.config.stash.setdefault(STRAGGLERS, []).extend(left)
+
+
+def _stragglers() -> list[str]:
+    """The processes with this session's mark still alive after a grace period, killed."""
     mark = f"{SESSION_MARK}={os.environ.get(SESSION_MARK, '')}".encode()
     deadline = time.monotonic() + 10.0
     # Processes being stopped right now get a moment to finish.
     while (left := _marked_processes(mark)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if not left:
-        return
-    session.config.stash[STRAGGLERS] = [f"{pid}: {cmdline}" for pid, cmdline in left]
     for pid, _ in left:
         _kill_group(pid)
-    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    return [f"{pid}: {cmdline}" for pid, cmdline in left]
 
 
 def _marked_processes(mark: bytes) -> list[tuple[int, str]]:

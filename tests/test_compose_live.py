@@ -18,7 +18,6 @@ answered 200, arrived, lost) is printed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import subprocess
 import sys
@@ -80,15 +79,9 @@ Report = Callable[[str], None]
 
 
 @pytest.fixture(scope="session")
-def report(request: pytest.FixtureRequest) -> Report:
-    """Print a figure in the run's output as it comes, whatever pytest captures."""
-    capture = request.config.pluginmanager.getplugin("capturemanager")
-
-    def line(text: str) -> None:
-        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-            print(f"\n[compose] {text}", flush=True)
-
-    return line
+def report(finding: Callable[[str], None]) -> Report:
+    """A measured figure, for the run's summary."""
+    return lambda text: finding(f"[compose] {text}")
 
 
 @pytest.fixture(scope="session")
