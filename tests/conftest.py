@@ -30,11 +30,13 @@ from core.settings import ConsumerSettings, LedgerSettings, Settings
 from devtools import pgnode, procs
 from devtools.rabbitnode import Node, NodeSpec, ensure_installed, free_port
 from tests.support import validators
-from tests.support.broker import Capture
+from tests.support.broker import Capture, started_node
 from tests.support.consumer import Launcher, Scratch, WorkerProcess
 from tests.support.gateway import gateway_settings, started_client
+from tests.support.lazyfs import LazyFS, mounted
 from tests.support.loadcheck import Verdict
 from tests.support.monitoring import Prometheus, Stack, prometheus_for, traffic
+from tests.support.processes import GatewayProcess
 from tests.support.waiting import eventually
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -76,6 +78,13 @@ def broker_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         pytest.fail(f"cannot start the test session's RabbitMQ node: {exc}", pytrace=False)
     yield node
     node.stop()
+
+
+@pytest.fixture
+def private_node(tmp_path: Path) -> Iterator[Node]:
+    """A broker of this test's own, to kill, stop or restart at will; never the session's."""
+    with started_node(tmp_path / "rabbit") as node:
+        yield node
 
 
 @pytest.fixture(scope="session")
@@ -146,6 +155,22 @@ def ledger_settings(request: pytest.FixtureRequest, tmp_path: Path) -> LedgerSet
     if request.param == "sqlite":
         return LedgerSettings(db=tmp_path / "data" / "ledger.sqlite3")
     return LedgerSettings(url=request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[LazyFS]:
+    """A lazy file system of this test's own, to cut the power of or fail the fsync of."""
+    with mounted(tmp_path / "lazy") as fs:
+        yield fs
+
+
+@pytest.fixture
+def gateways(disk: LazyFS) -> Iterator[list[GatewayProcess]]:
+    """The gateways a test starts on `disk`, stopped before it unmounts however it ends."""
+    started: list[GatewayProcess] = []
+    yield started
+    for process in started:
+        process.stop()
 
 
 @pytest.fixture

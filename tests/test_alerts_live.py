@@ -12,14 +12,13 @@ from __future__ import annotations
 import random
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
 import pytest
 
-from devtools.rabbitnode import Node, NodeSpec, free_port
+from devtools.rabbitnode import Node
 from tests.support.gateway import AUTH
 from tests.support.monitoring import (
     Prometheus,
@@ -41,26 +40,14 @@ WEBHOOKS_PER_S: Final = 5.0
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
-    """A broker of this test's own, to stop and start; never the session's."""
-    spec = NodeSpec(f"t-{uuid.uuid4().hex[:8]}", free_port(), free_port(), tmp_path / "rabbit")
-    node = Node(spec)
-    node.start(timeout_s=120)
-    try:
-        yield node
-    finally:
-        node.kill()
-
-
-@pytest.fixture
 def store() -> int:
     return random.randrange(10**6, 10**9)
 
 
 @pytest.fixture
-def stack(tmp_path: Path, node: Node, store: int) -> Iterator[Stack]:
+def stack(tmp_path: Path, private_node: Node, store: int) -> Iterator[Stack]:
     routes = {"bindings": [f"entered.{store}"]}
-    started = Stack(tmp_path / "stack", node.url, "entered", routes)
+    started = Stack(tmp_path / "stack", private_node.url, "entered", routes)
     try:
         started.start()
         yield started
@@ -131,18 +118,18 @@ def report(what: str, times: dict[str, float]) -> None:
 
 
 def test_broker_and_worker_faults_fire_their_alerts_and_resolve(
-    tmp_path: Path, node: Node, stack: Stack, store: int
+    tmp_path: Path, private_node: Node, stack: Stack, store: int
 ) -> None:
     with prometheus_for(tmp_path / "prometheus", stack) as prometheus:
         quiet_start(prometheus)
         webhooks = f"{stack.gateway.url}/webhooks/aifi/entered"
         with Webhooks(webhooks, store) as calls:
             fault_s = time.monotonic()
-            node.stop()
+            private_node.stop()
             print(f"RabbitMQ stopped in {time.monotonic() - fault_s:.0f} s")
             report("broker stopped", wait_for(prometheus, BROKER_ALERTS, fault_s))
             back_s = time.monotonic()
-            node.start(timeout_s=120)
+            private_node.start(timeout_s=120)
             report("broker started", wait_for(prometheus, BROKER_ALERTS, back_s, firing=False))
         # Accepted while the broker was away: spooled, then relayed once it was back.
         assert calls.answers.get(200, 0) > 100, calls.answers

@@ -35,7 +35,7 @@ from core.contract import (
     queue_name,
 )
 from core.settings import AmqpSettings, ConsumerSettings, LedgerSettings
-from devtools.rabbitnode import Node, NodeSpec, free_port
+from devtools.rabbitnode import Node, free_port
 from ledger import ledger
 from ledger.ledger import Ledger
 from tests.support import broker
@@ -335,18 +335,6 @@ async def test_stopping_settles_every_delivery_in_hand(
     assert redelivered == [False] * (50 - settings.prefetch)
 
 
-@pytest.fixture
-async def private_node(tmp_path: Path) -> AsyncIterator[Node]:
-    """A broker of this test's own, to crash at will; never the shared one."""
-    spec = NodeSpec(f"t-{uuid.uuid4().hex[:8]}", free_port(), free_port(), tmp_path / "rabbit")
-    node = Node(spec)
-    await asyncio.to_thread(node.start)
-    try:
-        yield node
-    finally:
-        await asyncio.to_thread(node.kill)
-
-
 async def test_a_lost_connection_ends_the_batch_in_hand_before_the_worker_says_so(
     private_node: Node, store: int
 ) -> None:
@@ -395,7 +383,10 @@ async def test_consuming_resumes_after_the_broker_is_killed_and_restarted(
 ) -> None:
     name, port = f"t{uuid.uuid4().hex[:16]}", free_port()
     settings = BASE.model_copy(update={"bindings": (f"entered.{store}",), "prefetch": 32})
-    consumer = worker(private_node.url, name, settings, slowed(handlers(presence)))
+    resume = asyncio.Event()
+    consumer = worker(
+        private_node.url, name, settings, paused_after(handlers(presence), 200, resume)
+    )
     before = [testing.transition("entered", store, f"a{i}") for i in range(3000)]
     after = [testing.transition("entered", store, f"b{i}") for i in range(1000)]
     async with health.serving(consumer.state, "127.0.0.1", port), running(consumer):
@@ -403,6 +394,7 @@ async def test_consuming_resumes_after_the_broker_is_killed_and_restarted(
         await eventually(lambda: processed_at_least(presence, 200), what="progress")
         await asyncio.to_thread(private_node.kill)
         assert await presence.processed() < len(before)  # killed mid-stream
+        resume.set()
         await eventually(lambda: not consumer.state.connected, what="the loss")
         assert (await healthz(port))[0] == 503
         await asyncio.to_thread(private_node.start)
@@ -419,15 +411,19 @@ async def test_consuming_resumes_after_the_broker_is_killed_and_restarted(
     assert stats["occupancy"] == len(before) + len(after)  # ...and counted once
 
 
-def slowed(handler: Handlers) -> Handlers:
-    """The ledger behind a downstream that takes 10 ms a batch: a stream long enough to crash
-    the broker in the middle of."""
+def paused_after(handler: Handlers, count: int, resume: asyncio.Event) -> Handlers:
+    """The ledger behind a downstream that stops once `count` events are applied, until
+    `resume` is set: the broker is crashed in the middle of the stream, however fast the
+    worker runs."""
     assert handler.many is not None
     apply_many = handler.many
+    applied = [0]
 
     async def many(events: Sequence[Event]) -> None:
-        await asyncio.sleep(0.01)
+        if applied[0] >= count:
+            await resume.wait()
         await apply_many(events)
+        applied[0] += len(events)
 
     return Handlers(one=handler.one, many=many)
 

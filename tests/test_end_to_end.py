@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -25,7 +25,7 @@ from core.amqp import declare_topology
 from core.contract import Event
 from core.settings import ConsumerSettings
 from devtools import pgnode
-from devtools.rabbitnode import Node, NodeSpec, free_port
+from devtools.rabbitnode import Node, free_port
 from tests.support import broker, ledger_reference as reference
 from tests.support.consumer import Scratch
 from tests.support.gateway import TOKEN, gateway_env
@@ -120,17 +120,6 @@ async def post_once(session: aiohttp.ClientSession, url: str, body: bytes) -> tu
     return 0, ""
 
 
-@pytest.fixture
-async def node(tmp_path: Path) -> AsyncIterator[Node]:
-    spec = NodeSpec(f"e2e-{uuid.uuid4().hex[:8]}", free_port(), free_port(), tmp_path / "rmq")
-    node = Node(spec)
-    await asyncio.to_thread(node.start, 120)
-    try:
-        yield node
-    finally:
-        await asyncio.to_thread(node.kill)
-
-
 async def declare(url: str, store: int, name: str, settings: ConsumerSettings) -> str:
     """The workers' queue, and a checker queue (quorum too) bound the same way."""
     checker = f"e2e.checker.{uuid.uuid4().hex}"
@@ -165,16 +154,16 @@ async def published(url: str, queue: str) -> list[Event]:
 
 
 async def test_faults_at_every_stage_lose_nothing_and_apply_each_visit_once(
-    node: Node, private_pg: pgnode.PgNode, tmp_path: Path, store: int
+    private_node: Node, private_pg: pgnode.PgNode, tmp_path: Path, store: int
 ) -> None:
-    scratch = Scratch(node.url, BASE)
+    scratch = Scratch(private_node.url, BASE)
     name, settings = scratch.consumer(f"entered.{store}", f"exited.{store}", f"tracking.{store}")
-    checker = await declare(node.url, store, name, settings)
-    env = child_environ() | {"AIFI_AMQP_URL": node.url, "AIFI_LEDGER_URL": private_pg.url}
+    checker = await declare(private_node.url, store, name, settings)
+    env = child_environ() | {"AIFI_AMQP_URL": private_node.url, "AIFI_LEDGER_URL": private_pg.url}
     workers = Workers(tmp_path, name, settings, env)
     gateway = GatewayProcess(
         free_port(),
-        gateway_env(node.url, tmp_path / "spool", AIFI_AMQP_RECONNECT_MAX_S="0.5"),
+        gateway_env(private_node.url, tmp_path / "spool", AIFI_AMQP_RECONNECT_MAX_S="0.5"),
         tmp_path / "gateway.log",
     )
     try:
@@ -182,7 +171,7 @@ async def test_faults_at_every_stage_lose_nothing_and_apply_each_visit_once(
         for index in (workers.start(), workers.start()):
             await eventually(functools.partial(workers.consuming, index), 30, f"worker {index}")
         calls, answers = webhooks(store), Answers()
-        stages = faults(gateway, node, workers, private_pg)
+        stages = faults(gateway, private_node, workers, private_pg)
         for chunk, fault in zip(chunks(calls, len(stages)), stages, strict=True):
             # Each fault strikes a third of the way into a part of the load of its own.
             load = asyncio.create_task(post_all(gateway.url, chunk, answers))
@@ -191,7 +180,7 @@ async def test_faults_at_every_stage_lose_nothing_and_apply_each_visit_once(
             await fault()
             await load
         await eventually(lambda: spool_empty(gateway), 60, "the gateway's spool to empty")
-        events = await published(node.url, checker)
+        events = await published(private_node.url, checker)
         arrived = {event.id for event in events}
         assert answers.accepted <= arrived, f"lost {len(answers.accepted - arrived)}"
         assert len(answers.accepted) >= len(calls) // 2, "the load hardly ran"

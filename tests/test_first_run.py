@@ -28,7 +28,7 @@ from consumers.replay import replay_unrouted
 from core import contract
 from core.settings import AmqpSettings, ConsumerSettings, LedgerSettings
 from core.topology import all_specs
-from devtools.rabbitnode import Node, NodeSpec, free_port
+from devtools.rabbitnode import Node, free_port
 from devtools.stack import BIN, CONSUMER_COMMAND
 from ledger.sqlite import LedgerDB
 from tests.support import broker
@@ -46,13 +46,8 @@ KINDS = {"entered": "entered", "left": "exited", "tracking": "tracking"}
 @pytest.fixture(scope="module")
 def private_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     """A broker of this module's own: one test wipes it, which the session's must never be."""
-    base = tmp_path_factory.mktemp("rabbit")
-    node = Node(NodeSpec(f"t-{uuid.uuid4().hex[:8]}", free_port(), free_port(), base))
-    node.start(120)
-    try:
+    with broker.started_node(tmp_path_factory.mktemp("rabbit")) as node:
         yield node
-    finally:
-        node.kill()
 
 
 def consumers_of(store: int) -> dict[str, ConsumerSettings]:

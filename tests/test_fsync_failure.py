@@ -15,7 +15,7 @@ import asyncio
 import functools
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import pytest
 
 from devtools.rabbitnode import free_port
 from tests.support.gateway import AUTH, TOKEN, gateway_env
-from tests.support.lazyfs import LazyFS, mounted
+from tests.support.lazyfs import LazyFS
 from tests.support.loadcheck import (
     EXAMPLE,
     Sent,
@@ -45,24 +45,10 @@ CONCURRENCY = 8
 
 
 @pytest.fixture
-def disk(tmp_path: Path) -> Iterator[LazyFS]:
-    with mounted(tmp_path / "lazy") as fs:
-        yield fs
-
-
-@pytest.fixture
 async def queue_name(amqp_url: str) -> AsyncIterator[str]:
     name = await checker_queue(amqp_url, "fsync-eio")
     yield name
     await delete_queue(amqp_url, name)
-
-
-@pytest.fixture
-def gateways() -> Iterator[list[GatewayProcess]]:
-    started: list[GatewayProcess] = []
-    yield started
-    for process in started:
-        process.stop()
 
 
 def start_gateway(

@@ -12,7 +12,6 @@ import random
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from core.amqp import declare_topology
 from core.contract import Event, Outbound, dead_queue_name
 from core.settings import ConsumerSettings, LedgerSettings
 from devtools import pgnode
-from devtools.rabbitnode import Node, NodeSpec, free_port
+from devtools.rabbitnode import Node, free_port
 from ledger import ledger
 from ledger.errors import LedgerUnavailable
 from ledger.ledger import Ledger
@@ -172,18 +171,6 @@ async def settled(workers: Workers, presence: Ledger, events: list[Event], dead:
     connection = await aio_pika.connect(workers.env["AIFI_AMQP_URL"])
     async with connection, connection.channel() as channel:
         assert await broker.depth(channel, dead) == 0, "nothing dead-lettered"
-
-
-@pytest.fixture
-async def private_node(tmp_path: Path) -> AsyncIterator[Node]:
-    """A broker of this test's own, to crash at will; never the session's."""
-    spec = NodeSpec(f"t-{uuid.uuid4().hex[:8]}", free_port(), free_port(), tmp_path / "rabbit")
-    node = Node(spec)
-    await asyncio.to_thread(node.start, 120)
-    try:
-        yield node
-    finally:
-        await asyncio.to_thread(node.kill)
 
 
 async def test_sigkill_of_one_of_two_workers_mid_batch(

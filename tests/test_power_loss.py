@@ -19,7 +19,7 @@ import itertools
 import random
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +29,7 @@ import pytest
 
 from devtools.rabbitnode import free_port
 from tests.support.gateway import TOKEN, gateway_env
-from tests.support.lazyfs import LazyFS, mounted
+from tests.support.lazyfs import LazyFS
 from tests.support.loadcheck import (
     EXAMPLE,
     Sent,
@@ -88,25 +88,10 @@ class Outcome:
 
 
 @pytest.fixture
-def disk(tmp_path: Path) -> Iterator[LazyFS]:
-    with mounted(tmp_path / "lazy") as fs:
-        yield fs
-
-
-@pytest.fixture
 async def queue_name(amqp_url: str) -> AsyncIterator[str]:
     name = await checker_queue(amqp_url, "power-cut")
     yield name
     await delete_queue(amqp_url, name)
-
-
-@pytest.fixture
-def gateways() -> Iterator[list[GatewayProcess]]:
-    """Every gateway the test starts, stopped (before the disk unmounts) however it ends."""
-    started: list[GatewayProcess] = []
-    yield started
-    for process in started:
-        process.stop()
 
 
 async def cut_power_repeatedly(

@@ -8,8 +8,9 @@ import contextlib
 import functools
 import itertools
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Final
 
 import aio_pika
@@ -17,6 +18,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from core import contract
 from core.contract import EXCHANGE, Outbound
+from devtools.rabbitnode import Node, NodeSpec, free_port
 from gateway.app import PIPELINE
 from tests.support.gateway import TOKEN_NAME, Client
 from tests.support.waiting import eventually
@@ -24,6 +26,17 @@ from tests.support.waiting import eventually
 PUBLISH_CHUNK: Final = 1000
 # A key no consumer binds: only queues bound to `#` see the marker.
 MARKER_ROUTING_KEY: Final = "test.capture-marker"
+
+
+@contextlib.contextmanager
+def started_node(base: Path) -> Iterator[Node]:
+    """A RabbitMQ node on free ports, its data under `base`, SIGKILLed at the end."""
+    node = Node(NodeSpec(f"t-{uuid.uuid4().hex[:8]}", free_port(), free_port(), base))
+    node.start(timeout_s=120)
+    try:
+        yield node
+    finally:
+        node.kill()
 
 
 def message(outbound: Outbound) -> aio_pika.Message:
