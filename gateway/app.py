@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import HttpVersion11, hdrs, web
 
 from core.auth import TokenTable
+from core.http import stamped
 from core.settings import Settings
 from core.tracing import Tracer
 from gateway import normalize, openapi
@@ -30,7 +31,6 @@ from gateway.handlers import (
     not_found,
     readyz,
     send_continue,
-    stamped,
 )
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline

@@ -29,11 +29,6 @@ RequestHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC: Final = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 
 
-async def stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """Every answer carries the request id, aiohttp's own (404, 405) included."""
-    response.headers.setdefault(http.X_REQUEST_ID, http.request_id(request))
-
-
 def route_of(request: web.Request) -> str:
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else UNMATCHED
@@ -51,12 +46,13 @@ def http_problem(request: web.Request, exc: web.HTTPException) -> web.Response:
 @web.middleware
 async def served(request: web.Request, handler: RequestHandler) -> web.StreamResponse:
     """One layer around every route (each layer costs every request): the token checked,
-    every error answered as a problem, and the answer counted by route and status."""
+    every error answered as a problem, the answer counted by route and status, and
+    stamped with the request id (aiohttp's own 404 and 405 included)."""
     started_s = time.perf_counter()
     response = await answered(request, handler)
     elapsed_s = time.perf_counter() - started_s
     request.app[PRESENCE].metrics.observe(route_of(request), response.status, elapsed_s)
-    return response
+    return http.stamped(request, response)
 
 
 async def answered(request: web.Request, handler: RequestHandler) -> web.StreamResponse:
@@ -120,6 +116,5 @@ def create_app(settings: Settings) -> web.Application:
         ready_timeout_s=presence.ready_timeout_s,
     )
     app.cleanup_ctx.append(ledger_ctx)
-    app.on_response_prepare.append(stamp_request_id)
     add_routes(app)
     return app
