@@ -72,7 +72,7 @@ SPECS: Final[tuple[ServerSpec, ...]] = (
         "gateway-ack-confirmed",
         "gateway (ack confirmed)",
         GATEWAY_ARGV,
-        (("AIFI_SPOOL_FSYNC", "always"), ("AIFI_ACK", "confirmed")),
+        (("AIFI_SPOOL_FSYNC", "always"), ("AIFI_GATEWAY_ACK", "confirmed")),
         gateway=True,
     ),
     ServerSpec(

@@ -37,7 +37,7 @@ from core import logs
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from core.settings import Settings
+    from core.settings import GatewayProcessSettings
 
 # Named: run as `python -m gateway.processes`, this module is `__main__`.
 log = logging.getLogger("gateway.processes")
@@ -64,7 +64,7 @@ def quiet_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: GatewayProcessSettings) -> None:
     """One gateway process; with `http.workers` > 1 each of them shares the port (SO_REUSEPORT)."""
     from core import tracing
     from gateway.app import create_app
@@ -77,7 +77,7 @@ def serve(settings: Settings) -> None:
         run(app, settings)
 
 
-def run(app: web.Application, settings: Settings) -> None:
+def run(app: web.Application, settings: GatewayProcessSettings) -> None:
     """Serve `app` until a signal stops it."""
     import uvloop
     from aiohttp import web
@@ -100,7 +100,7 @@ def run(app: web.Application, settings: Settings) -> None:
     )
 
 
-def process_settings(settings: Settings, index: int) -> Settings:
+def process_settings(settings: GatewayProcessSettings, index: int) -> GatewayProcessSettings:
     """The settings of gateway process `index`: its own spool directory."""
     spool = settings.spool.model_copy(update={"dir": settings.spool.dir / f"worker-{index}"})
     return settings.model_copy(update={"spool": spool})
@@ -113,10 +113,10 @@ def run_process(index: int, supervisor_pid: int) -> None:
     # Blocked by the supervisor around the fork: one that came meanwhile acts now.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     die_with_parent(supervisor_pid)
-    from core.settings import load
+    from core.settings import GatewayProcessSettings, load_as
 
     # The same environment and working directory as the supervisor's: the same settings.
-    serve(process_settings(load(), index))
+    serve(process_settings(load_as(GatewayProcessSettings), index))
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -210,7 +210,7 @@ class Supervisor:
         return 0 if all(p.exitcode in clean for p in self._processes.values()) else 1
 
 
-def become_supervisor(settings: Settings) -> NoReturn:
+def become_supervisor(settings: GatewayProcessSettings) -> NoReturn:
     """Replace this process (same pid) by a fresh supervisor: what checking the settings
     loaded (pydantic, YAML) would otherwise stay in its memory for nothing."""
     argv = [sys.executable, "-m", "gateway.processes", str(settings.http.workers)]

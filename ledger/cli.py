@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from core.settings import LedgerSettings, SettingsError, describe, load
+from core.settings import ConsumerProcessSettings, LedgerSettings, SettingsError, describe, load_as
 from ledger import ledger
 from ledger.errors import LedgerError
 
@@ -59,7 +59,7 @@ async def query(presence: ledger.Ledger, args: argparse.Namespace) -> Any:
 
 
 def ledger_settings(db: Path | None, url: str | None) -> LedgerSettings:
-    settings = load().ledger
+    settings = load_as(ConsumerProcessSettings).ledger
     if db is not None:
         return settings.model_copy(update={"url": "", "db": db})
     if url is None:

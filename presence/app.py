@@ -16,7 +16,7 @@ from core import http
 from core.aio import first_of
 from core.auth import TokenTable
 from core.http import Rejection
-from core.settings import Settings
+from core.settings import PresenceProcessSettings
 from presence import handlers, openapi
 from presence.handlers import PRESENCE, Presence
 from presence.metrics import UNMATCHED, Metrics
@@ -105,7 +105,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/openapi.json", handlers.openapi_json)
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: PresenceProcessSettings) -> web.Application:
     app = web.Application(middlewares=[served])
     presence = settings.presence
     app[PRESENCE] = Presence(

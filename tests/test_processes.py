@@ -95,7 +95,7 @@ async def queue_name(amqp_url: str) -> AsyncIterator[str]:
 
 @pytest.fixture
 def ack() -> str:
-    """The gateway's `ack` mode; a test runs in both by parametrizing `ack`."""
+    """The gateway's `gateway.ack` mode; a test runs in both by parametrizing `ack`."""
     return "spooled"
 
 
@@ -109,7 +109,7 @@ def two_processes(
         amqp_url,
         tmp_path / "spool",
         AIFI_HTTP_WORKERS="2",
-        AIFI_ACK=ack,
+        AIFI_GATEWAY_ACK=ack,
         AIFI_SPOOL_MAX_IN_FLIGHT=str(MAX_IN_FLIGHT),
     )
     process = GatewayProcess(free_port(), env, tmp_path / "gateway.log", argv)
