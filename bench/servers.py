@@ -76,10 +76,10 @@ SPECS: Final[tuple[ServerSpec, ...]] = (
         gateway=True,
     ),
     ServerSpec(
-        "gateway-workers-2",
-        "gateway (http.workers 2)",
+        "gateway-processes-2",
+        "gateway (http.processes 2)",
         GATEWAY_ARGV,
-        (("AIFI_SPOOL_FSYNC", "always"), ("AIFI_HTTP_WORKERS", "2")),
+        (("AIFI_SPOOL_FSYNC", "always"), ("AIFI_HTTP_PROCESSES", "2")),
         gateway=True,
     ),
 )

@@ -40,8 +40,8 @@ from core.settings import (
 )
 from core.topology import TopologyError
 from core.tracing import TracingUnavailable
-from ledger import ledger
 from ledger.errors import LedgerError, LedgerUnavailable
+from ledger.ledger import Outage, Retry, opened
 
 log = logging.getLogger("consumers")
 
@@ -105,14 +105,14 @@ async def handler_for(
         yield load(consumer.handler)
         return
     state.starting = "opening ledger"
-    outage = ledger.Outage(waiting_for_database(state, stop), database_back(state))
-    async with ledger.opened(settings.ledger, waiting_for_ledger(state, stop), outage) as presence:
+    outage = Outage(waiting_for_database(state, stop), database_back(state))
+    async with opened(settings.ledger, waiting_for_ledger(state, stop), outage) as ledger:
         state.starting = None
-        log.info("ledger open", extra={"consumer": state.consumer, "db": presence.where})
-        yield ledger_handler.handlers(presence)
+        log.info("ledger open", extra={"consumer": state.consumer, "db": ledger.where})
+        yield ledger_handler.handlers(ledger)
 
 
-def waiting_for_ledger(state: ConsumerState, stop: asyncio.Event) -> ledger.Retry:
+def waiting_for_ledger(state: ConsumerState, stop: asyncio.Event) -> Retry:
     """Back off while the ledger cannot be opened yet (another process holds the SQLite
     file locked; PostgreSQL is down or starting up), saying so in the log and on /healthz;
     raise `Stopped` if told to stop."""
@@ -130,7 +130,7 @@ def waiting_for_ledger(state: ConsumerState, stop: asyncio.Event) -> ledger.Retr
     return retry
 
 
-def waiting_for_database(state: ConsumerState, stop: asyncio.Event) -> ledger.Retry:
+def waiting_for_database(state: ConsumerState, stop: asyncio.Event) -> Retry:
     """Back off while the ledger's database is away mid-stream: the batch stays in hand,
     unacked, and /healthz answers 503 saying why. Told to stop, give the batch up: it fails
     as an attempt and goes back through the retry queues, nothing lost."""

@@ -84,7 +84,7 @@ class HttpSettings(_Section):
     shutdown_timeout_s: float = Field(10.0, gt=0)
     body_timeout_s: float = Field(10.0, gt=0)
     header_timeout_s: float = Field(10.0, gt=0)
-    workers: int = Field(1, ge=1)
+    processes: int = Field(1, ge=1)  # gateway processes sharing the port
     forward_headers: CommaList = ()
 
     @field_validator("forward_headers")
@@ -297,6 +297,8 @@ ProcessSettingsT = TypeVar("ProcessSettingsT", bound=_ProcessSettings)
 MOVED: Final[Mapping[tuple[str, ...], tuple[str, ...]]] = {
     ("ack",): ("gateway", "ack"),
     ("confirm_timeout_ms",): ("gateway", "confirm_timeout_ms"),
+    # "Workers" are the consumers' processes; the gateway's are gateway processes.
+    ("http", "workers"): ("http", "processes"),
 }
 
 
@@ -359,32 +361,39 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     return tree
 
 
-def moved(
-    tree: dict[str, Any], source: str, spell: Callable[[tuple[str, ...]], str] = ".".join
-) -> list[tuple[str, str]]:
-    """Move each `MOVED` key of `tree` (from `source`) to its new path, in place: for each,
-    its new section and a warning; an error if both paths are given."""
-    warnings = []
-    for old, new in MOVED.items():
-        parent = dig(tree, old[:-1])
-        if parent is None or old[-1] not in parent:
-            continue
-        target = tree
-        for part in new[:-1]:
-            target = target.setdefault(part, {})
-        if new[-1] in target:
-            raise SettingsError(f"{source}: give {spell(new)} only ({spell(old)} is its old name)")
-        target[new[-1]] = parent.pop(old[-1])
-        warning = f"{source}: {spell(old)} is deprecated: read as {spell(new)}; rename it"
-        warnings.append((new[0], warning))
-    return warnings
+Spelling = Callable[[tuple[str, ...]], str]
 
 
-def dig(tree: Mapping[str, Any], path: tuple[str, ...]) -> dict[str, Any] | None:
-    """The mapping at `path` in `tree`, if there is one."""
+def moved(tree: dict[str, Any], source: str, spell: Spelling = ".".join) -> list[tuple[str, str]]:
+    """Move each `MOVED` key given in `tree` (from `source`) to its new path, in place: for
+    each, its new section and a warning."""
+    warnings = ((new[0], move(tree, old, new, f"{source}: ", spell)) for old, new in MOVED.items())
+    return [(section, warning) for section, warning in warnings if warning]
+
+
+def move(
+    tree: dict[str, Any], old: tuple[str, ...], new: tuple[str, ...], where: str, spell: Spelling
+) -> str:
+    """Move `old` to `new` in `tree` if given, and say so; an error if both are given."""
+    parent = dig(tree, old[:-1])
+    if parent is None or old[-1] not in parent:
+        return ""
+    target = dig(tree, new[:-1], create=True)
+    if target is None:
+        return ""  # a section that is no mapping: validation names it
+    if new[-1] in target:
+        raise SettingsError(f"{where}give {spell(new)} only ({spell(old)} is its old name)")
+    target[new[-1]] = parent.pop(old[-1])
+    return f"{where}{spell(old)} is deprecated: read as {spell(new)}; rename it"
+
+
+def dig(tree: dict[str, Any], path: tuple[str, ...], create: bool = False) -> dict[str, Any] | None:
+    """The mapping at `path` in `tree`, made empty where missing if `create`."""
     node: Any = tree
     for part in path:
-        node = node.get(part) if isinstance(node, Mapping) else None
+        if create and isinstance(node, dict):
+            node.setdefault(part, {})
+        node = node.get(part) if isinstance(node, dict) else None
     return node if isinstance(node, dict) else None
 
 

@@ -1,6 +1,6 @@
 """`python -m gateway` / `aifi-gateway`: load settings once, then serve.
 
-With `http.workers` > 1 this process becomes the supervisor once the settings are checked
+With `http.processes` > 1 this process becomes the supervisor once the settings are checked
 (gateway/processes.py), so the application is imported only by `serve`, and each command
 imports what it needs when it runs.
 """
@@ -83,8 +83,8 @@ def run_gateway(settings: GatewayProcessSettings) -> None:
     from gateway.processes import become_supervisor, serve
 
     http = settings.http
-    log.info("starting", extra={"host": http.host, "port": http.port, "workers": http.workers})
-    if http.workers > 1:
+    log.info("starting", extra={"host": http.host, "port": http.port, "processes": http.processes})
+    if http.processes > 1:
         become_supervisor(settings)
     try:
         serve(settings)

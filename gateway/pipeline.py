@@ -42,6 +42,8 @@ class Status:
     spool: SpoolStats
     relay_pending: int
     relay_spilled: int
+    # Named as the metrics they feed (`aifi_relay_publishes`, `aifi_relay_confirms`), and as
+    # /readyz has always answered them: publish attempts, and publishes confirmed.
     publishes: int
     confirms: int
     returns: int
@@ -234,8 +236,8 @@ class Pipeline:
             spool=self.spool.stats(),
             relay_pending=self.relay.pending,
             relay_spilled=self.relay.spilled,
-            publishes=self.relay.attempts,
-            confirms=self.relay.published,
+            publishes=self.relay.publish_attempts,
+            confirms=self.relay.confirmed,
             returns=self.publisher.returns,
             reconnects=self.publisher.reconnects,
         )

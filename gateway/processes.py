@@ -1,4 +1,4 @@
-"""Gateway processes: `serve` runs one; with `http.workers: N`, a `Supervisor` runs N of
+"""Gateway processes: `serve` runs one; with `http.processes: N`, a `Supervisor` runs N of
 them sharing the port through SO_REUSEPORT.
 
 The supervisor is lean: `python -m gateway` checks the settings, then becomes (exec) this
@@ -65,7 +65,7 @@ def quiet_gc() -> None:
 
 
 def serve(settings: GatewayProcessSettings) -> None:
-    """One gateway process; with `http.workers` > 1 each of them shares the port (SO_REUSEPORT)."""
+    """One gateway process; with `http.processes` > 1 they share the port (SO_REUSEPORT)."""
     from core import tracing
     from gateway.app import create_app
 
@@ -96,7 +96,7 @@ def run(app: web.Application, settings: GatewayProcessSettings) -> None:
         lingering_time=LINGERING_S,
         print=None,
         loop=uvloop.new_event_loop(),
-        reuse_port=settings.http.workers > 1 or None,
+        reuse_port=settings.http.processes > 1 or None,
     )
 
 
@@ -151,10 +151,10 @@ def watch_parent(signalled: bool) -> None:
 
 
 class Supervisor:
-    """Runs `workers` gateway processes, restarts one that dies, stops them on SIGTERM."""
+    """Runs `count` gateway processes, restarts one that dies, stops them on SIGTERM."""
 
-    def __init__(self, workers: int, shutdown_timeout_s: float) -> None:
-        self._workers = workers
+    def __init__(self, count: int, shutdown_timeout_s: float) -> None:
+        self._count = count
         self._shutdown_timeout_s = shutdown_timeout_s
         # Fork, not spawn: the supervisor has no thread and no event loop to copy, and
         # spawn would start a resource tracker process and re-import this one's modules.
@@ -179,7 +179,7 @@ class Supervisor:
     def run(self) -> int:
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._stop)
-        for index in range(self._workers):
+        for index in range(self._count):
             self.start(index)
         while not self._stopping:
             self._restart_dead()
@@ -213,7 +213,7 @@ class Supervisor:
 def become_supervisor(settings: GatewayProcessSettings) -> NoReturn:
     """Replace this process (same pid) by a fresh supervisor: what checking the settings
     loaded (pydantic, YAML) would otherwise stay in its memory for nothing."""
-    argv = [sys.executable, "-m", "gateway.processes", str(settings.http.workers)]
+    argv = [sys.executable, "-m", "gateway.processes", str(settings.http.processes)]
     argv += [str(settings.http.shutdown_timeout_s), settings.log.level]
     sys.stdout.flush()
     sys.stderr.flush()
@@ -221,10 +221,10 @@ def become_supervisor(settings: GatewayProcessSettings) -> NoReturn:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m gateway.processes WORKERS SHUTDOWN_TIMEOUT_S LOG_LEVEL`: the supervisor."""
-    workers, shutdown_timeout_s, level = argv
+    """`python -m gateway.processes COUNT SHUTDOWN_TIMEOUT_S LOG_LEVEL`: the supervisor."""
+    count, shutdown_timeout_s, level = argv
     logs.configure(level)
-    return Supervisor(int(workers), float(shutdown_timeout_s)).run()
+    return Supervisor(int(count), float(shutdown_timeout_s)).run()
 
 
 if __name__ == "__main__":

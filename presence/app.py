@@ -18,7 +18,7 @@ from core.auth import TokenTable
 from core.http import Rejection
 from core.settings import PresenceProcessSettings
 from presence import handlers, openapi
-from presence.handlers import PRESENCE, Presence
+from presence.handlers import STATE, State
 from presence.metrics import UNMATCHED, Metrics
 from presence.reader import Reader
 
@@ -51,7 +51,7 @@ async def served(request: web.Request, handler: RequestHandler) -> web.StreamRes
     started_s = time.perf_counter()
     response = await answered(request, handler)
     elapsed_s = time.perf_counter() - started_s
-    request.app[PRESENCE].metrics.observe(route_of(request), response.status, elapsed_s)
+    request.app[STATE].metrics.observe(route_of(request), response.status, elapsed_s)
     return http.stamped(request, response)
 
 
@@ -75,7 +75,7 @@ def check_token(request: web.Request) -> None:
     """A valid bearer token, except on the public routes."""
     if request.path in PUBLIC:
         return
-    if request.app[PRESENCE].tokens.identify(request.headers.get(hdrs.AUTHORIZATION)) is None:
+    if request.app[STATE].tokens.identify(request.headers.get(hdrs.AUTHORIZATION)) is None:
         detail = "a valid bearer token is required"
         raise Rejection(401, "Unauthorized", detail, {hdrs.WWW_AUTHENTICATE: "Bearer"})
 
@@ -83,7 +83,7 @@ def check_token(request: web.Request) -> None:
 async def ledger_ctx(app: web.Application) -> AsyncIterator[None]:
     """The ledger kept open while the app runs; serving starts after the first attempt,
     whether the ledger opened or not (then /readyz says why)."""
-    reader = app[PRESENCE].reader
+    reader = app[STATE].reader
     stop = asyncio.Event()
     task = asyncio.create_task(reader.keep_open(stop), name="presence-ledger")
     await first_of(reader.tried.wait(), asyncio.shield(task))
@@ -108,7 +108,7 @@ def add_routes(app: web.Application) -> None:
 def create_app(settings: PresenceProcessSettings) -> web.Application:
     app = web.Application(middlewares=[served])
     presence = settings.presence
-    app[PRESENCE] = Presence(
+    app[STATE] = State(
         reader=Reader(settings.ledger, presence.retry_max_s),
         tokens=TokenTable.from_settings(presence.tokens),
         metrics=Metrics.create(),

@@ -269,6 +269,27 @@ def test_old_gateway_keys_concern_the_gateway_alone(
     assert caplog.records == []
 
 
+@pytest.mark.parametrize(
+    ("text", "given", "warning"),
+    [
+        (
+            "",
+            {"AIFI_HTTP_WORKERS": "3"},
+            "AIFI_HTTP_WORKERS is deprecated: read as AIFI_HTTP_PROCESSES",
+        ),
+        ("http:\n  workers: 3\n", {}, "http.workers is deprecated: read as http.processes"),
+    ],
+)
+def test_http_workers_is_read_as_http_processes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, text: str, given: dict[str, str], warning: str
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="core.settings"):
+        loaded = settings.load_as(settings.GatewayProcessSettings, write(tmp_path, text) | given)
+    assert loaded.http.processes == 3
+    [record] = caplog.records
+    assert warning in record.getMessage()
+
+
 def test_an_old_and_a_new_name_together_are_refused(tmp_path: Path) -> None:
     env = write(tmp_path, "ack: confirmed\ngateway:\n  ack: spooled\n")
     with pytest.raises(SettingsError, match=r"give gateway\.ack only \(ack is its old name\)"):
