@@ -2,7 +2,7 @@
 
 Servers, each in a process of its own on 127.0.0.1: a bare aiohttp bound, the
 naive baseline, the gateway with `spool.fsync` `always` (its default) and
-`never`, and with `ack: confirmed`. Then the consumer figures, if
+`never`, and with `gateway.ack: confirmed`. Then the consumer figures, if
 `bench/consumer_bench.py` is there, and the presence API against a bare handler
 (`bench/presence_bench.py`, its figures in `<results>/presence-<stem>.json`). Missing a
 target never fails the run: this is a benchmark, not a test; only a server or load that

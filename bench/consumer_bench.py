@@ -35,7 +35,7 @@ from consumers.ledger_handler import handlers
 from consumers.runner import Worker
 from core import contract
 from core.settings import AmqpSettings, ConsumerSettings, LedgerSettings
-from ledger import ledger
+from ledger.ledger import opened as open_ledger
 from tests.support import broker
 from tests.support.consumer import Scratch
 
@@ -97,8 +97,8 @@ async def bare(url: str, name: str, prefetch: int, count: int) -> float:
 
 async def worker(url: str, name: str, settings: ConsumerSettings, count: int, db: Path) -> float:
     """Seconds for the ledger worker to apply and ack `count` events of `aifi.<name>`."""
-    async with ledger.opened(LedgerSettings(db=db)) as presence:
-        consumer = Worker(name, settings, AmqpSettings(urls=(url,)), handlers(presence))
+    async with open_ledger(LedgerSettings(db=db)) as ledger:
+        consumer = Worker(name, settings, AmqpSettings(urls=(url,)), handlers(ledger))
         stop = asyncio.Event()
         started = time.perf_counter()
         task = asyncio.create_task(consumer.run(stop))
@@ -108,7 +108,7 @@ async def worker(url: str, name: str, settings: ConsumerSettings, count: int, db
         elapsed = time.perf_counter() - started
         stop.set()
         await asyncio.wait_for(task, 30)
-        applied = await presence.processed()
+        applied = await ledger.processed()
         if applied != count:
             raise RuntimeError(f"the worker applied {applied} events of {count}")
         return elapsed

@@ -54,7 +54,7 @@ def parent_pids() -> dict[int, int]:
 
 
 def process_tree(pid: int) -> list[int]:
-    """`pid` and its descendants (a gateway with `http.workers` > 1 forks its workers)."""
+    """`pid` and its descendants (a gateway with `http.processes` > 1 forks them)."""
     parents = parent_pids()
     tree, frontier = [pid], [pid]
     while frontier:

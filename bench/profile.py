@@ -46,7 +46,7 @@ async def start_recording(
         f"--rate={RATE_HZ}",
         "--nonblocking",  # never pause the server: the figures of a profiled run stay usable
         "--function",  # one entry per function, not per line
-        "--subprocesses",  # a gateway with http.workers > 1 serves from its children
+        "--subprocesses",  # a gateway with http.processes > 1 serves from its children
         "--format=raw",
         f"--output={output}",
         stdout=asyncio.subprocess.DEVNULL,

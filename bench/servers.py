@@ -72,14 +72,14 @@ SPECS: Final[tuple[ServerSpec, ...]] = (
         "gateway-ack-confirmed",
         "gateway (ack confirmed)",
         GATEWAY_ARGV,
-        (("AIFI_SPOOL_FSYNC", "always"), ("AIFI_ACK", "confirmed")),
+        (("AIFI_SPOOL_FSYNC", "always"), ("AIFI_GATEWAY_ACK", "confirmed")),
         gateway=True,
     ),
     ServerSpec(
-        "gateway-workers-2",
-        "gateway (http.workers 2)",
+        "gateway-processes-2",
+        "gateway (http.processes 2)",
         GATEWAY_ARGV,
-        (("AIFI_SPOOL_FSYNC", "always"), ("AIFI_HTTP_WORKERS", "2")),
+        (("AIFI_SPOOL_FSYNC", "always"), ("AIFI_HTTP_PROCESSES", "2")),
         gateway=True,
     ),
 )

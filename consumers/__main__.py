@@ -33,15 +33,15 @@ from core.amqp import BROKER_ERRORS
 from core.contract import UNROUTED_QUEUE
 from core.settings import (
     BUILT_IN_CONSUMERS,
+    ConsumerProcessSettings,
     ConsumerSettings,
-    Settings,
     SettingsError,
-    load as load_settings,
+    load_as,
 )
 from core.topology import TopologyError
 from core.tracing import TracingUnavailable
-from ledger import ledger
 from ledger.errors import LedgerError, LedgerUnavailable
+from ledger.ledger import Outage, Retry, opened
 
 log = logging.getLogger("consumers")
 
@@ -79,12 +79,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def all_consumers(settings: Settings) -> list[str]:
+def all_consumers(settings: ConsumerProcessSettings) -> list[str]:
     """The built-in consumers and the configured ones."""
     return sorted({*BUILT_IN_CONSUMERS, *settings.consumers})
 
 
-def consumer_settings(settings: Settings, name: str) -> ConsumerSettings:
+def consumer_settings(settings: ConsumerProcessSettings, name: str) -> ConsumerSettings:
     """`consumers.<name>`; the built-in workers need no entry."""
     try:
         check_name(name)
@@ -95,21 +95,24 @@ def consumer_settings(settings: Settings, name: str) -> ConsumerSettings:
 
 @contextlib.asynccontextmanager
 async def handler_for(
-    consumer: ConsumerSettings, settings: Settings, state: ConsumerState, stop: asyncio.Event
+    consumer: ConsumerSettings,
+    settings: ConsumerProcessSettings,
+    state: ConsumerState,
+    stop: asyncio.Event,
 ) -> AsyncIterator[Handlers]:
     """The consumer's own handler if it names one, else the presence ledger's."""
     if consumer.handler:
         yield load(consumer.handler)
         return
     state.starting = "opening ledger"
-    outage = ledger.Outage(waiting_for_database(state, stop), database_back(state))
-    async with ledger.opened(settings.ledger, waiting_for_ledger(state, stop), outage) as presence:
+    outage = Outage(waiting_for_database(state, stop), database_back(state))
+    async with opened(settings.ledger, waiting_for_ledger(state, stop), outage) as ledger:
         state.starting = None
-        log.info("ledger open", extra={"consumer": state.consumer, "db": presence.where})
-        yield ledger_handler.handlers(presence)
+        log.info("ledger open", extra={"consumer": state.consumer, "db": ledger.where})
+        yield ledger_handler.handlers(ledger)
 
 
-def waiting_for_ledger(state: ConsumerState, stop: asyncio.Event) -> ledger.Retry:
+def waiting_for_ledger(state: ConsumerState, stop: asyncio.Event) -> Retry:
     """Back off while the ledger cannot be opened yet (another process holds the SQLite
     file locked; PostgreSQL is down or starting up), saying so in the log and on /healthz;
     raise `Stopped` if told to stop."""
@@ -127,7 +130,7 @@ def waiting_for_ledger(state: ConsumerState, stop: asyncio.Event) -> ledger.Retr
     return retry
 
 
-def waiting_for_database(state: ConsumerState, stop: asyncio.Event) -> ledger.Retry:
+def waiting_for_database(state: ConsumerState, stop: asyncio.Event) -> Retry:
     """Back off while the ledger's database is away mid-stream: the batch stays in hand,
     unacked, and /healthz answers 503 saying why. Told to stop, give the batch up: it fails
     as an attempt and goes back through the retry queues, nothing lost."""
@@ -149,7 +152,7 @@ def database_back(state: ConsumerState) -> Callable[[], None]:
     return over
 
 
-async def serve(settings: Settings, name: str, consumer: ConsumerSettings) -> None:
+async def serve(settings: ConsumerProcessSettings, name: str, consumer: ConsumerSettings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -172,20 +175,22 @@ async def serve(settings: Settings, name: str, consumer: ConsumerSettings) -> No
 
 
 async def replay_and_report(
-    settings: Settings, name: str, consumer: ConsumerSettings, limit: int | None
+    settings: ConsumerProcessSettings, name: str, consumer: ConsumerSettings, limit: int | None
 ) -> None:
     moved = await replay(name, consumer, settings.amqp, limit)
     sys.stdout.write(orjson.dumps({"consumer": name, "moved": moved}).decode() + "\n")
 
 
 async def replay_unrouted_and_report(
-    settings: Settings, consumers: dict[str, ConsumerSettings], limit: int | None
+    settings: ConsumerProcessSettings, consumers: dict[str, ConsumerSettings], limit: int | None
 ) -> None:
     moved = await replay_unrouted(settings.amqp, consumers, limit)
     sys.stdout.write(orjson.dumps({"queue": UNROUTED_QUEUE, "moved": moved}).decode() + "\n")
 
 
-async def migrate_and_report(settings: Settings, consumers: dict[str, ConsumerSettings]) -> None:
+async def migrate_and_report(
+    settings: ConsumerProcessSettings, consumers: dict[str, ConsumerSettings]
+) -> None:
     moved = await migrate(settings.amqp, consumers)
     sys.stdout.write(orjson.dumps({"migrated": moved}).decode() + "\n")
 
@@ -197,7 +202,7 @@ def run(coroutine: Coroutine[Any, Any, None]) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse(sys.argv[1:] if argv is None else argv)
     try:
-        settings = load_settings()
+        settings = load_as(ConsumerProcessSettings)
         logs.configure(settings.log.level)
         if args.command == "migrate":
             names = args.names or all_consumers(settings)

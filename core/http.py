@@ -5,7 +5,7 @@ exposition, and the buckets of their request latency histograms."""
 from __future__ import annotations
 
 import os
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import orjson
 from aiohttp import hdrs, web
@@ -16,6 +16,7 @@ X_REQUEST_ID: Final = "X-Request-Id"
 PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
 REQUEST_ID: Final = web.RequestKey("request_id", str)
 METRICS_MEDIA_TYPE: Final = "text/plain; version=0.0.4"
+AnswerT = TypeVar("AnswerT", bound=web.StreamResponse)
 LATENCY_BUCKETS_S: Final = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
 )  # fmt: skip
@@ -41,6 +42,14 @@ def request_id(request: web.BaseRequest) -> str:
         usable = 0 < len(given) <= 128 and given.isprintable()
         known = request[REQUEST_ID] = given if usable else os.urandom(16).hex()
     return known
+
+
+def stamped(request: web.BaseRequest, response: AnswerT) -> AnswerT:
+    """`response` with the request id: every answer carries one. Both apps stamp here, where
+    the answer is made (the gateway's handlers, the presence API's middleware), rather than in
+    a response signal, which would cost every gateway request an extra await."""
+    response.headers[X_REQUEST_ID] = request_id(request)
+    return response
 
 
 def problem(

@@ -7,11 +7,12 @@ short names. Unknown keys and bad values stop start-up with a message naming the
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, Self, TypeVar
 
 import yaml
 from pydantic import (
@@ -29,6 +30,8 @@ from pydantic_core import PydanticCustomError
 
 from core import logs
 from core.validation import problems
+
+log = logging.getLogger(__name__)
 
 
 def split_list(value: object) -> object:
@@ -81,7 +84,7 @@ class HttpSettings(_Section):
     shutdown_timeout_s: float = Field(10.0, gt=0)
     body_timeout_s: float = Field(10.0, gt=0)
     header_timeout_s: float = Field(10.0, gt=0)
-    workers: int = Field(1, ge=1)
+    processes: int = Field(1, ge=1)  # gateway processes sharing the port
     forward_headers: CommaList = ()
 
     @field_validator("forward_headers")
@@ -214,18 +217,24 @@ class TracingSettings(_Section):
     service_name: str = ""  # empty: OTEL_SERVICE_NAME, else aifi-gateway / aifi-consumer-<name>
 
 
-class Settings(_Section):
-    http: HttpSettings = HttpSettings()
-    auth: AuthSettings = AuthSettings()
-    amqp: AmqpSettings = AmqpSettings()
-    spool: SpoolSettings = SpoolSettings()
-    log: LogSettings = LogSettings()
+class GatewaySettings(_Section):
+    """What only `aifi-gateway` reads: when a 200 is answered (`ack`), and how long
+    `ack: confirmed` waits for the broker's confirm before answering as `spooled`."""
+
     ack: Literal["spooled", "confirmed"] = "spooled"
     confirm_timeout_ms: int = Field(200, gt=0)
-    consumers: dict[str, ConsumerSettings] = Field(default_factory=default_consumers)
-    ledger: LedgerSettings = LedgerSettings()
-    presence: PresenceSettings = PresenceSettings()
+
+
+class _ProcessSettings(_Section):
+    """What every process reads. Each kind of process validates only its own sections of
+    the one `config.yaml`: a mistake in another's section does not stop it."""
+
+    log: LogSettings = LogSettings()
     tracing: TracingSettings = TracingSettings()
+
+
+class _ConsumersTable(_Section):
+    consumers: dict[str, ConsumerSettings] = Field(default_factory=default_consumers)
 
     def consumer(self, name: str) -> ConsumerSettings:
         """`consumers.<name>`; the built-in workers need no entry."""
@@ -235,8 +244,18 @@ class Settings(_Section):
             return ConsumerSettings()
         raise SettingsError(f"no consumer {name!r}: add consumers.{name} to the config")
 
+
+class GatewayProcessSettings(_ProcessSettings, _ConsumersTable):
+    """`aifi-gateway`: it declares the workers' queues, hence `consumers`."""
+
+    http: HttpSettings = HttpSettings()
+    auth: AuthSettings = AuthSettings()
+    amqp: AmqpSettings = AmqpSettings()
+    spool: SpoolSettings = SpoolSettings()
+    gateway: GatewaySettings = GatewaySettings()
+
     @model_validator(mode="after")
-    def _body_fits_a_message(self) -> Settings:
+    def _body_fits_a_message(self) -> Self:
         """A body the gateway accepts must fit, in its envelope, in one AMQP message."""
         largest = self.http.max_body_bytes + ENVELOPE_ALLOWANCE_BYTES
         if largest > self.amqp.max_message_bytes:
@@ -252,6 +271,35 @@ class Settings(_Section):
                 },
             )
         return self
+
+
+class ConsumerProcessSettings(_ProcessSettings, _ConsumersTable):
+    """`aifi-consumer`, the workers."""
+
+    amqp: AmqpSettings = AmqpSettings()
+    ledger: LedgerSettings = LedgerSettings()
+
+
+class PresenceProcessSettings(_ProcessSettings):
+    """`aifi-presence`."""
+
+    ledger: LedgerSettings = LedgerSettings()
+    presence: PresenceSettings = PresenceSettings()
+
+
+class Settings(GatewayProcessSettings, ConsumerProcessSettings, PresenceProcessSettings):
+    """The whole `config.yaml`, every section validated: what tools that run all three kinds
+    of process (the stack, the docs) read."""
+
+
+ProcessSettingsT = TypeVar("ProcessSettingsT", bound=_ProcessSettings)
+# Keys that moved, old path to new: still read, with a warning naming the new one.
+MOVED: Final[Mapping[tuple[str, ...], tuple[str, ...]]] = {
+    ("ack",): ("gateway", "ack"),
+    ("confirm_timeout_ms",): ("gateway", "confirm_timeout_ms"),
+    # "Workers" are the consumers' processes; the gateway's are gateway processes.
+    ("http", "workers"): ("http", "processes"),
+}
 
 
 ENV_ALIASES = {"AIFI_TOKENS": ("auth", "tokens"), "AIFI_AMQP_URL": ("amqp", "urls")}
@@ -271,15 +319,20 @@ def parse_token_pairs(text: str) -> dict[str, str]:
     return pairs
 
 
+def env_name(path: tuple[str, ...]) -> str:
+    return "_".join(("AIFI", *path)).upper()
+
+
 def section_names(path: tuple[str, ...], section: type[BaseModel]) -> dict[str, tuple[str, ...]]:
-    prefix = "_".join(("AIFI", *path)).upper()
-    return {f"{prefix}_{leaf}".upper(): (*path, leaf) for leaf in section.model_fields}
+    return {env_name((*path, leaf)): (*path, leaf) for leaf in section.model_fields}
 
 
 def env_names(model: type[BaseModel] = Settings) -> dict[str, tuple[str, ...]]:
     """Every accepted environment name and the settings path it sets; a built-in consumer's
-    settings are `AIFI_CONSUMERS_<NAME>_<KEY>` (e.g. `AIFI_CONSUMERS_ENTERED_PREFETCH`)."""
+    settings are `AIFI_CONSUMERS_<NAME>_<KEY>` (e.g. `AIFI_CONSUMERS_ENTERED_PREFETCH`); a
+    moved key's old name sets its old path (`AIFI_ACK`), read as `MOVED` says."""
     names: dict[str, tuple[str, ...]] = dict(ENV_ALIASES)
+    names.update({env_name(old): old for old in MOVED})
     for key, info in model.model_fields.items():
         sub = info.annotation
         if isinstance(sub, type) and issubclass(sub, _Section):
@@ -288,7 +341,7 @@ def env_names(model: type[BaseModel] = Settings) -> dict[str, tuple[str, ...]]:
             for name in default_consumers():
                 names.update(section_names((key, name), ConsumerSettings))
         else:
-            names[f"AIFI_{key}".upper()] = (key,)
+            names[env_name((key,))] = (key,)
     return names
 
 
@@ -306,6 +359,42 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
         node[leaf] = value
     return tree
+
+
+Spelling = Callable[[tuple[str, ...]], str]
+
+
+def moved(tree: dict[str, Any], source: str, spell: Spelling = ".".join) -> list[tuple[str, str]]:
+    """Move each `MOVED` key given in `tree` (from `source`) to its new path, in place: for
+    each, its new section and a warning."""
+    warnings = ((new[0], move(tree, old, new, f"{source}: ", spell)) for old, new in MOVED.items())
+    return [(section, warning) for section, warning in warnings if warning]
+
+
+def move(
+    tree: dict[str, Any], old: tuple[str, ...], new: tuple[str, ...], where: str, spell: Spelling
+) -> str:
+    """Move `old` to `new` in `tree` if given, and say so; an error if both are given."""
+    parent = dig(tree, old[:-1])
+    if parent is None or old[-1] not in parent:
+        return ""
+    target = dig(tree, new[:-1], create=True)
+    if target is None:
+        return ""  # a section that is no mapping: validation names it
+    if new[-1] in target:
+        raise SettingsError(f"{where}give {spell(new)} only ({spell(old)} is its old name)")
+    target[new[-1]] = parent.pop(old[-1])
+    return f"{where}{spell(old)} is deprecated: read as {spell(new)}; rename it"
+
+
+def dig(tree: dict[str, Any], path: tuple[str, ...], create: bool = False) -> dict[str, Any] | None:
+    """The mapping at `path` in `tree`, made empty where missing if `create`."""
+    node: Any = tree
+    for part in path:
+        if create and isinstance(node, dict):
+            node.setdefault(part, {})
+        node = node.get(part) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else None
 
 
 def merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -336,24 +425,63 @@ def describe(error: ValidationError) -> str:
     )
 
 
-def load(environ: Mapping[str, str] | None = None) -> Settings:
-    """Settings from `AIFI_CONFIG` (default `config.yaml` if present) and `AIFI_*` overrides."""
-    environ = os.environ if environ is None else environ
+def document(environ: Mapping[str, str]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """The settings tree of `AIFI_CONFIG` (default `config.yaml` if present) under `AIFI_*`
+    overrides, moved keys at their new paths, and the warnings about them (with the
+    section each concerns). Its top-level keys are all known sections."""
     path = Path(environ.get("AIFI_CONFIG", "config.yaml"))
     base = read_yaml(path) if "AIFI_CONFIG" in environ or path.exists() else {}
+    over = env_overrides(environ)
+    notes = moved(base, str(path)) + moved(over, "environment", env_name)
+    tree = merge(base, over)
+    if unknown := sorted(set(tree) - set(Settings.model_fields)):
+        raise SettingsError("invalid settings: " + "; ".join(f"{k}: unknown key" for k in unknown))
+    return tree, notes
+
+
+def read(
+    model: type[ProcessSettingsT], environ: Mapping[str, str]
+) -> tuple[ProcessSettingsT, list[str]]:
+    """`model`'s settings, its sections alone validated, and the warnings about its moved keys
+    (to log once logging is configured)."""
+    tree, notes = document(environ)
+    own = {key: value for key, value in tree.items() if key in model.model_fields}
     try:
-        return Settings.model_validate(merge(base, env_overrides(environ)))
+        settings = model.model_validate(own)
     # `from None`: pydantic's error text repeats the input, which may hold a token.
     except ValidationError as exc:
         raise SettingsError(describe(exc)) from None
+    return settings, [warning for section, warning in notes if section in model.model_fields]
 
 
-def settings_for(program: str, check: Callable[[Settings], None] | None = None) -> Settings:
-    """The settings, logging configured at their level, then `check`ed if given; what is
-    wrong is printed as `program: why`, and the process exits with status 2."""
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Every section's settings (what tools running all three kinds of process read)."""
+    return load_as(Settings, environ)
+
+
+def load_as(
+    model: type[ProcessSettingsT], environ: Mapping[str, str] | None = None
+) -> ProcessSettingsT:
+    """`model`'s settings, deprecated keys logged."""
+    settings, warnings = read(model, os.environ if environ is None else environ)
+    for warning in warnings:
+        log.warning(warning)
+    return settings
+
+
+def settings_for(
+    program: str,
+    model: type[ProcessSettingsT],
+    check: Callable[[ProcessSettingsT], None] | None = None,
+) -> ProcessSettingsT:
+    """`model`'s settings, logging configured at their level (then deprecated keys logged),
+    then `check`ed if given; what is wrong is printed as `program: why`, and the process
+    exits with status 2."""
     try:
-        settings = load()
+        settings, warnings = read(model, os.environ)
         logs.configure(settings.log.level)
+        for warning in warnings:
+            log.warning(warning)
         if check is not None:
             check(settings)
     except SettingsError as exc:

@@ -86,7 +86,10 @@ GATEWAY: Final = (
         "Relay publishes and confirms",
         "ops",
         (
-            q("sum by (instance) (rate(aifi_relay_publishes_total[5m]))", "{{instance}} published"),
+            q(
+                "sum by (instance) (rate(aifi_relay_publishes_total[5m]))",
+                "{{instance}} publish attempts",
+            ),
             q("sum by (instance) (rate(aifi_relay_confirms_total[5m]))", "{{instance}} confirmed"),
         ),
         "Publishes without confirms: a blocked broker (see AifiRelayStalled).",

@@ -1,6 +1,6 @@
 """`python -m gateway` / `aifi-gateway`: load settings once, then serve.
 
-With `http.workers` > 1 this process becomes the supervisor once the settings are checked
+With `http.processes` > 1 this process becomes the supervisor once the settings are checked
 (gateway/processes.py), so the application is imported only by `serve`, and each command
 imports what it needs when it runs.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import orjson
 
-from core.settings import Settings, SettingsError, settings_for
+from core.settings import GatewayProcessSettings, SettingsError, settings_for
 from core.tracing import TracingUnavailable
 
 log = logging.getLogger("gateway")
@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def check_auth(settings: Settings) -> None:
+def check_auth(settings: GatewayProcessSettings) -> None:
     if settings.auth.tokens:
         log.info("tokens configured", extra={"token_names": sorted(settings.auth.tokens)})
     elif settings.auth.allow_anonymous:
@@ -65,7 +65,7 @@ def quiet_when_reader_leaves() -> Iterator[None]:
         raise SystemExit(1) from None
 
 
-def print_command(args: argparse.Namespace, settings: Settings) -> None:
+def print_command(args: argparse.Namespace, settings: GatewayProcessSettings) -> None:
     from core import asyncapi
     from gateway import openapi, tail
 
@@ -79,12 +79,12 @@ def print_command(args: argparse.Namespace, settings: Settings) -> None:
         tail.run(settings.amqp, args.binding)
 
 
-def run_gateway(settings: Settings) -> None:
+def run_gateway(settings: GatewayProcessSettings) -> None:
     from gateway.processes import become_supervisor, serve
 
     http = settings.http
-    log.info("starting", extra={"host": http.host, "port": http.port, "workers": http.workers})
-    if http.workers > 1:
+    log.info("starting", extra={"host": http.host, "port": http.port, "processes": http.processes})
+    if http.processes > 1:
         become_supervisor(settings)
     try:
         serve(settings)
@@ -96,7 +96,7 @@ def run_gateway(settings: Settings) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     serving = args.command in (None, "serve")
-    settings = settings_for("aifi-gateway", check_auth if serving else None)
+    settings = settings_for("aifi-gateway", GatewayProcessSettings, check_auth if serving else None)
     if serving:
         run_gateway(settings)
         return

@@ -14,7 +14,8 @@ from typing import Any
 from aiohttp import HttpVersion11, hdrs, web
 
 from core.auth import TokenTable
-from core.settings import Settings
+from core.http import stamped
+from core.settings import GatewayProcessSettings
 from core.tracing import Tracer
 from gateway import normalize, openapi
 from gateway.handlers import (
@@ -30,7 +31,6 @@ from gateway.handlers import (
     not_found,
     readyz,
     send_continue,
-    stamped,
 )
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
@@ -89,7 +89,7 @@ def add_receiver(app: web.Application, path: str, receiver: Receiver[Any]) -> No
     refuse_other_methods(app, path, frozenset({hdrs.METH_POST}))
 
 
-def add_routes(app: web.Application, settings: Settings, gateway: Gateway) -> None:
+def add_routes(app: web.Application, settings: GatewayProcessSettings, gateway: Gateway) -> None:
     base = settings.http.base_path.rstrip("/")
     add_receiver(app, f"{base}/entered", Receiver(normalize.ENTERED, gateway))
     add_receiver(app, f"{base}/left", Receiver(normalize.EXITED, gateway))
@@ -101,7 +101,9 @@ def add_routes(app: web.Application, settings: Settings, gateway: Gateway) -> No
     app.router.add_route(hdrs.METH_ANY, "/{path:.*}", nothing_here, expect_handler=expect_anything)
 
 
-def gateway_state(settings: Settings, pipeline: Pipeline, tracer: Tracer | None = None) -> Gateway:
+def gateway_state(
+    settings: GatewayProcessSettings, pipeline: Pipeline, tracer: Tracer | None = None
+) -> Gateway:
     auth = settings.auth
     limiter = None
     if auth.rate_limit_per_s > 0:
@@ -130,7 +132,7 @@ GETS: tuple[tuple[str, Callable[[web.Request], Awaitable[web.Response]]], ...] =
 )
 
 
-def create_app(settings: Settings, tracer: Tracer | None = None) -> web.Application:
+def create_app(settings: GatewayProcessSettings, tracer: Tracer | None = None) -> web.Application:
     """The gateway's app; `tracer` (`core.tracing.configured`) when tracing is on."""
     app = web.Application(client_max_size=settings.http.max_body_bytes)
     pipeline = Pipeline(settings, tracer)

@@ -26,7 +26,7 @@ from core.contract import (
     forwarded_header,
     trace_id,
 )
-from core.http import X_REQUEST_ID, Rejection, exposition, problem, request_id
+from core.http import X_REQUEST_ID, Rejection, exposition, problem, request_id, stamped
 from core.tracing import EVENT_ID, Tracer, incoming, new_trace, span
 from core.validation import problems
 from gateway import normalize
@@ -216,6 +216,7 @@ def received_trace(request: web.Request) -> TraceFields | None:
 
 
 def accepted(event_id: str, rid: str) -> web.Response:
+    # The hot path's answer: its headers, request id included, made in one dict.
     headers = {hdrs.CONTENT_TYPE: JSON_MEDIA_TYPE, X_EVENT_ID: event_id, X_REQUEST_ID: rid}
     return web.Response(body=OK_BODY, headers=headers)
 
@@ -351,15 +352,7 @@ class Receiver(Generic[Model]):
                 "reason": rejection.detail,
             },
         )
-        response = rejection.response()
-        response.headers[X_REQUEST_ID] = rid
-        return response
-
-
-def stamped(request: web.Request, response: web.Response) -> web.Response:
-    """`response` with the request id: every answer carries one."""
-    response.headers[X_REQUEST_ID] = request_id(request)
-    return response
+        return stamped(request, rejection.response())
 
 
 def stamped_problem(request: web.Request, status: int, title: str, detail: str) -> web.Response:

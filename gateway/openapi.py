@@ -8,7 +8,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from core import http
-from core.settings import Settings
+from core.settings import GatewayProcessSettings
 from gateway.models import Tracking, Transition
 
 REF_TEMPLATE: Final = "#/components/schemas/{model}"
@@ -69,7 +69,7 @@ def operation(operation_id: str, model: str, summary: str) -> dict[str, Any]:
     }
 
 
-def document(settings: Settings) -> dict[str, Any]:
+def document(settings: GatewayProcessSettings) -> dict[str, Any]:
     base = settings.http.base_path.rstrip("/")
     return {
         "openapi": "3.1.0",

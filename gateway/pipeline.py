@@ -2,7 +2,7 @@
 
 `async with Pipeline(settings) as pipeline` recovers the spool, connects to the broker
 and relays what an earlier run left unconfirmed. `pipeline.accept(outbound)` is the only
-way in: it returns once the event is safe as `ack` says. On the way out the relay
+way in: it returns once the event is safe as `gateway.ack` says. On the way out the relay
 publishes what it can within `http.shutdown_timeout_s`; then the relay stops, the
 connection closes and the spool closes, in the reverse order of their start. What was
 not confirmed stays spooled for the next start.
@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 
 from core.contract import Outbound
-from core.settings import Settings
+from core.settings import GatewayProcessSettings
 from core.tracing import Tracer
 from gateway.publisher import Outcomes, Publisher, PublishError
 from gateway.relay import Relay
@@ -42,6 +42,8 @@ class Status:
     spool: SpoolStats
     relay_pending: int
     relay_spilled: int
+    # Named as the metrics they feed (`aifi_relay_publishes`, `aifi_relay_confirms`), and as
+    # /readyz has always answered them: publish attempts, and publishes confirmed.
     publishes: int
     confirms: int
     returns: int
@@ -69,7 +71,7 @@ Waiter = asyncio.Future[None]
 
 
 class Coalescer:
-    """`ack: confirmed`: the messages of the requests of one loop turn leave in one write,
+    """`gateway.ack: confirmed`: the messages of the requests of one loop turn leave in one write,
     and each request learns of its own message's confirm, or that there was none within
     `timeout_s` (one timer per write, not per request)."""
 
@@ -130,15 +132,15 @@ def _expire(waiters: list[Waiter]) -> None:
 class Pipeline:
     """Everything between a handler and the broker."""
 
-    def __init__(self, settings: Settings, tracer: Tracer | None = None) -> None:
+    def __init__(self, settings: GatewayProcessSettings, tracer: Tracer | None = None) -> None:
         s = settings.spool
         self.spool = Spool(s.dir, s.segment_bytes, s.max_bytes, s.fsync, s.fsync_interval_ms / 1000)
         self.publisher = Publisher(settings.amqp, settings.consumers, tracer)
         self.relay = Relay(self.spool, self.publisher, s.max_in_flight, s.memory_max_bytes)
-        # `ack: confirmed`: how long a request waits for the broker before it is spooled.
+        # `gateway.ack: confirmed`: how long a request waits for the broker before it is spooled.
         self._coalescer = (
-            Coalescer(self.publisher, settings.confirm_timeout_ms / 1000)
-            if settings.ack == "confirmed"
+            Coalescer(self.publisher, settings.gateway.confirm_timeout_ms / 1000)
+            if settings.gateway.ack == "confirmed"
             else None
         )
         self._stall_after_s = settings.amqp.publish_timeout_s
@@ -182,8 +184,9 @@ class Pipeline:
     async def accept(self, outbound: Outbound) -> None:
         """Return once `outbound` is safe; raise `Unavailable` if it cannot be made so.
 
-        `ack: spooled`: durable in the spool, published later by the relay.
-        `ack: confirmed`: confirmed by the broker within `confirm_timeout_ms`, else spooled.
+        `gateway.ack: spooled`: durable in the spool, published later by the relay.
+        `gateway.ack: confirmed`: confirmed by the broker within
+        `gateway.confirm_timeout_ms`, else spooled.
         """
         if self._open is None:
             raise Unavailable("the pipeline is not open")
@@ -233,8 +236,8 @@ class Pipeline:
             spool=self.spool.stats(),
             relay_pending=self.relay.pending,
             relay_spilled=self.relay.spilled,
-            publishes=self.relay.attempts,
-            confirms=self.relay.published,
+            publishes=self.relay.publish_attempts,
+            confirms=self.relay.confirmed,
             returns=self.publisher.returns,
             reconnects=self.publisher.reconnects,
         )

@@ -1,4 +1,4 @@
-"""Gateway processes: `serve` runs one; with `http.workers: N`, a `Supervisor` runs N of
+"""Gateway processes: `serve` runs one; with `http.processes: N`, a `Supervisor` runs N of
 them sharing the port through SO_REUSEPORT.
 
 The supervisor is lean: `python -m gateway` checks the settings, then becomes (exec) this
@@ -37,7 +37,7 @@ from core import logs
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from core.settings import Settings
+    from core.settings import GatewayProcessSettings
 
 # Named: run as `python -m gateway.processes`, this module is `__main__`.
 log = logging.getLogger("gateway.processes")
@@ -64,8 +64,8 @@ def quiet_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def serve(settings: Settings) -> None:
-    """One gateway process; with `http.workers` > 1 each of them shares the port (SO_REUSEPORT)."""
+def serve(settings: GatewayProcessSettings) -> None:
+    """One gateway process; with `http.processes` > 1 they share the port (SO_REUSEPORT)."""
     from core import tracing
     from gateway.app import create_app
 
@@ -77,7 +77,7 @@ def serve(settings: Settings) -> None:
         run(app, settings)
 
 
-def run(app: web.Application, settings: Settings) -> None:
+def run(app: web.Application, settings: GatewayProcessSettings) -> None:
     """Serve `app` until a signal stops it."""
     import uvloop
     from aiohttp import web
@@ -96,11 +96,11 @@ def run(app: web.Application, settings: Settings) -> None:
         lingering_time=LINGERING_S,
         print=None,
         loop=uvloop.new_event_loop(),
-        reuse_port=settings.http.workers > 1 or None,
+        reuse_port=settings.http.processes > 1 or None,
     )
 
 
-def process_settings(settings: Settings, index: int) -> Settings:
+def process_settings(settings: GatewayProcessSettings, index: int) -> GatewayProcessSettings:
     """The settings of gateway process `index`: its own spool directory."""
     spool = settings.spool.model_copy(update={"dir": settings.spool.dir / f"worker-{index}"})
     return settings.model_copy(update={"spool": spool})
@@ -113,10 +113,10 @@ def run_process(index: int, supervisor_pid: int) -> None:
     # Blocked by the supervisor around the fork: one that came meanwhile acts now.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     die_with_parent(supervisor_pid)
-    from core.settings import load
+    from core.settings import GatewayProcessSettings, load_as
 
     # The same environment and working directory as the supervisor's: the same settings.
-    serve(process_settings(load(), index))
+    serve(process_settings(load_as(GatewayProcessSettings), index))
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -151,10 +151,10 @@ def watch_parent(signalled: bool) -> None:
 
 
 class Supervisor:
-    """Runs `workers` gateway processes, restarts one that dies, stops them on SIGTERM."""
+    """Runs `count` gateway processes, restarts one that dies, stops them on SIGTERM."""
 
-    def __init__(self, workers: int, shutdown_timeout_s: float) -> None:
-        self._workers = workers
+    def __init__(self, count: int, shutdown_timeout_s: float) -> None:
+        self._count = count
         self._shutdown_timeout_s = shutdown_timeout_s
         # Fork, not spawn: the supervisor has no thread and no event loop to copy, and
         # spawn would start a resource tracker process and re-import this one's modules.
@@ -179,7 +179,7 @@ class Supervisor:
     def run(self) -> int:
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._stop)
-        for index in range(self._workers):
+        for index in range(self._count):
             self.start(index)
         while not self._stopping:
             self._restart_dead()
@@ -210,10 +210,10 @@ class Supervisor:
         return 0 if all(p.exitcode in clean for p in self._processes.values()) else 1
 
 
-def become_supervisor(settings: Settings) -> NoReturn:
+def become_supervisor(settings: GatewayProcessSettings) -> NoReturn:
     """Replace this process (same pid) by a fresh supervisor: what checking the settings
     loaded (pydantic, YAML) would otherwise stay in its memory for nothing."""
-    argv = [sys.executable, "-m", "gateway.processes", str(settings.http.workers)]
+    argv = [sys.executable, "-m", "gateway.processes", str(settings.http.processes)]
     argv += [str(settings.http.shutdown_timeout_s), settings.log.level]
     sys.stdout.flush()
     sys.stderr.flush()
@@ -221,10 +221,10 @@ def become_supervisor(settings: Settings) -> NoReturn:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m gateway.processes WORKERS SHUTDOWN_TIMEOUT_S LOG_LEVEL`: the supervisor."""
-    workers, shutdown_timeout_s, level = argv
+    """`python -m gateway.processes COUNT SHUTDOWN_TIMEOUT_S LOG_LEVEL`: the supervisor."""
+    count, shutdown_timeout_s, level = argv
     logs.configure(level)
-    return Supervisor(int(workers), float(shutdown_timeout_s)).run()
+    return Supervisor(int(count), float(shutdown_timeout_s)).run()
 
 
 if __name__ == "__main__":

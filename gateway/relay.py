@@ -37,8 +37,8 @@ class Relay:
         self._running: asyncio.Task[None] | None = None
         self._pause_until = 0.0
         self._progress_at = time.monotonic()
-        self.attempts = 0
-        self.published = 0
+        self.publish_attempts = 0
+        self.confirmed = 0
 
     def submit(self, record: Record) -> None:
         self._progressed_if_idle()
@@ -86,7 +86,7 @@ class Relay:
     async def _dispatch(self) -> None:
         while True:
             batch = await self._next_batch()
-            self.attempts += len(batch)
+            self.publish_attempts += len(batch)
             try:
                 await self._publisher.write([(r.outbound, r) for r in batch], self._settle)
             except PublishError as exc:
@@ -143,7 +143,7 @@ class Relay:
 
     def _confirmed(self, records: list[Record]) -> None:
         self._progress_at = time.monotonic()
-        self.published += len(records)
+        self.confirmed += len(records)
         confirm = self._spool.confirm
         for record in records:
             confirm(record.seq)

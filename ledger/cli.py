@@ -21,9 +21,9 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from core.settings import LedgerSettings, SettingsError, describe, load
-from ledger import ledger
+from core.settings import ConsumerProcessSettings, LedgerSettings, SettingsError, describe, load_as
 from ledger.errors import LedgerError
+from ledger.ledger import Ledger, opened
 
 
 def parser() -> argparse.ArgumentParser:
@@ -43,12 +43,12 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def query(presence: ledger.Ledger, args: argparse.Namespace) -> Any:
+async def query(ledger: Ledger, args: argparse.Namespace) -> Any:
     if args.command == "visit":
-        return await presence.visit(args.session_id)
+        return await ledger.visit(args.session_id)
     if args.command == "tracking":
-        return await presence.tracking(args.unique_event_id)
-    stores = await presence.occupancy(args.store)
+        return await ledger.tracking(args.unique_event_id)
+    stores = await ledger.occupancy(args.store)
     if args.store is not None:
         return (
             stores[0]
@@ -59,7 +59,7 @@ async def query(presence: ledger.Ledger, args: argparse.Namespace) -> Any:
 
 
 def ledger_settings(db: Path | None, url: str | None) -> LedgerSettings:
-    settings = load().ledger
+    settings = load_as(ConsumerProcessSettings).ledger
     if db is not None:
         return settings.model_copy(update={"url": "", "db": db})
     if url is None:
@@ -72,8 +72,8 @@ def ledger_settings(db: Path | None, url: str | None) -> LedgerSettings:
 
 async def read(settings: LedgerSettings, args: argparse.Namespace) -> Any:
     # Reading must not create an empty ledger where a mistyped path or URL points.
-    async with ledger.opened(settings, create=False) as presence:
-        return await query(presence, args)
+    async with opened(settings, create=False) as ledger:
+        return await query(ledger, args)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -162,23 +162,23 @@ async def opened(
         if not create:
             yield Ledger(store, outage)
             return
-        async with pruning(Ledger(store, outage), settings) as presence:
-            yield presence
+        async with pruning(Ledger(store, outage), settings) as ledger:
+            yield ledger
     finally:
         await store.close()
 
 
 @contextlib.asynccontextmanager
-async def pruning(presence: Ledger, settings: LedgerSettings) -> AsyncIterator[Ledger]:
-    """`presence`, pruned in the background while the block runs, unless retention is 0."""
+async def pruning(ledger: Ledger, settings: LedgerSettings) -> AsyncIterator[Ledger]:
+    """`ledger`, pruned in the background while the block runs, unless retention is 0."""
     if not settings.processed_retention_days:
-        yield presence
+        yield ledger
         return
     retention_s = settings.processed_retention_days * 86_400
     stop = asyncio.Event()
-    task = asyncio.create_task(presence.keep_pruned(retention_s, settings.prune_interval_s, stop))
+    task = asyncio.create_task(ledger.keep_pruned(retention_s, settings.prune_interval_s, stop))
     try:
-        yield presence
+        yield ledger
     finally:
         # The event as well as the cancel: psycopg turns a cancel that lands mid-query into
         # an error of its own (QueryCanceled), which the loop would take for a failed prune.

@@ -9,7 +9,7 @@ import logging
 import orjson
 from aiohttp import web
 
-from core.settings import Settings, SettingsError, settings_for
+from core.settings import PresenceProcessSettings, SettingsError, settings_for
 from presence import openapi
 from presence.app import create_app
 
@@ -24,12 +24,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def check_tokens(settings: Settings) -> None:
+def check_tokens(settings: PresenceProcessSettings) -> None:
     if not settings.presence.tokens:
         raise SettingsError("no token configured: set AIFI_PRESENCE_TOKENS (name=token,...)")
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: PresenceProcessSettings) -> None:
     import uvloop
 
     presence = settings.presence
@@ -55,7 +55,9 @@ def serve(settings: Settings) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     serving = args.command in (None, "serve")
-    settings = settings_for("aifi-presence", check_tokens if serving else None)
+    settings = settings_for(
+        "aifi-presence", PresenceProcessSettings, check_tokens if serving else None
+    )
     if args.command == "openapi":
         print(orjson.dumps(openapi.document(), option=orjson.OPT_INDENT_2).decode())
         return

@@ -16,9 +16,9 @@ from core import http
 from core.aio import first_of
 from core.auth import TokenTable
 from core.http import Rejection
-from core.settings import Settings
+from core.settings import PresenceProcessSettings
 from presence import handlers, openapi
-from presence.handlers import PRESENCE, Presence
+from presence.handlers import STATE, State
 from presence.metrics import UNMATCHED, Metrics
 from presence.reader import Reader
 
@@ -27,11 +27,6 @@ log = logging.getLogger(__name__)
 RequestHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Answered without a token: probes, scrapes and the API's own description.
 PUBLIC: Final = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
-
-
-async def stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """Every answer carries the request id, aiohttp's own (404, 405) included."""
-    response.headers.setdefault(http.X_REQUEST_ID, http.request_id(request))
 
 
 def route_of(request: web.Request) -> str:
@@ -51,12 +46,13 @@ def http_problem(request: web.Request, exc: web.HTTPException) -> web.Response:
 @web.middleware
 async def served(request: web.Request, handler: RequestHandler) -> web.StreamResponse:
     """One layer around every route (each layer costs every request): the token checked,
-    every error answered as a problem, and the answer counted by route and status."""
+    every error answered as a problem, the answer counted by route and status, and
+    stamped with the request id (aiohttp's own 404 and 405 included)."""
     started_s = time.perf_counter()
     response = await answered(request, handler)
     elapsed_s = time.perf_counter() - started_s
-    request.app[PRESENCE].metrics.observe(route_of(request), response.status, elapsed_s)
-    return response
+    request.app[STATE].metrics.observe(route_of(request), response.status, elapsed_s)
+    return http.stamped(request, response)
 
 
 async def answered(request: web.Request, handler: RequestHandler) -> web.StreamResponse:
@@ -79,7 +75,7 @@ def check_token(request: web.Request) -> None:
     """A valid bearer token, except on the public routes."""
     if request.path in PUBLIC:
         return
-    if request.app[PRESENCE].tokens.identify(request.headers.get(hdrs.AUTHORIZATION)) is None:
+    if request.app[STATE].tokens.identify(request.headers.get(hdrs.AUTHORIZATION)) is None:
         detail = "a valid bearer token is required"
         raise Rejection(401, "Unauthorized", detail, {hdrs.WWW_AUTHENTICATE: "Bearer"})
 
@@ -87,7 +83,7 @@ def check_token(request: web.Request) -> None:
 async def ledger_ctx(app: web.Application) -> AsyncIterator[None]:
     """The ledger kept open while the app runs; serving starts after the first attempt,
     whether the ledger opened or not (then /readyz says why)."""
-    reader = app[PRESENCE].reader
+    reader = app[STATE].reader
     stop = asyncio.Event()
     task = asyncio.create_task(reader.keep_open(stop), name="presence-ledger")
     await first_of(reader.tried.wait(), asyncio.shield(task))
@@ -109,10 +105,10 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/openapi.json", handlers.openapi_json)
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: PresenceProcessSettings) -> web.Application:
     app = web.Application(middlewares=[served])
     presence = settings.presence
-    app[PRESENCE] = Presence(
+    app[STATE] = State(
         reader=Reader(settings.ledger, presence.retry_max_s),
         tokens=TokenTable.from_settings(presence.tokens),
         metrics=Metrics.create(),
@@ -120,6 +116,5 @@ def create_app(settings: Settings) -> web.Application:
         ready_timeout_s=presence.ready_timeout_s,
     )
     app.cleanup_ctx.append(ledger_ctx)
-    app.on_response_prepare.append(stamp_request_id)
     add_routes(app)
     return app

@@ -29,8 +29,8 @@ BIGINT: Final = range(-(2**63), 2**63)  # the ledger's store_id column
 
 
 @dataclass(frozen=True, slots=True)
-class Presence:
-    """What handlers read; built once at start-up and never replaced."""
+class State:
+    """What the presence API's handlers read; built once at start-up, never replaced."""
 
     reader: Reader
     tokens: TokenTable
@@ -39,7 +39,7 @@ class Presence:
     ready_timeout_s: float
 
 
-PRESENCE: Final = web.AppKey("presence", Presence)
+STATE: Final = web.AppKey("state", State)
 
 
 def answer(model: BaseModel, status: int = 200) -> web.Response:
@@ -56,7 +56,7 @@ def store_id(text: str) -> int:
 async def read(request: web.Request, query: Callable[[Ledger], Awaitable[T]]) -> T:
     """`query` on the open ledger; a 503 while the ledger cannot be read."""
     try:
-        return await query(request.app[PRESENCE].reader.current())
+        return await query(request.app[STATE].reader.current())
     except (NotOpen, LedgerUnavailable):
         detail = "the ledger cannot be read now; /readyz says why"
         retry = {hdrs.RETRY_AFTER: str(RETRY_AFTER_S)}
@@ -104,28 +104,28 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """200 once the ledger is open and its database answers a ping in time, else 503."""
-    presence = request.app[PRESENCE]
-    where = presence.reader.where
+    state = request.app[STATE]
+    where = state.reader.where
     try:
-        async with asyncio.timeout(presence.ready_timeout_s):
-            await presence.reader.current().ping()
+        async with asyncio.timeout(state.ready_timeout_s):
+            await state.reader.current().ping()
     except (NotOpen, LedgerUnavailable) as exc:
         return answer(Readiness(ready=False, ledger=where, reason=str(exc)), 503)
     except TimeoutError:
-        reason = f"no answer within {presence.ready_timeout_s:g} s"
+        reason = f"no answer within {state.ready_timeout_s:g} s"
         return answer(Readiness(ready=False, ledger=where, reason=reason), 503)
     return answer(Readiness(ready=True, ledger=where))
 
 
 async def metrics(request: web.Request) -> web.Response:
-    presence = request.app[PRESENCE]
+    state = request.app[STATE]
     try:
-        occupancy: list[Row] | None = await presence.reader.current().occupancy()
+        occupancy: list[Row] | None = await state.reader.current().occupancy()
     except (NotOpen, LedgerUnavailable):
         occupancy = None
-    body = presence.metrics.exposition(occupancy)
+    body = state.metrics.exposition(occupancy)
     return http.exposition(body)
 
 
 async def openapi_json(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[PRESENCE].openapi, content_type=JSON)
+    return web.Response(body=request.app[STATE].openapi, content_type=JSON)

@@ -36,8 +36,7 @@ from core.contract import (
 )
 from core.settings import AmqpSettings, ConsumerSettings, LedgerSettings
 from devtools.rabbitnode import Node, free_port
-from ledger import ledger
-from ledger.ledger import Ledger
+from ledger.ledger import Ledger, opened as open_ledger
 from tests.support import broker
 from tests.support.consumer import Scratch, running
 from tests.support.silent import SilentNode
@@ -70,8 +69,8 @@ class Recorder:
 
 
 @pytest.fixture
-async def presence(tmp_path: Path) -> AsyncIterator[Ledger]:
-    async with ledger.opened(LedgerSettings(db=tmp_path / "ledger.sqlite3")) as opened:
+async def ledger(tmp_path: Path) -> AsyncIterator[Ledger]:
+    async with open_ledger(LedgerSettings(db=tmp_path / "ledger.sqlite3")) as opened:
         yield opened
 
 
@@ -106,20 +105,20 @@ async def test_twins_and_a_redelivery_through_the_broker(
     amqp_url: str,
     channel: AbstractChannel,
     scratch: Scratch,
-    presence: Ledger,
+    ledger: Ledger,
     store: int,
 ) -> None:
     name, settings = scratch.consumer(f"entered.{store}", f"exited.{store}")
     entered = testing.transition("entered", store, "s1")
     twins = [testing.transition("exited", store, "s1") for _ in range(2)]
-    consumer = worker(amqp_url, name, settings, handlers(presence))
+    consumer = worker(amqp_url, name, settings, handlers(ledger))
     async with running(consumer):
         await broker.publish(channel, [entered, entered, *twins])
         await eventually(lambda: consumer.state.acked == 4, what="4 acks")
-    visit = await presence.visit("s1")
+    visit = await ledger.visit("s1")
     assert visit is not None
     assert (visit["personsEntered"], visit["personsExited"]) == (1, 2)
-    assert await presence.processed() == 3
+    assert await ledger.processed() == 3
 
 
 @pytest.mark.parametrize(
@@ -135,7 +134,7 @@ async def test_every_order_of_entry_and_exits_ends_the_same(
     amqp_url: str,
     channel: AbstractChannel,
     scratch: Scratch,
-    presence: Ledger,
+    ledger: Ledger,
     store: int,
     turns: list[list[str]],
 ) -> None:
@@ -154,10 +153,10 @@ async def test_every_order_of_entry_and_exits_ends_the_same(
     expected_acks = {"entered": 1, "exited": 2}
     for turn in turns:
         await run_until_acked(
-            {kind: worker(amqp_url, *queues[kind], handlers(presence)) for kind in turn},
+            {kind: worker(amqp_url, *queues[kind], handlers(ledger)) for kind in turn},
             expected_acks,
         )
-    assert await presence.visit("s1") == {
+    assert await ledger.visit("s1") == {
         "sessionId": "s1",
         "storeId": store,
         "oasisApiStoreId": store,
@@ -270,7 +269,7 @@ async def test_one_poison_event_does_not_hold_back_its_batch(
     amqp_url: str,
     channel: AbstractChannel,
     scratch: Scratch,
-    presence: Ledger,
+    ledger: Ledger,
     store: int,
 ) -> None:
     name, settings = scratch.consumer(f"entered.{store}")
@@ -278,12 +277,12 @@ async def test_one_poison_event_does_not_hold_back_its_batch(
     good = [testing.transition("entered", store, f"s{i}") for i in range(10)]
     poison = without_session(testing.transition("entered", store, "s-poison"))
     await broker.publish(channel, [*good[:5], poison, *good[5:]])
-    consumer = worker(amqp_url, name, settings, handlers(presence))
+    consumer = worker(amqp_url, name, settings, handlers(ledger))
     async with running(consumer):
         await eventually(lambda: consumer.state.acked + consumer.state.dead_lettered == 11)
     assert consumer.state.batches < 11  # the events did arrive together
     assert (consumer.state.acked, consumer.state.dead_lettered) == (10, 1)
-    assert await presence.processed() == 10
+    assert await ledger.processed() == 10
     [dead] = await dead_letters(channel, name)
     assert dead.message_id == poison.message_id
     assert "no sessionId" in str(dead.headers[REASON_HEADER])
@@ -379,35 +378,33 @@ async def healthz(port: int) -> tuple[int, dict[str, Any]]:
 
 
 async def test_consuming_resumes_after_the_broker_is_killed_and_restarted(
-    private_node: Node, presence: Ledger, store: int
+    private_node: Node, ledger: Ledger, store: int
 ) -> None:
     name, port = f"t{uuid.uuid4().hex[:16]}", free_port()
     settings = BASE.model_copy(update={"bindings": (f"entered.{store}",), "prefetch": 32})
     resume = asyncio.Event()
-    consumer = worker(
-        private_node.url, name, settings, paused_after(handlers(presence), 200, resume)
-    )
+    consumer = worker(private_node.url, name, settings, paused_after(handlers(ledger), 200, resume))
     before = [testing.transition("entered", store, f"a{i}") for i in range(3000)]
     after = [testing.transition("entered", store, f"b{i}") for i in range(1000)]
     async with health.serving(consumer.state, "127.0.0.1", port), running(consumer):
         await publish_to(private_node.url, before)
-        await eventually(lambda: processed_at_least(presence, 200), what="progress")
+        await eventually(lambda: processed_at_least(ledger, 200), what="progress")
         await asyncio.to_thread(private_node.kill)
-        assert await presence.processed() < len(before)  # killed mid-stream
+        assert await ledger.processed() < len(before)  # killed mid-stream
         resume.set()
         await eventually(lambda: not consumer.state.connected, what="the loss")
         assert (await healthz(port))[0] == 503
         await asyncio.to_thread(private_node.start)
         await publish_to(private_node.url, after)
         await eventually(
-            lambda: processed_at_least(presence, len(before) + len(after)), 30, "every event"
+            lambda: processed_at_least(ledger, len(before) + len(after)), 30, "every event"
         )
         status, body = await healthz(port)
     assert (status, body["consuming"], body["connected"]) == (200, True, True)
     assert body["reconnects"] >= 1
     assert body["redelivered"] > 0  # what was in hand at the crash came back...
-    assert await presence.processed() == len(before) + len(after)
-    [stats] = await presence.occupancy(store)
+    assert await ledger.processed() == len(before) + len(after)
+    [stats] = await ledger.occupancy(store)
     assert stats["occupancy"] == len(before) + len(after)  # ...and counted once
 
 
@@ -428,8 +425,8 @@ def paused_after(handler: Handlers, count: int, resume: asyncio.Event) -> Handle
     return Handlers(one=handler.one, many=many)
 
 
-async def processed_at_least(presence: Ledger, count: int) -> bool:
-    return bool(await presence.processed() >= count)
+async def processed_at_least(ledger: Ledger, count: int) -> bool:
+    return bool(await ledger.processed() >= count)
 
 
 async def test_a_handler_that_runs_too_long_is_retried_then_dead_lettered(

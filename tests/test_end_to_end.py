@@ -184,11 +184,11 @@ async def test_faults_at_every_stage_lose_nothing_and_apply_each_visit_once(
         arrived = {event.id for event in events}
         assert answers.accepted <= arrived, f"lost {len(answers.accepted - arrived)}"
         assert len(answers.accepted) >= len(calls) // 2, "the load hardly ran"
-        async with reading(private_pg.url) as presence:
+        async with reading(private_pg.url) as ledger:
             total = len(reference.distinct(events))
-            await eventually(lambda: processed_at_least(presence, total), SETTLE_S, "all applied")
-            assert await presence.processed() == total
-            assert await reference.differences(presence, events) == []
+            await eventually(lambda: processed_at_least(ledger, total), SETTLE_S, "all applied")
+            assert await ledger.processed() == total
+            assert await reference.differences(ledger, events) == []
     finally:
         gateway.stop()
         workers.kill_all()

@@ -63,3 +63,9 @@ def test_the_metrics_answer_is_prometheus_text() -> None:
     response = http.exposition(b"up 1\n")
     assert response.headers["Content-Type"] == http.METRICS_MEDIA_TYPE
     assert response.body == b"up 1\n"
+
+
+def test_an_answer_is_stamped_with_the_request_id_its_logs_carry() -> None:
+    request = make_mocked_request("GET", "/")
+    answer = http.stamped(request, http.exposition(b""))
+    assert answer.headers["X-Request-Id"] == http.request_id(request)

@@ -29,7 +29,7 @@ from consumers.ledger_handler import handlers
 from core.contract import Event
 from core.settings import LedgerSettings
 from devtools import pgnode
-from ledger import ledger, postgres
+from ledger import postgres
 from ledger.effects import instant
 from ledger.errors import (
     BadEvent,
@@ -39,7 +39,7 @@ from ledger.errors import (
     SchemaTooNew,
     SchemaTooOld,
 )
-from ledger.ledger import Ledger
+from ledger.ledger import Ledger, opened as open_ledger
 from ledger.schema import SCHEMA_VERSION
 from ledger.sqlite import LedgerDB
 from tests.support import ledger_reference as reference, ledger_schema as schema
@@ -91,27 +91,27 @@ def db(tmp_path: Path) -> Iterator[LedgerDB]:
 
 
 @pytest.fixture
-async def presence(ledger_settings: LedgerSettings) -> AsyncIterator[Ledger]:
+async def ledger(ledger_settings: LedgerSettings) -> AsyncIterator[Ledger]:
     """A new ledger on each backend."""
-    async with ledger.opened(ledger_settings) as opened:
+    async with open_ledger(ledger_settings) as opened:
         yield opened
 
 
-async def test_twins_count_as_two_exits(presence: Ledger) -> None:
+async def test_twins_count_as_two_exits(ledger: Ledger) -> None:
     left_twice = [event("exited"), event("exited")]
     assert left_twice[0].data["fingerprint"] == left_twice[1].data["fingerprint"]
-    await presence.apply([event("entered"), event("entered"), *left_twice])
-    visit = await presence.visit("s1")
+    await ledger.apply([event("entered"), event("entered"), *left_twice])
+    visit = await ledger.visit("s1")
     assert visit is not None
     assert (visit["personsEntered"], visit["personsExited"], visit["occupancy"]) == (2, 2, 0)
 
 
-async def test_a_redelivered_event_counts_once(presence: Ledger) -> None:
+async def test_a_redelivered_event_counts_once(ledger: Ledger) -> None:
     entered = event("entered")
-    assert await presence.apply([entered, entered]) == 1
-    assert await presence.apply([entered]) == 0
-    assert await presence.processed() == 1
-    assert await presence.occupancy() == [
+    assert await ledger.apply([entered, entered]) == 1
+    assert await ledger.apply([entered]) == 0
+    assert await ledger.processed() == 1
+    assert await ledger.occupancy() == [
         {"storeId": STORE, "occupancy": 1, "openSessions": 1, "sessions": 1}
     ]
 
@@ -127,14 +127,14 @@ def group_visit(session: str) -> list[Event]:
     return [*events, events[2]]
 
 
-async def test_every_order_of_a_visit_ends_in_the_same_state(presence: Ledger) -> None:
+async def test_every_order_of_a_visit_ends_in_the_same_state(ledger: Ledger) -> None:
     """Each order of the same five deliveries, one by one, on a session of its own."""
     outcomes = set()
     for n, order in enumerate(itertools.permutations(range(5))):
         events = group_visit(f"order-{n}")
         for index in order:
-            await presence.apply([events[index]])
-        visit = await presence.visit(f"order-{n}")
+            await ledger.apply([events[index]])
+        visit = await ledger.visit(f"order-{n}")
         assert visit is not None
         # The greatest non-null ("p-2" < "p-order-..."), whatever came first.
         assert visit["shopperId"] == f"p-order-{n}"
@@ -146,46 +146,46 @@ async def test_every_order_of_a_visit_ends_in_the_same_state(presence: Ledger) -
     assert (visit["personsEntered"], visit["personsExited"]) == (2, 2)
 
 
-async def test_an_exit_before_its_entry_never_makes_occupancy_negative(presence: Ledger) -> None:
-    await presence.apply([event("exited", "s1"), event("exited", "s1"), event("entered", "s2")])
-    assert await presence.occupancy(STORE) == [
+async def test_an_exit_before_its_entry_never_makes_occupancy_negative(ledger: Ledger) -> None:
+    await ledger.apply([event("exited", "s1"), event("exited", "s1"), event("entered", "s2")])
+    assert await ledger.occupancy(STORE) == [
         {"storeId": STORE, "occupancy": 1, "openSessions": 1, "sessions": 2}
     ]
-    await presence.apply([event("entered", "s1")])
-    visit = await presence.visit("s1")
+    await ledger.apply([event("entered", "s1")])
+    visit = await ledger.visit("s1")
     assert visit is not None
     assert visit["occupancy"] == 0
-    assert (await presence.occupancy())[0]["occupancy"] == 1
+    assert (await ledger.occupancy())[0]["occupancy"] == 1
 
 
-async def test_tracking_is_one_row_per_unique_event_id(presence: Ledger) -> None:
+async def test_tracking_is_one_row_per_unique_event_id(ledger: Ledger) -> None:
     matched, unmatched = tracking("u-1", "p-9"), tracking("u-2")
-    assert await presence.apply([matched, matched, unmatched]) == 2
+    assert await ledger.apply([matched, matched, unmatched]) == 2
     # The same call again: the same event id.
-    assert await presence.apply([tracking("u-1", "p-9")]) == 0
-    row, other = await presence.tracking("u-1"), await presence.tracking("u-2")
+    assert await ledger.apply([tracking("u-1", "p-9")]) == 0
+    row, other = await ledger.tracking("u-1"), await ledger.tracking("u-2")
     assert row is not None
     assert other is not None
     assert (row["shopperId"], row["matched"], row["storeId"]) == ("p-9", True, STORE)
     assert row["timeOfOrigin"] == "2024-05-01T12:00:00.000000Z"
     assert (other["shopperId"], other["matched"]) == (None, False)
-    assert await presence.tracking("u-3") is None
+    assert await ledger.tracking("u-3") is None
 
 
-async def test_a_batch_is_all_or_nothing(presence: Ledger) -> None:
+async def test_a_batch_is_all_or_nothing(ledger: Ledger) -> None:
     good, bad = event("entered", "s1"), without(event("entered", "s2"), "sessionId")
     with pytest.raises(BadEvent, match="no sessionId"):
-        await presence.apply([good, bad])
-    assert await presence.processed() == 0
-    assert await presence.visit("s1") is None
-    assert await presence.apply([good]) == 1
+        await ledger.apply([good, bad])
+    assert await ledger.processed() == 0
+    assert await ledger.visit("s1") is None
+    assert await ledger.apply([good]) == 1
 
 
-async def test_a_time_that_is_not_iso_is_rejected(presence: Ledger) -> None:
+async def test_a_time_that_is_not_iso_is_rejected(ledger: Ledger) -> None:
     broken = event("entered")
     broken.data["timeOfOrigin"] = "yesterday"
     with pytest.raises(BadEvent, match="not an ISO time"):
-        await presence.apply([broken])
+        await ledger.apply([broken])
 
 
 def mixed_stream(count: int) -> list[Event]:
@@ -214,13 +214,13 @@ def mixed_stream(count: int) -> list[Event]:
     return events + rng.sample(events, count // 5)  # redeliveries: the same event ids
 
 
-async def test_the_ledger_equals_the_reference_model_of_a_mixed_stream(presence: Ledger) -> None:
+async def test_the_ledger_equals_the_reference_model_of_a_mixed_stream(ledger: Ledger) -> None:
     events = mixed_stream(400)
     rng = random.Random(7)
     shuffled = rng.sample(events, len(events))
     for start in range(0, len(shuffled), 37):
-        await presence.apply(shuffled[start : start + 37])
-    assert await reference.differences(presence, events) == []
+        await ledger.apply(shuffled[start : start + 37])
+    assert await reference.differences(ledger, events) == []
 
 
 async def test_concurrent_writers_of_overlapping_batches_equal_the_reference_model(
@@ -231,9 +231,7 @@ async def test_concurrent_writers_of_overlapping_batches_equal_the_reference_mod
     no deadlock left unresolved."""
     events = mixed_stream(800)
     async with contextlib.AsyncExitStack() as stack:
-        writers = [
-            await stack.enter_async_context(ledger.opened(ledger_settings)) for _ in range(4)
-        ]
+        writers = [await stack.enter_async_context(open_ledger(ledger_settings)) for _ in range(4)]
 
         async def write(writer: Ledger, seed: int) -> None:
             order = random.Random(seed).sample(events, len(events))
@@ -263,74 +261,74 @@ def test_times_before_year_1000_keep_a_fixed_width() -> None:
 
 async def test_the_sqlite_ledger_runs_off_the_event_loop(tmp_path: Path) -> None:
     settings = LedgerSettings(db=tmp_path / "ledger.sqlite3")
-    async with ledger.opened(settings) as presence:
-        handler = handlers(presence)
+    async with open_ledger(settings) as ledger:
+        handler = handlers(ledger)
         assert handler.many is not None
         await handler.many([event("entered"), event("exited")])
         await handler.one(event("entered", "s2"))
-        assert await presence.processed() == 3
+        assert await ledger.processed() == 3
     reopened = LedgerDB.open(settings)
     assert reopened.occupancy()[0]["occupancy"] == 1
     reopened.close()
 
 
-async def test_pruning_forgets_only_ids_applied_before_the_cutoff(presence: Ledger) -> None:
+async def test_pruning_forgets_only_ids_applied_before_the_cutoff(ledger: Ledger) -> None:
     old, recent = event("entered", "old"), event("entered", "recent")
-    await presence.apply([old])
+    await ledger.apply([old])
     await asyncio.sleep(0.01)
     cutoff = datetime.now(UTC)
     await asyncio.sleep(0.01)
-    await presence.apply([recent])
+    await ledger.apply([recent])
     retention_s = (datetime.now(UTC) - cutoff).total_seconds()
-    assert await presence.prune(retention_s) == 1
-    assert await presence.processed() == 1
-    assert await presence.apply([recent]) == 0, "a recent redelivery is still recognised"
-    assert await presence.apply([old]) == 1, "past the retention an id is forgotten"
-    assert await presence.prune(86_400) == 0
+    assert await ledger.prune(retention_s) == 1
+    assert await ledger.processed() == 1
+    assert await ledger.apply([recent]) == 0, "a recent redelivery is still recognised"
+    assert await ledger.apply([old]) == 1, "past the retention an id is forgotten"
+    assert await ledger.prune(86_400) == 0
 
 
 async def test_the_opened_ledger_prunes_in_the_background(ledger_settings: LedgerSettings) -> None:
     settings = ledger_settings.model_copy(
         update={"processed_retention_days": 1e-9, "prune_interval_s": 0.01}
     )
-    async with ledger.opened(settings) as presence:
-        assert await presence.apply([event("entered")]) == 1
-        await eventually(lambda: _none_processed(presence), 5, "the processed id to be pruned")
+    async with open_ledger(settings) as ledger:
+        assert await ledger.apply([event("entered")]) == 1
+        await eventually(lambda: _none_processed(ledger), 5, "the processed id to be pruned")
 
 
-async def _none_processed(presence: Ledger) -> bool:
-    return await presence.processed() == 0
+async def _none_processed(ledger: Ledger) -> bool:
+    return await ledger.processed() == 0
 
 
 async def test_a_retention_of_zero_keeps_every_id(ledger_settings: LedgerSettings) -> None:
     settings = ledger_settings.model_copy(
         update={"processed_retention_days": 0, "prune_interval_s": 0.01}
     )
-    async with ledger.opened(settings) as presence:
-        await presence.apply([event("entered")])
+    async with open_ledger(settings) as ledger:
+        await ledger.apply([event("entered")])
         await asyncio.sleep(0.1)
-        assert await presence.processed() == 1
+        assert await ledger.processed() == 1
 
 
-async def test_ping_answers_while_the_database_does(presence: Ledger) -> None:
-    assert await answers(presence)
+async def test_ping_answers_while_the_database_does(ledger: Ledger) -> None:
+    assert await answers(ledger)
 
 
 async def test_ping_fails_while_postgresql_is_down_and_answers_once_it_is_back(
     private_pg: pgnode.PgNode,
 ) -> None:
-    async with ledger.opened(LedgerSettings(url=private_pg.url)) as presence:
-        assert await answers(presence)
+    async with open_ledger(LedgerSettings(url=private_pg.url)) as ledger:
+        assert await answers(ledger)
         await asyncio.to_thread(private_pg.stop, "immediate")
         with pytest.raises(LedgerUnavailable):
-            await presence.ping()
+            await ledger.ping()
         await asyncio.to_thread(private_pg.start)
-        await eventually(lambda: answers(presence), 30, "the ledger to answer again")
+        await eventually(lambda: answers(ledger), 30, "the ledger to answer again")
 
 
-async def answers(presence: Ledger) -> bool:
+async def answers(ledger: Ledger) -> bool:
     try:
-        await presence.ping()
+        await ledger.ping()
     except LedgerUnavailable:
         return False
     return True
@@ -338,18 +336,18 @@ async def answers(presence: Ledger) -> bool:
 
 async def test_a_reader_does_not_create_a_ledger(ledger_settings: LedgerSettings) -> None:
     with pytest.raises(LedgerMissing):
-        async with ledger.opened(ledger_settings, create=False):
+        async with open_ledger(ledger_settings, create=False):
             pass
-    async with ledger.opened(ledger_settings):
+    async with open_ledger(ledger_settings):
         pass
-    async with ledger.opened(ledger_settings, create=False) as reader:
+    async with open_ledger(ledger_settings, create=False) as reader:
         assert await reader.occupancy() == []
 
 
 async def test_a_new_ledger_is_at_this_releases_schema_version(
     ledger_settings: LedgerSettings,
 ) -> None:
-    async with ledger.opened(ledger_settings):
+    async with open_ledger(ledger_settings):
         pass
     assert await schema.version(ledger_settings) == SCHEMA_VERSION
 
@@ -359,12 +357,12 @@ async def test_a_ledger_from_before_the_version_table_is_migrated_and_keeps_its_
 ) -> None:
     """Version 1: the layout of the releases before the version table, with a visit."""
     await schema.create_version_1(ledger_settings, session="kept", store=STORE)
-    async with ledger.opened(ledger_settings) as presence:
-        assert await presence.apply([event("entered", "kept")]) == 1
-        visit = await presence.visit("kept")
+    async with open_ledger(ledger_settings) as ledger:
+        assert await ledger.apply([event("entered", "kept")]) == 1
+        visit = await ledger.visit("kept")
         assert visit is not None
         assert visit["personsEntered"] == 2
-        assert await presence.processed() == 2
+        assert await ledger.processed() == 2
     assert await schema.version(ledger_settings) == SCHEMA_VERSION
 
 
@@ -374,7 +372,7 @@ async def test_a_reader_leaves_an_older_schema_to_the_workers(
     """The presence API and `aifi-ledger` write nothing, a migration included."""
     await schema.create_version_1(ledger_settings, session="kept", store=STORE)
     with pytest.raises(SchemaTooOld, match="schema version 1"):
-        async with ledger.opened(ledger_settings, create=False):
+        async with open_ledger(ledger_settings, create=False):
             pass
     assert await schema.version(ledger_settings) == 1
 
@@ -384,7 +382,7 @@ async def test_a_reader_of_an_empty_sqlite_file_writes_nothing(tmp_path: Path) -
     settings = LedgerSettings(db=tmp_path / "ledger.sqlite3")
     settings.db.touch()
     with pytest.raises(LedgerMissing):
-        async with ledger.opened(settings, create=False):
+        async with open_ledger(settings, create=False):
             pass
     assert settings.db.stat().st_size == 0
 
@@ -392,7 +390,7 @@ async def test_a_reader_of_an_empty_sqlite_file_writes_nothing(tmp_path: Path) -
 async def test_a_ledger_of_a_newer_schema_is_refused_at_once(
     ledger_settings: LedgerSettings,
 ) -> None:
-    async with ledger.opened(ledger_settings):
+    async with open_ledger(ledger_settings):
         pass
     await schema.set_version(ledger_settings, SCHEMA_VERSION + 1)
 
@@ -401,7 +399,7 @@ async def test_a_ledger_of_a_newer_schema_is_refused_at_once(
 
     newer = f"schema version {SCHEMA_VERSION + 1}, newer than this release's {SCHEMA_VERSION}"
     with pytest.raises(SchemaTooNew, match=re.escape(newer)):
-        async with ledger.opened(ledger_settings, retry):
+        async with open_ledger(ledger_settings, retry):
             pass
 
 
@@ -478,15 +476,15 @@ async def test_opening_waits_while_another_connection_holds_the_ledger_locked(
             if attempt == 2:
                 holder.execute("COMMIT")
 
-        async with ledger.opened(settings, retry) as presence:
-            assert await presence.apply([event("entered")]) == 1
+        async with open_ledger(settings, retry) as ledger:
+            assert await ledger.apply([event("entered")]) == 1
     assert failures == [f"{n}: database is locked" for n in range(3)]
 
 
 async def test_without_retry_a_locked_ledger_fails_at_once(tmp_path: Path) -> None:
     settings = LedgerSettings(db=tmp_path / "ledger.sqlite3", busy_timeout_ms=20)
     with locked(settings.db), pytest.raises(LedgerError, match="database is locked"):
-        async with ledger.opened(settings):
+        async with open_ledger(settings):
             pass
 
 
@@ -515,7 +513,7 @@ async def test_a_ledger_that_cannot_be_opened_fails_without_waiting(
 
     expected = f"{re.escape(f'cannot open the ledger at {path}: ')}.*{complaint}"
     with pytest.raises(LedgerError, match=expected):
-        async with ledger.opened(LedgerSettings(db=path), retry):
+        async with open_ledger(LedgerSettings(db=path), retry):
             pass
 
 

@@ -81,3 +81,20 @@ def test_serving_without_a_token_is_refused_before_anything_starts(tmp_path: Pat
     assert "no token configured" in done.stderr
     assert "Traceback" not in done.stderr
     assert not spool_dir.exists()
+
+
+def test_a_bad_http_value_stops_it_naming_the_key(tmp_path: Path) -> None:
+    env = child_environ() | {
+        "AIFI_CONFIG": str(CONFIG),
+        "AIFI_SPOOL_DIR": str(tmp_path / "spool"),
+        "AIFI_TOKENS": "aifi=main-test-token",
+        "AIFI_HTTP_PORT": "eighty",
+    }
+    done = subprocess.run(
+        [*GATEWAY_ARGV, "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stderr.splitlines()[-1]) == (
+        2,
+        "aifi-gateway: invalid settings: http.port: Input should be a valid integer, "
+        "unable to parse string as an integer",
+    )

@@ -40,7 +40,8 @@ async def tiny_spool(amqp_url: str, tmp_path: Path) -> AsyncIterator[Client]:
 
 @pytest.fixture
 async def confirmed(amqp_url: str, tmp_path: Path) -> AsyncIterator[Client]:
-    async for client in started_client(gateway_settings(amqp_url, tmp_path, ack="confirmed")):
+    settings = gateway_settings(amqp_url, tmp_path, gateway={"ack": "confirmed"})
+    async for client in started_client(settings):
         yield client
 
 
@@ -86,7 +87,7 @@ async def test_confirmed_requests_of_one_loop_turn_share_a_write_and_each_waits_
         arguments={"x-max-length": 0, "x-overflow": "reject-publish"},
     )
     await queue.bind(contract.EXCHANGE, refused)
-    settings = gateway_settings(amqp_url, tmp_path, ack="confirmed")
+    settings = gateway_settings(amqp_url, tmp_path, gateway={"ack": "confirmed"})
     async with Pipeline(settings) as pipeline:
         await asyncio.wait_for(pipeline.publisher.wait_ready(), 10)
         writes = counting_writes(pipeline.publisher)

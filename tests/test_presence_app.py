@@ -29,7 +29,7 @@ from devtools.rabbitnode import free_port
 from ledger import ledger
 from presence import openapi
 from presence.app import create_app
-from presence.handlers import PRESENCE
+from presence.handlers import STATE
 from tests.support.consumer import Scratch, running
 from tests.support.gateway import AUTH as GATEWAY_AUTH
 from tests.support.waiting import eventually
@@ -333,7 +333,7 @@ async def test_an_unexpected_error_is_a_500_problem_logged_with_the_request_id(
         def broken() -> None:
             raise RuntimeError("broken on purpose")
 
-        monkeypatch.setattr(client.app[PRESENCE].reader, "current", broken)
+        monkeypatch.setattr(client.app[STATE].reader, "current", broken)
         with caplog.at_level(logging.ERROR, logger="presence.app"):
             response = await client.get("/stores", headers=AUTH | {"X-Request-Id": "r-500"})
         assert response.status == 500

@@ -45,6 +45,15 @@ def test_a_gateway_token_is_not_one_of_its_own(tmp_path: Path) -> None:
     assert done.returncode == 2
 
 
+def test_a_bad_gateway_http_value_does_not_concern_it(tmp_path: Path) -> None:
+    env = environ(tmp_path, AIFI_HTTP_PORT="eighty", AIFI_HTTP_MAX_BODY_BYTES=str(2**30))
+    done = subprocess.run(
+        [*command(), "openapi"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.startswith("{")
+
+
 def answer(url: str, token: str | None = None) -> int | None:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:

@@ -1,4 +1,4 @@
-"""`http.workers: 2`: two gateway processes on one port, no event lost or duplicated across
+"""`http.processes: 2`: two gateway processes on one port, no event lost or duplicated across
 them; a gateway process killed with SIGKILL is restarted and recovers its own spool; a
 supervisor killed with SIGKILL takes its processes along, and its successor recovers every
 process's spool."""
@@ -95,7 +95,7 @@ async def queue_name(amqp_url: str) -> AsyncIterator[str]:
 
 @pytest.fixture
 def ack() -> str:
-    """The gateway's `ack` mode; a test runs in both by parametrizing `ack`."""
+    """The gateway's `gateway.ack` mode; a test runs in both by parametrizing `ack`."""
     return "spooled"
 
 
@@ -108,8 +108,8 @@ def two_processes(
     env = gateway_env(
         amqp_url,
         tmp_path / "spool",
-        AIFI_HTTP_WORKERS="2",
-        AIFI_ACK=ack,
+        AIFI_HTTP_PROCESSES="2",
+        AIFI_GATEWAY_ACK=ack,
         AIFI_SPOOL_MAX_IN_FLIGHT=str(MAX_IN_FLIGHT),
     )
     process = GatewayProcess(free_port(), env, tmp_path / "gateway.log", argv)
@@ -122,7 +122,7 @@ def two_processes(
 
 
 def test_each_process_gets_a_spool_of_its_own(amqp_url: str, tmp_path: Path) -> None:
-    settings: Settings = gateway_settings(amqp_url, tmp_path, http={"workers": 2})
+    settings: Settings = gateway_settings(amqp_url, tmp_path, http={"processes": 2})
     dirs = {process_settings(settings, i).spool.dir for i in range(2)}
     assert dirs == {tmp_path / "spool" / "worker-0", tmp_path / "spool" / "worker-1"}
 

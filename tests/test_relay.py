@@ -194,7 +194,7 @@ async def test_a_record_over_max_message_bytes_is_set_aside_and_its_batch_still_
         received = {(await small_messages_capture.get()).message_id for _ in range(2)}
         assert received == {"relay-0", "relay-2"}
         # Each record written once: none failed and came back for another attempt.
-        assert (store.depth, relay.attempts, relay.published) == (0, 3, 3)
+        assert (store.depth, relay.publish_attempts, relay.confirmed) == (0, 3, 3)
     assert spool.inspect(tmp_path)["unpublishable"] == 1
     kept = next(iter(spool.read_segment(next((tmp_path / "unpublishable").iterdir()))))
     assert kept.outbound == records[1].outbound

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import traceback
 from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from core import settings
 from core.settings import Settings, SettingsError
@@ -38,12 +40,12 @@ def test_config_named_by_aifi_config_must_exist(tmp_path: Path) -> None:
 
 
 def test_yaml_file_is_read(tmp_path: Path) -> None:
-    env = write(
-        tmp_path, "http:\n  port: 9001\n  host: 0.0.0.0\nlog:\n  level: DEBUG\nack: confirmed\n"
+    text = (
+        "http:\n  port: 9001\n  host: 0.0.0.0\nlog:\n  level: DEBUG\ngateway:\n  ack: confirmed\n"
     )
-    loaded = settings.load(env)
+    loaded = settings.load(write(tmp_path, text))
     assert (loaded.http.port, loaded.http.host, loaded.log.level) == (9001, "0.0.0.0", "DEBUG")
-    assert loaded.ack == "confirmed"
+    assert loaded.gateway.ack == "confirmed"
     assert loaded.http.base_path == Settings().http.base_path  # untouched keys keep defaults
 
 
@@ -51,10 +53,11 @@ def test_environment_overrides_yaml_key_by_key(tmp_path: Path) -> None:
     env = write(tmp_path, "http:\n  port: 9001\n  host: 0.0.0.0\nauth:\n  allow_anonymous: false\n")
     loaded = settings.load(
         env
-        | {"AIFI_HTTP_PORT": "9100", "AIFI_AUTH_ALLOW_ANONYMOUS": "true", "AIFI_ACK": "confirmed"}
+        | {"AIFI_HTTP_PORT": "9100", "AIFI_AUTH_ALLOW_ANONYMOUS": "true"}
+        | {"AIFI_GATEWAY_ACK": "confirmed"}
     )
     assert (loaded.http.port, loaded.http.host) == (9100, "0.0.0.0")
-    assert (loaded.auth.allow_anonymous, loaded.ack) == (True, "confirmed")
+    assert (loaded.auth.allow_anonymous, loaded.gateway.ack) == (True, "confirmed")
 
 
 def test_unrelated_environment_variables_are_ignored(tmp_path: Path) -> None:
@@ -213,6 +216,84 @@ def test_a_larger_body_fits_once_max_message_bytes_is_raised(tmp_path: Path) -> 
     }
     loaded = settings.load(env)
     assert (loaded.http.max_body_bytes, loaded.amqp.max_message_bytes) == (2**25, 2**26)
+
+
+BAD_HTTP = {"AIFI_HTTP_PORT": "eighty", "AIFI_HTTP_MAX_BODY_BYTES": str(2**30)}
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_HTTP.items())
+def test_a_bad_http_value_stops_the_gateway_alone(tmp_path: Path, name: str, value: str) -> None:
+    env = write(tmp_path, "") | {name: value}
+    with pytest.raises(SettingsError, match=r"^invalid settings: http\.(port|max_body_bytes)"):
+        settings.load_as(settings.GatewayProcessSettings, env)
+    consumer = settings.load_as(settings.ConsumerProcessSettings, env)
+    presence = settings.load_as(settings.PresenceProcessSettings, env)
+    assert (consumer.ledger, presence.presence) == (Settings().ledger, Settings().presence)
+    assert not hasattr(consumer, "http")
+    assert not hasattr(presence, "http")
+
+
+@pytest.mark.parametrize(
+    "model", [settings.ConsumerProcessSettings, settings.PresenceProcessSettings]
+)
+def test_every_process_refuses_an_unknown_section(tmp_path: Path, model: type[BaseModel]) -> None:
+    with pytest.raises(SettingsError, match=r"^invalid settings: htp: unknown key$"):
+        settings.load_as(model, write(tmp_path, "htp:\n  port: 1\n"))  # type: ignore[type-var]
+
+
+OLD_TOP_LEVEL = "ack: confirmed\nconfirm_timeout_ms: 50\n"
+
+
+def test_old_top_level_gateway_keys_are_read_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = write(tmp_path, OLD_TOP_LEVEL) | {"AIFI_ACK": "spooled"}
+    with caplog.at_level(logging.WARNING, logger="core.settings"):
+        loaded = settings.load_as(settings.GatewayProcessSettings, env)
+    assert (loaded.gateway.ack, loaded.gateway.confirm_timeout_ms) == ("spooled", 50)
+    config = env["AIFI_CONFIG"]
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{config}: ack is deprecated: read as gateway.ack; rename it",
+        f"{config}: confirm_timeout_ms is deprecated: read as gateway.confirm_timeout_ms; "
+        "rename it",
+        "environment: AIFI_ACK is deprecated: read as AIFI_GATEWAY_ACK; rename it",
+    ]
+
+
+def test_old_gateway_keys_concern_the_gateway_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = write(tmp_path, OLD_TOP_LEVEL)
+    with caplog.at_level(logging.WARNING, logger="core.settings"):
+        settings.load_as(settings.ConsumerProcessSettings, env)
+    assert caplog.records == []
+
+
+@pytest.mark.parametrize(
+    ("text", "given", "warning"),
+    [
+        (
+            "",
+            {"AIFI_HTTP_WORKERS": "3"},
+            "AIFI_HTTP_WORKERS is deprecated: read as AIFI_HTTP_PROCESSES",
+        ),
+        ("http:\n  workers: 3\n", {}, "http.workers is deprecated: read as http.processes"),
+    ],
+)
+def test_http_workers_is_read_as_http_processes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, text: str, given: dict[str, str], warning: str
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="core.settings"):
+        loaded = settings.load_as(settings.GatewayProcessSettings, write(tmp_path, text) | given)
+    assert loaded.http.processes == 3
+    [record] = caplog.records
+    assert warning in record.getMessage()
+
+
+def test_an_old_and_a_new_name_together_are_refused(tmp_path: Path) -> None:
+    env = write(tmp_path, "ack: confirmed\ngateway:\n  ack: spooled\n")
+    with pytest.raises(SettingsError, match=r"give gateway\.ack only \(ack is its old name\)"):
+        settings.load(env)
 
 
 def test_a_consumer_is_its_entry_or_a_built_in_default(tmp_path: Path) -> None:

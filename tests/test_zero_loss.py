@@ -5,7 +5,7 @@ its own, causes one fault for real in the middle of a loopback load, and
 classifies every request with the total-queue checker: nothing answered 200 may
 be lost, nothing may arrive that was not sent, every copy of an event carries the
 id its request was answered with, and duplicates stay within what was in flight.
-Every fault runs in both `ack` modes.
+Every fault runs in both `gateway.ack` modes.
 """
 
 from __future__ import annotations
@@ -41,10 +41,10 @@ CONCURRENCY = 64
 # Publishes the relay keeps unconfirmed at once: all a killed gateway can replay that the
 # broker may already hold, its confirms recorded the moment they are read.
 MAX_IN_FLIGHT = 32
-# A fault may cut off the relay's unconfirmed publishes and, with `ack: confirmed`, every
+# A fault may cut off the relay's unconfirmed publishes and, with `gateway.ack: confirmed`, every
 # request's own publish (spooled again when no confirm came in time).
 DUPLICATES_MAX = MAX_IN_FLIGHT + CONCURRENCY
-# With `ack: confirmed`, each confirm later than `confirm_timeout_ms` (a busy machine) also
+# With `ack: confirmed`, each confirm later than `gateway.confirm_timeout_ms` (a busy machine) also
 # leaves a copy, the request having been spooled meanwhile: no bound follows from the
 # settings, only this sanity one.
 CONFIRMED_DUPLICATES_MAX = LOAD // 10
@@ -89,7 +89,7 @@ def gateway(request: pytest.FixtureRequest, node: Node, tmp_path: Path) -> Itera
     env = gateway_env(
         node.url,
         tmp_path / "spool",
-        AIFI_ACK=request.param,
+        AIFI_GATEWAY_ACK=request.param,
         AIFI_AMQP_PUBLISH_TIMEOUT_S="2",
         AIFI_AMQP_RECONNECT_MAX_S="0.5",
         # A small bound, so that the backlog of an outage spills to disk and is read back.
@@ -128,7 +128,7 @@ async def run_with_fault(
 
 
 def duplicates_max(gateway: GatewayProcess) -> int:
-    spooled = gateway.env["AIFI_ACK"] == "spooled"
+    spooled = gateway.env["AIFI_GATEWAY_ACK"] == "spooled"
     return DUPLICATES_MAX if spooled else CONFIRMED_DUPLICATES_MAX
 
 
@@ -171,8 +171,8 @@ async def test_gateway_sigkill_mid_load(
         gateway, node, queue_name, crash_and_restart, checker_report, "gateway-kill"
     )
     # A restart replays what was not confirmed: at most what was in flight may be a copy
-    # (with `ack: confirmed`, also what was spooled after its confirm was late).
-    spooled = gateway.env["AIFI_ACK"] == "spooled"
+    # (with `gateway.ack: confirmed`, also what was spooled after its confirm was late).
+    spooled = gateway.env["AIFI_GATEWAY_ACK"] == "spooled"
     assert_nothing_lost(verdict, MAX_IN_FLIGHT if spooled else CONFIRMED_DUPLICATES_MAX)
     assert verdict.acknowledged < LOAD, "the crash should have refused some requests"
 

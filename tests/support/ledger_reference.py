@@ -110,17 +110,17 @@ def expected_occupancy(events: Iterable[Event]) -> list[dict[str, Any]]:
     ]
 
 
-async def differences(presence: Ledger, events: list[Event]) -> list[str]:
+async def differences(ledger: Ledger, events: list[Event]) -> list[str]:
     """Where the ledger differs from the model of `events`; [] when it equals it."""
     found = []
     for session, visit in expected_visits(events).items():
-        if (got := await presence.visit(session)) != visit:
+        if (got := await ledger.visit(session)) != visit:
             found.append(f"visit {session}: {got} != {visit}")
     for unique_event_id, match in expected_tracking(events).items():
-        if (got := await presence.tracking(unique_event_id)) != match:
+        if (got := await ledger.tracking(unique_event_id)) != match:
             found.append(f"tracking {unique_event_id}: {got} != {match}")
-    if (stores := await presence.occupancy()) != expected_occupancy(events):
+    if (stores := await ledger.occupancy()) != expected_occupancy(events):
         found.append(f"occupancy: {stores} != {expected_occupancy(events)}")
-    if (count := await presence.processed()) != len(distinct(events)):
+    if (count := await ledger.processed()) != len(distinct(events)):
         found.append(f"processed: {count} != {len(distinct(events))}")
     return found
