@@ -9,7 +9,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 AIFI_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 RABBIT_DIR := .rabbitmq
-PYTEST_ARGS ?= -q
+# The 25 slowest steps are listed at the end: where the suite's time goes.
+PYTEST_ARGS ?= -q --durations=25
 # The fast loop needs the .venv alone: no RabbitMQ, PostgreSQL or Node.js, no fault, fuzz
 # or load suite (markers in pyproject.toml; tests/conftest.py fails a test of this tier
 # that starts a node or a Node.js validator without its marker).
@@ -77,11 +78,11 @@ lint: $(VENV)/.installed
 # of a running `make run`. It measures the branch coverage of the product packages, the
 # processes the tests start included, and fails under the floor in pyproject.toml. Its
 # files run on TEST_PROCESSES pytest-xdist workers, a file on one worker (so a module's
-# fixtures start once): most of a test's time is spent waiting on a broker, a container
-# or a fault, so more workers than cores pay off.
+# fixtures start once), the longest files first (tests/conftest.py): most of a test's time
+# is spent waiting on a broker, a container or a fault, so more workers than cores pay off.
 TEST_PROCESSES ?= 3
 test: test-setup
-	$(VENV)/bin/pytest $(PYTEST_ARGS) -n $(TEST_PROCESSES) --dist loadfile \
+	$(VENV)/bin/pytest $(PYTEST_ARGS) -n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder \
 	  -m "not cluster and not alerts" --cov --cov-report=term:skip-covered
 
 # npm unpacks the validators (1.5 GB) while the .venv, the linters and Debian's packages

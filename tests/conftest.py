@@ -60,6 +60,8 @@ POSTGRESQL_FIXTURES = frozenset({"postgres_url", "pg_url", "private_pg"})
 # The markers `make test-fast` deselects (its FAST_MARKERS): a test with none of them runs
 # in the fast tier, which must need nothing but the .venv.
 BEYOND_FAST_TIER = frozenset({"broker", "postgresql", "nodejs", "slow", "cluster", "compose"})
+# The markers of the longest files, longest first.
+LONG_FIRST = ("compose", "slow")
 
 
 @pytest.fixture(scope="session")
@@ -327,13 +329,21 @@ def _findings(stats: Iterable[list[Any]]) -> list[str]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark `broker` or `postgresql` every test that needs one, through any chain of fixtures."""
+    """Mark `broker` or `postgresql` every test that needs one, through any chain of
+    fixtures; then put the long files first, so that the pytest-xdist workers (a file each,
+    taken in this order) do not end the run waiting on one long file started last."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         if BROKER_FIXTURES & fixtures:
             item.add_marker(pytest.mark.broker)
         if POSTGRESQL_FIXTURES & fixtures:
             item.add_marker(pytest.mark.postgresql)
+    items.sort(key=_shortness)
+
+
+def _shortness(item: pytest.Item) -> int:
+    """0 for the compose scenarios, 1 for the other fault, fuzz and load suites, 2 else."""
+    return next((rank for rank, name in enumerate(LONG_FIRST) if item.get_closest_marker(name)), 2)
 
 
 @pytest.hookimpl(wrapper=True)
