@@ -38,6 +38,7 @@ from core.settings import AmqpSettings, ConsumerSettings, LedgerSettings
 from ledger import ledger
 from tests.support import broker
 from tests.support.consumer import Scratch
+from tests.support.ledger_schema import processed
 
 TIMEOUT_S: Final = 300.0
 
@@ -97,7 +98,8 @@ async def bare(url: str, name: str, prefetch: int, count: int) -> float:
 
 async def worker(url: str, name: str, settings: ConsumerSettings, count: int, db: Path) -> float:
     """Seconds for the ledger worker to apply and ack `count` events of `aifi.<name>`."""
-    async with ledger.opened(LedgerSettings(db=db)) as presence:
+    ledger_settings = LedgerSettings(db=db)
+    async with ledger.opened(ledger_settings) as presence:
         consumer = Worker(name, settings, AmqpSettings(urls=(url,)), handlers(presence))
         stop = asyncio.Event()
         started = time.perf_counter()
@@ -108,7 +110,7 @@ async def worker(url: str, name: str, settings: ConsumerSettings, count: int, db
         elapsed = time.perf_counter() - started
         stop.set()
         await asyncio.wait_for(task, 30)
-        applied = await presence.processed()
+        applied = await processed(ledger_settings)
         if applied != count:
             raise RuntimeError(f"the worker applied {applied} events of {count}")
         return elapsed

@@ -38,7 +38,7 @@ from core.settings import AmqpSettings, ConsumerSettings, LedgerSettings
 from devtools.rabbitnode import Node, NodeSpec, free_port
 from ledger import ledger
 from ledger.ledger import Ledger
-from tests.support import broker
+from tests.support import broker, ledger_schema as schema
 from tests.support.consumer import Scratch, running
 from tests.support.silent import SilentNode
 from tests.support.waiting import eventually
@@ -70,8 +70,13 @@ class Recorder:
 
 
 @pytest.fixture
-async def presence(tmp_path: Path) -> AsyncIterator[Ledger]:
-    async with ledger.opened(LedgerSettings(db=tmp_path / "ledger.sqlite3")) as opened:
+def sqlite_ledger(tmp_path: Path) -> LedgerSettings:
+    return LedgerSettings(db=tmp_path / "ledger.sqlite3")
+
+
+@pytest.fixture
+async def presence(sqlite_ledger: LedgerSettings) -> AsyncIterator[Ledger]:
+    async with ledger.opened(sqlite_ledger) as opened:
         yield opened
 
 
@@ -107,6 +112,7 @@ async def test_twins_and_a_redelivery_through_the_broker(
     channel: AbstractChannel,
     scratch: Scratch,
     presence: Ledger,
+    sqlite_ledger: LedgerSettings,
     store: int,
 ) -> None:
     name, settings = scratch.consumer(f"entered.{store}", f"exited.{store}")
@@ -119,7 +125,7 @@ async def test_twins_and_a_redelivery_through_the_broker(
     visit = await presence.visit("s1")
     assert visit is not None
     assert (visit["personsEntered"], visit["personsExited"]) == (1, 2)
-    assert await presence.processed() == 3
+    assert await schema.processed(sqlite_ledger) == 3
 
 
 @pytest.mark.parametrize(
@@ -271,6 +277,7 @@ async def test_one_poison_event_does_not_hold_back_its_batch(
     channel: AbstractChannel,
     scratch: Scratch,
     presence: Ledger,
+    sqlite_ledger: LedgerSettings,
     store: int,
 ) -> None:
     name, settings = scratch.consumer(f"entered.{store}")
@@ -283,7 +290,7 @@ async def test_one_poison_event_does_not_hold_back_its_batch(
         await eventually(lambda: consumer.state.acked + consumer.state.dead_lettered == 11)
     assert consumer.state.batches < 11  # the events did arrive together
     assert (consumer.state.acked, consumer.state.dead_lettered) == (10, 1)
-    assert await presence.processed() == 10
+    assert await schema.processed(sqlite_ledger) == 10
     [dead] = await dead_letters(channel, name)
     assert dead.message_id == poison.message_id
     assert "no sessionId" in str(dead.headers[REASON_HEADER])
@@ -391,7 +398,7 @@ async def healthz(port: int) -> tuple[int, dict[str, Any]]:
 
 
 async def test_consuming_resumes_after_the_broker_is_killed_and_restarted(
-    private_node: Node, presence: Ledger, store: int
+    private_node: Node, presence: Ledger, sqlite_ledger: LedgerSettings, store: int
 ) -> None:
     name, port = f"t{uuid.uuid4().hex[:16]}", free_port()
     settings = BASE.model_copy(update={"bindings": (f"entered.{store}",), "prefetch": 32})
@@ -400,21 +407,21 @@ async def test_consuming_resumes_after_the_broker_is_killed_and_restarted(
     after = [testing.transition("entered", store, f"b{i}") for i in range(1000)]
     async with health.serving(consumer.state, "127.0.0.1", port), running(consumer):
         await publish_to(private_node.url, before)
-        await eventually(lambda: processed_at_least(presence, 200), what="progress")
+        await eventually(lambda: processed_at_least(sqlite_ledger, 200), what="progress")
         await asyncio.to_thread(private_node.kill)
-        assert await presence.processed() < len(before)  # killed mid-stream
+        assert await schema.processed(sqlite_ledger) < len(before)  # killed mid-stream
         await eventually(lambda: not consumer.state.connected, what="the loss")
         assert (await healthz(port))[0] == 503
         await asyncio.to_thread(private_node.start)
         await publish_to(private_node.url, after)
         await eventually(
-            lambda: processed_at_least(presence, len(before) + len(after)), 30, "every event"
+            lambda: processed_at_least(sqlite_ledger, len(before) + len(after)), 30, "every event"
         )
         status, body = await healthz(port)
     assert (status, body["consuming"], body["connected"]) == (200, True, True)
     assert body["reconnects"] >= 1
     assert body["redelivered"] > 0  # what was in hand at the crash came back...
-    assert await presence.processed() == len(before) + len(after)
+    assert await schema.processed(sqlite_ledger) == len(before) + len(after)
     [stats] = await presence.occupancy(store)
     assert stats["occupancy"] == len(before) + len(after)  # ...and counted once
 
@@ -432,8 +439,8 @@ def slowed(handler: Handlers) -> Handlers:
     return Handlers(one=handler.one, many=many)
 
 
-async def processed_at_least(presence: Ledger, count: int) -> bool:
-    return bool(await presence.processed() >= count)
+async def processed_at_least(settings: LedgerSettings, count: int) -> bool:
+    return await schema.processed(settings) >= count
 
 
 async def test_a_handler_that_runs_too_long_is_retried_then_dead_lettered(

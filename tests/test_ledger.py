@@ -106,11 +106,13 @@ async def test_twins_count_as_two_exits(presence: Ledger) -> None:
     assert (visit["personsEntered"], visit["personsExited"], visit["occupancy"]) == (2, 2, 0)
 
 
-async def test_a_redelivered_event_counts_once(presence: Ledger) -> None:
+async def test_a_redelivered_event_counts_once(
+    presence: Ledger, ledger_settings: LedgerSettings
+) -> None:
     entered = event("entered")
     assert await presence.apply([entered, entered]) == 1
     assert await presence.apply([entered]) == 0
-    assert await presence.processed() == 1
+    assert await schema.processed(ledger_settings) == 1
     assert await presence.occupancy() == [
         {"storeId": STORE, "occupancy": 1, "openSessions": 1, "sessions": 1}
     ]
@@ -172,11 +174,11 @@ async def test_tracking_is_one_row_per_unique_event_id(presence: Ledger) -> None
     assert await presence.tracking("u-3") is None
 
 
-async def test_a_batch_is_all_or_nothing(presence: Ledger) -> None:
+async def test_a_batch_is_all_or_nothing(presence: Ledger, ledger_settings: LedgerSettings) -> None:
     good, bad = event("entered", "s1"), without(event("entered", "s2"), "sessionId")
     with pytest.raises(BadEvent, match="no sessionId"):
         await presence.apply([good, bad])
-    assert await presence.processed() == 0
+    assert await schema.processed(ledger_settings) == 0
     assert await presence.visit("s1") is None
     assert await presence.apply([good]) == 1
 
@@ -214,13 +216,15 @@ def mixed_stream(count: int) -> list[Event]:
     return events + rng.sample(events, count // 5)  # redeliveries: the same event ids
 
 
-async def test_the_ledger_equals_the_reference_model_of_a_mixed_stream(presence: Ledger) -> None:
+async def test_the_ledger_equals_the_reference_model_of_a_mixed_stream(
+    presence: Ledger, ledger_settings: LedgerSettings
+) -> None:
     events = mixed_stream(400)
     rng = random.Random(7)
     shuffled = rng.sample(events, len(events))
     for start in range(0, len(shuffled), 37):
         await presence.apply(shuffled[start : start + 37])
-    assert await reference.differences(presence, events) == []
+    assert await reference.differences(ledger_settings, events) == []
 
 
 async def test_concurrent_writers_of_overlapping_batches_equal_the_reference_model(
@@ -241,7 +245,7 @@ async def test_concurrent_writers_of_overlapping_batches_equal_the_reference_mod
                 await writer.apply(order[start : start + 64])
 
         await asyncio.gather(*(write(w, n) for n, w in enumerate(writers)))
-        assert await reference.differences(writers[0], events) == []
+        assert await reference.differences(ledger_settings, events) == []
 
 
 def test_times_compare_as_times_not_as_text() -> None:
@@ -268,13 +272,15 @@ async def test_the_sqlite_ledger_runs_off_the_event_loop(tmp_path: Path) -> None
         assert handler.many is not None
         await handler.many([event("entered"), event("exited")])
         await handler.one(event("entered", "s2"))
-        assert await presence.processed() == 3
+        assert await schema.processed(settings) == 3
     reopened = LedgerDB.open(settings)
     assert reopened.occupancy()[0]["occupancy"] == 1
     reopened.close()
 
 
-async def test_pruning_forgets_only_ids_applied_before_the_cutoff(presence: Ledger) -> None:
+async def test_pruning_forgets_only_ids_applied_before_the_cutoff(
+    presence: Ledger, ledger_settings: LedgerSettings
+) -> None:
     old, recent = event("entered", "old"), event("entered", "recent")
     await presence.apply([old])
     await asyncio.sleep(0.01)
@@ -283,7 +289,7 @@ async def test_pruning_forgets_only_ids_applied_before_the_cutoff(presence: Ledg
     await presence.apply([recent])
     retention_s = (datetime.now(UTC) - cutoff).total_seconds()
     assert await presence.prune(retention_s) == 1
-    assert await presence.processed() == 1
+    assert await schema.processed(ledger_settings) == 1
     assert await presence.apply([recent]) == 0, "a recent redelivery is still recognised"
     assert await presence.apply([old]) == 1, "past the retention an id is forgotten"
     assert await presence.prune(86_400) == 0
@@ -295,11 +301,11 @@ async def test_the_opened_ledger_prunes_in_the_background(ledger_settings: Ledge
     )
     async with ledger.opened(settings) as presence:
         assert await presence.apply([event("entered")]) == 1
-        await eventually(lambda: _none_processed(presence), 5, "the processed id to be pruned")
+        await eventually(lambda: _none_processed(settings), 5, "the processed id to be pruned")
 
 
-async def _none_processed(presence: Ledger) -> bool:
-    return await presence.processed() == 0
+async def _none_processed(settings: LedgerSettings) -> bool:
+    return await schema.processed(settings) == 0
 
 
 async def test_a_retention_of_zero_keeps_every_id(ledger_settings: LedgerSettings) -> None:
@@ -309,7 +315,7 @@ async def test_a_retention_of_zero_keeps_every_id(ledger_settings: LedgerSetting
     async with ledger.opened(settings) as presence:
         await presence.apply([event("entered")])
         await asyncio.sleep(0.1)
-        assert await presence.processed() == 1
+        assert await schema.processed(settings) == 1
 
 
 async def test_ping_answers_while_the_database_does(presence: Ledger) -> None:
@@ -364,7 +370,7 @@ async def test_a_ledger_from_before_the_version_table_is_migrated_and_keeps_its_
         visit = await presence.visit("kept")
         assert visit is not None
         assert visit["personsEntered"] == 2
-        assert await presence.processed() == 2
+        assert await schema.processed(ledger_settings) == 2
     assert await schema.version(ledger_settings) == SCHEMA_VERSION
 
 
