@@ -38,6 +38,7 @@ from core.settings import AmqpSettings, ConsumerSettings, LedgerSettings
 from ledger.ledger import opened as open_ledger
 from tests.support import broker
 from tests.support.consumer import Scratch
+from tests.support.ledger_schema import processed
 
 TIMEOUT_S: Final = 300.0
 
@@ -97,7 +98,8 @@ async def bare(url: str, name: str, prefetch: int, count: int) -> float:
 
 async def worker(url: str, name: str, settings: ConsumerSettings, count: int, db: Path) -> float:
     """Seconds for the ledger worker to apply and ack `count` events of `aifi.<name>`."""
-    async with open_ledger(LedgerSettings(db=db)) as ledger:
+    ledger_settings = LedgerSettings(db=db)
+    async with open_ledger(ledger_settings) as ledger:
         consumer = Worker(name, settings, AmqpSettings(urls=(url,)), handlers(ledger))
         stop = asyncio.Event()
         started = time.perf_counter()
@@ -108,7 +110,7 @@ async def worker(url: str, name: str, settings: ConsumerSettings, count: int, db
         elapsed = time.perf_counter() - started
         stop.set()
         await asyncio.wait_for(task, 30)
-        applied = await ledger.processed()
+        applied = await processed(ledger_settings)
         if applied != count:
             raise RuntimeError(f"the worker applied {applied} events of {count}")
         return elapsed

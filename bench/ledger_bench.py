@@ -43,7 +43,8 @@ from core import contract
 from core.settings import ConsumerSettings, LedgerSettings
 from devtools import pgnode
 from devtools.rabbitnode import free_port
-from ledger.ledger import Ledger, opened as open_ledger
+from ledger.ledger import opened as open_ledger
+from tests.support.ledger_schema import Counter, processed_counter
 from tests.support.processes import child_environ
 
 ROOT: Final = Path(__file__).resolve().parent.parent
@@ -136,13 +137,13 @@ def machine_busy() -> tuple[float, float]:
     return sum(ticks) - idle, sum(ticks)
 
 
-async def timed(ledger: Ledger, count: int) -> float:
+async def timed(processed: Counter, count: int) -> float:
     """Seconds from the first event the ledger holds to the `count`th."""
     async with asyncio.timeout(TIMEOUT_S):
-        while (first := await ledger.processed()) == 0:  # noqa: ASYNC110 - another process
+        while (first := await processed()) == 0:  # noqa: ASYNC110 - another process
             await asyncio.sleep(POLL_S)
         started = time.perf_counter()
-        while await ledger.processed() < count:  # noqa: ASYNC110 - another process's work
+        while await processed() < count:  # noqa: ASYNC110 - another process's work
             await asyncio.sleep(POLL_S)
     # The first look saw `first` events already: time them as the rest were.
     elapsed = time.perf_counter() - started
@@ -159,14 +160,15 @@ async def workers(
     env = (
         {"AIFI_LEDGER_URL": settings.url} if settings.url else {"AIFI_LEDGER_DB": str(settings.db)}
     )
-    async with open_ledger(settings) as ledger:
+    # Opened first: it creates the schema the workers and the counter use.
+    async with open_ledger(settings), processed_counter(settings) as processed:
         with worker_processes(folder, amqp_url, name, consumer, env, how_many) as processes:
             busy_before = machine_busy()
-            seconds = await timed(ledger, count)
+            seconds = await timed(processed, count)
             busy_after = machine_busy()
             rss = [peak_rss_mib(p.pid) for p in processes]
             cpu = sum(cpu_s(p.pid) for p in processes)
-        if (applied := await ledger.processed()) != count:
+        if (applied := await processed()) != count:
             raise RuntimeError(f"the workers applied {applied} events of {count}")
     busy = (busy_after[0] - busy_before[0]) / (busy_after[1] - busy_before[1])
     return count / seconds, rss, {"workers_cpu_s": cpu, "machine_busy": busy}

@@ -28,7 +28,7 @@ from consumers.runner import Worker
 from consumers.state import ConsumerState
 from consumers.topology import check_name
 from core import logs, tracing
-from core.aio import backoff_s, paused
+from core.aio import backing_off
 from core.amqp import BROKER_ERRORS
 from core.contract import UNROUTED_QUEUE
 from core.settings import (
@@ -117,17 +117,14 @@ def waiting_for_ledger(state: ConsumerState, stop: asyncio.Event) -> Retry:
     file locked; PostgreSQL is down or starting up), saying so in the log and on /healthz;
     raise `Stopped` if told to stop."""
 
-    async def retry(exc: Exception, attempt: int) -> None:
-        pause_s = backoff_s(attempt, LEDGER_RETRY_MAX_S)
+    def report(exc: Exception, pause_s: float) -> None:
         state.starting = f"opening ledger: {exc}, retrying in {pause_s:g} s"
         log.warning(
             "ledger busy; retrying",
             extra={"consumer": state.consumer, "error": str(exc), "retry_in_s": pause_s},
         )
-        if await paused(pause_s, stop):
-            raise Stopped
 
-    return retry
+    return backing_off(LEDGER_RETRY_MAX_S, stop, report, lambda exc: Stopped())
 
 
 def waiting_for_database(state: ConsumerState, stop: asyncio.Event) -> Retry:
@@ -135,13 +132,13 @@ def waiting_for_database(state: ConsumerState, stop: asyncio.Event) -> Retry:
     unacked, and /healthz answers 503 saying why. Told to stop, give the batch up: it fails
     as an attempt and goes back through the retry queues, nothing lost."""
 
-    async def retry(exc: Exception, attempt: int) -> None:
-        pause_s = backoff_s(attempt, LEDGER_RETRY_MAX_S)
+    def report(exc: Exception, pause_s: float) -> None:
         state.waiting = f"ledger unavailable: {exc}, retrying in {pause_s:g} s"
-        if await paused(pause_s, stop):
-            raise LedgerUnavailable(f"stopping while the ledger is unavailable: {exc}")
 
-    return retry
+    def stopped(exc: Exception) -> Exception:
+        return LedgerUnavailable(f"stopping while the ledger is unavailable: {exc}")
+
+    return backing_off(LEDGER_RETRY_MAX_S, stop, report, stopped)
 
 
 def database_back(state: ConsumerState) -> Callable[[], None]:

@@ -1,8 +1,9 @@
 """Events for testing a handler: for a downstream team's tests as much as ours.
 
 Each builder returns the `Outbound` message the gateway would publish for one AiFi call,
-built from the contract's own definition (`core.contract`) and encoded as the gateway
-encodes it: a valid envelope of its kind, not a copy of the gateway's normalization. A
+built from the contract's plain forms (`core.contract.ContextFields`, `NormalizedFields`)
+by `contract.message`, as the gateway builds it: a valid envelope of its kind, not a copy
+of the gateway's normalization. A
 handler is tested with `Event.from_body(outbound.body)`; a worker, by publishing the
 message to the events exchange (`core.contract.EXCHANGE`) with its routing key, headers,
 message id and content type.
@@ -23,9 +24,9 @@ from core.contract import (
     DATA_CONTENT_TYPE,
     EVENT_TYPES,
     SPECVERSION,
-    Context,
+    ContextFields,
     Kind,
-    Normalized,
+    NormalizedFields,
     Outbound,
     tracking_event_id,
 )
@@ -60,17 +61,8 @@ def transition(
     """An event of one "entered" or "left" call; `fields` override the call's top-level fields
     (`timeOfOrigin`, `shopperId`, ...), and the event's fields of the same name."""
     raw = transition_body(store_id, session_id, **fields)
-    common = _common(kind, store_id, raw, fields)
-    data = Normalized.model_construct(
-        **common,
-        storeExternalId=f"ext-{store_id}",
-        sessionId=session_id,
-        customerId=f"c-{session_id}",
-        customerRole="customer",
-        shopperId=fields.get("shopperId", f"p-{session_id}"),
-        groupSize=1,
-        uniqueEventId=None,
-    )
+    shopper_id = fields.get("shopperId", f"p-{session_id}")
+    data = _data(kind, store_id, raw, fields, session_id, shopper_id, None)
     return _outbound(str(uuid.uuid4()), session_id, data, raw)
 
 
@@ -85,20 +77,21 @@ def tracking(store_id: int, unique_event_id: str, shopper_id: str | None) -> Out
         "uniqueEventId": unique_event_id,
     }
     raw = orjson.dumps(body)
-    data = Normalized.model_construct(
-        **_common("tracking", store_id, raw, {}),
-        storeExternalId=None,
-        sessionId=None,
-        customerId=None,
-        customerRole=None,
-        shopperId=shopper_id,
-        groupSize=None,
-        uniqueEventId=unique_event_id,
-    )
+    data = _data("tracking", store_id, raw, {}, None, shopper_id, unique_event_id)
     return _outbound(tracking_event_id(store_id, unique_event_id), unique_event_id, data, raw)
 
 
-def _common(kind: Kind, store_id: int, raw: bytes, fields: dict[str, Any]) -> dict[str, Any]:
+def _data(
+    kind: Kind,
+    store_id: int,
+    raw: bytes,
+    fields: dict[str, Any],
+    session_id: str | None,
+    shopper_id: str | None,
+    unique_event_id: str | None,
+) -> NormalizedFields:
+    """`data` but its payload; a session's fields (None for tracking) follow from its id."""
+    session = session_id is not None
     return {
         "kind": kind,
         "storeId": store_id,
@@ -109,17 +102,24 @@ def _common(kind: Kind, store_id: int, raw: bytes, fields: dict[str, Any]) -> di
         "receivedAt": iso(datetime.now(UTC)),
         "tokenName": "test",
         "fingerprint": hashlib.sha256(raw).hexdigest(),
+        "storeExternalId": f"ext-{store_id}" if session else None,
+        "sessionId": session_id,
+        "customerId": f"c-{session_id}" if session else None,
+        "customerRole": "customer" if session else None,
+        "shopperId": shopper_id,
+        "groupSize": 1 if session else None,
+        "uniqueEventId": unique_event_id,
     }
 
 
-def _outbound(event_id: str, subject: str, data: Normalized, raw: bytes) -> Outbound:
-    context = Context.model_construct(
-        specversion=SPECVERSION,
-        id=event_id,
-        source=f"/aifi/stores/{data.storeId}",
-        type=EVENT_TYPES[data.kind],
-        time=data.timeOfOrigin,
-        subject=subject,
-        datacontenttype=DATA_CONTENT_TYPE,
-    )
-    return contract.outbound(context, data, raw, int(time.time()), {})
+def _outbound(event_id: str, subject: str, data: NormalizedFields, raw: bytes) -> Outbound:
+    context: ContextFields = {
+        "specversion": SPECVERSION,
+        "id": event_id,
+        "source": f"/aifi/stores/{data['storeId']}",
+        "type": EVENT_TYPES[data["kind"]],
+        "time": data["timeOfOrigin"],
+        "subject": subject,
+        "datacontenttype": DATA_CONTENT_TYPE,
+    }
+    return contract.message(context, data, raw, int(time.time()), {})

@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+# Awaited by `retrying` after a transient error, with the failures before it.
+Wait = Callable[[Exception, int], Awaitable[None]]
 
 
 def backoff_s(attempt: int, cap_s: float) -> float:
@@ -26,7 +28,7 @@ async def paused(pause_s: float, stop: asyncio.Event | None = None) -> bool:
 async def retrying(
     attempt: Callable[[], Awaitable[T]],
     transient: tuple[type[Exception], ...],
-    wait: Callable[[Exception, int], Awaitable[None]],
+    wait: Wait,
 ) -> T:
     """What `attempt()` returns, trying it again after each `transient` error once
     `wait(error, failures_before)` has returned; `wait` raises to give up. Any other
@@ -38,6 +40,25 @@ async def retrying(
         except transient as exc:
             await wait(exc, failures)
             failures += 1
+
+
+def backing_off(
+    cap_s: float,
+    stop: asyncio.Event,
+    report: Callable[[Exception, float], None],
+    stopped: Callable[[Exception], Exception] | None = None,
+) -> Wait:
+    """A `retrying` wait: `report(error, pause_s)`, then a pause of `backoff_s` that `stop`
+    cuts short; cut short, raise `stopped(error)`, or without `stopped` return (the
+    attempt sees the stop)."""
+
+    async def wait(exc: Exception, failures: int) -> None:
+        pause_s = backoff_s(failures, cap_s)
+        report(exc, pause_s)
+        if await paused(pause_s, stop) and stopped is not None:
+            raise stopped(exc)
+
+    return wait
 
 
 async def first_of(*waitables: Awaitable[Any]) -> None:

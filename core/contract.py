@@ -2,9 +2,11 @@
 
 Defined once here and imported by the gateway, the consumers and the tests, so a
 change to what goes on the wire is a change to this module only. The envelope is the
-pydantic model `CloudEvent`: the gateway builds its parts (`Context`, `Normalized`)
-through their typed constructors, the consumers decode with it (`decode`), and the
-AsyncAPI document publishes its JSON Schema.
+pydantic model `CloudEvent`: the consumers decode with it (`decode`, `Event.from_body`)
+and the AsyncAPI document publishes its JSON Schema. The gateway builds no model per
+event: it writes plain dict literals typed by `ContextFields`, `TraceFields` and
+`NormalizedFields`, which mirror the models' fields and are checked against them in
+full (names, order, types, optionality) when this module is imported.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import re
 import uuid
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Final, Literal, TypedDict, cast
+from typing import Annotated, Any, Final, Literal, TypedDict
 
 import orjson
 from pydantic import (
@@ -28,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from core import mirror
 from core.validation import reasons
 
 EXCHANGE: Final = "aifi.events"
@@ -302,13 +305,6 @@ def decode(body: bytes) -> CloudEvent:
         raise InvalidEvent(reasons(exc)) from None
 
 
-def decode_event(body: bytes) -> dict[str, Any]:
-    """The event in `body` as plain JSON; `InvalidEvent` if it is not one of ours."""
-    decode(body)
-    event: dict[str, Any] = orjson.loads(body)
-    return event
-
-
 @dataclass(frozen=True, slots=True)
 class Outbound:
     """One message bound for the exchange: what the spool stores and the relay publishes."""
@@ -323,7 +319,8 @@ class Outbound:
 
 class ContextFields(TypedDict):
     """`Context`'s fields as a plain dict, in wire order: what the gateway builds per event
-    (a model's `model_construct` cost more than the rest of the message together)."""
+    (a model's `model_construct` cost more than the rest of the message together). It
+    mirrors the model, checked at import (`plain_forms`)."""
 
     specversion: Literal["1.0"]
     id: str
@@ -335,7 +332,8 @@ class ContextFields(TypedDict):
 
 
 class TraceFields(TypedDict, total=False):
-    """The distributed-tracing attributes of an event (`traceparent` always, from the gateway)."""
+    """`CloudEvent`'s distributed-tracing attributes as a plain dict (`traceparent` always,
+    from the gateway): absent where the model has None."""
 
     traceparent: str
     tracestate: str
@@ -345,7 +343,7 @@ NO_TRACE: Final[TraceFields] = {}
 
 
 class NormalizedFields(TypedDict):
-    """`Normalized`'s fields as a plain dict, in wire order."""
+    """`Normalized`'s fields as a plain dict, in wire order (`data` but its payload)."""
 
     kind: Kind
     storeId: int | None
@@ -396,14 +394,6 @@ def fields(model: BaseModel) -> dict[str, Any]:
     return dict(vars(model))
 
 
-def _context_fields(context: Context) -> ContextFields:
-    return cast(ContextFields, vars(context))
-
-
-def _data_fields(data: Normalized) -> NormalizedFields:
-    return cast(NormalizedFields, vars(data))
-
-
 def encode_fields(
     context: ContextFields, data: NormalizedFields, payload: bytes, trace: TraceFields = NO_TRACE
 ) -> bytes:
@@ -411,13 +401,6 @@ def encode_fields(
     serialization, and not one byte of it changed."""
     body = {**context, **trace, "data": {**data, "payload": orjson.Fragment(payload)}}
     return orjson.dumps(body)
-
-
-def encode(
-    context: Context, data: Normalized, payload: bytes, trace: TraceFields = NO_TRACE
-) -> bytes:
-    """The event's body (see `encode_fields`)."""
-    return encode_fields(_context_fields(context), _data_fields(data), payload, trace)
 
 
 def message(
@@ -436,20 +419,6 @@ def message(
         content_type=EVENT_CONTENT_TYPE,
         timestamp_s=timestamp_s,
         headers=mirrored_headers(context, data, headers),
-    )
-
-
-def outbound(
-    context: Context,
-    data: Normalized,
-    payload: bytes,
-    timestamp_s: int,
-    headers: Headers,
-    trace: TraceFields = NO_TRACE,
-) -> Outbound:
-    """The message of one event built from its typed parts (see `message`)."""
-    return message(
-        _context_fields(context), _data_fields(data), payload, timestamp_s, headers, trace
     )
 
 
@@ -508,3 +477,24 @@ def body_traceparent(body: bytes) -> str | None:
         return None
     value = event.get(TRACEPARENT) if isinstance(event, dict) else None
     return value if isinstance(value, str) else None
+
+
+def plain_forms() -> list[tuple[type, type[BaseModel], list[str]]]:
+    """Each plain form, the model and the fields of it that it mirrors, in the order
+    `encode_fields` writes them: context, trace, `data` (the normalized fields, `payload`)."""
+    envelope, data = list(CloudEvent.model_fields), list(EventData.model_fields)
+    split = len(Context.model_fields)
+    return [
+        (ContextFields, CloudEvent, envelope[:split]),
+        (TraceFields, CloudEvent, envelope[split:-1]),
+        (NormalizedFields, EventData, data[:-1]),
+    ]
+
+
+def _check_plain_forms() -> None:
+    # Once per process, at import: no build runs with a plain form the decoder would refuse.
+    if differences := [d for form in plain_forms() for d in mirror.differences(*form)]:
+        raise TypeError("the plain forms do not mirror the envelope: " + "; ".join(differences))
+
+
+_check_plain_forms()

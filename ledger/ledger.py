@@ -99,9 +99,6 @@ class Ledger:
     async def tracking(self, unique_event_id: str) -> Row | None:
         return await self._store.tracking(unique_event_id)
 
-    async def processed(self) -> int:
-        return await self._store.processed()
-
     async def ping(self) -> None:
         """Raise `LedgerUnavailable` unless the database answers now."""
         await self._store.ping()

@@ -338,10 +338,6 @@ class PostgresStore:
         rows = await self._rows(TRACKING, (unique_event_id,))
         return tracking_answer(rows[0] if rows else None)
 
-    async def processed(self) -> int:
-        [row] = await self._rows("SELECT count(*) AS n FROM processed", ())
-        return int(row["n"])
-
     async def ping(self) -> None:
         await self._rows("SELECT 1 AS ok", ())
 

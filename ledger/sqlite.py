@@ -263,10 +263,6 @@ class LedgerDB:
             cursor = self._db.execute(PRUNE, (before.astimezone(UTC).isoformat(),))
         return cursor.rowcount
 
-    def processed(self) -> int:
-        """How many distinct events the ledger has applied."""
-        return int(self._db.execute("SELECT count(*) FROM processed").fetchone()[0])
-
     def ping(self) -> None:
         self._db.execute("SELECT 1").fetchone()
 
@@ -336,9 +332,6 @@ class SqliteStore:
     async def tracking(self, unique_event_id: str) -> Row | None:
         row: Row | None = await self._read(LedgerDB.tracking, unique_event_id)
         return row
-
-    async def processed(self) -> int:
-        return int(await self._read(LedgerDB.processed))
 
     async def ping(self) -> None:
         await self._read(LedgerDB.ping)

@@ -33,9 +33,6 @@ class Store(Protocol):
 
     async def tracking(self, unique_event_id: str) -> Row | None: ...
 
-    async def processed(self) -> int:
-        """How many distinct events the ledger remembers having applied."""
-
     async def ping(self) -> None:
         """Raise `LedgerUnavailable` unless the database answers now (a readiness probe)."""
 

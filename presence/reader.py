@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from core.aio import backoff_s, paused, retrying
+from core.aio import backing_off, retrying
 from core.settings import LedgerSettings
 from ledger import ledger
 from ledger.errors import LedgerError
@@ -48,12 +48,7 @@ class Reader:
             if not stop.is_set():
                 await self._hold(stop)
 
-        async def wait(exc: Exception, failures: int) -> None:
-            pause_s = backoff_s(failures, self._retry_max_s)
-            self._failed(exc, pause_s)
-            await paused(pause_s, stop)
-
-        await retrying(hold, (LedgerError,), wait)
+        await retrying(hold, (LedgerError,), backing_off(self._retry_max_s, stop, self._failed))
 
     async def _hold(self, stop: asyncio.Event) -> None:
         async with ledger.opened(self._settings, create=False) as opened:

@@ -7,7 +7,15 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from core.aio import backoff_s, cancel_and_wait, first_of, paused, retrying, stop_task
+from core.aio import (
+    backing_off,
+    backoff_s,
+    cancel_and_wait,
+    first_of,
+    paused,
+    retrying,
+    stop_task,
+)
 
 
 def test_backoff_doubles_from_a_tenth_of_a_second_up_to_its_cap() -> None:
@@ -69,6 +77,30 @@ async def test_retrying_lets_other_errors_through_without_waiting() -> None:
     with pytest.raises(ValueError, match="bad"):
         await retrying(failing(1, ValueError("bad")), (Flaky,), wait)
     assert waits == []
+
+
+async def test_backing_off_reports_each_pause_as_it_grows_to_its_cap() -> None:
+    reports: list[tuple[str, float]] = []
+    wait = backing_off(
+        0.2, asyncio.Event(), lambda exc, pause_s: reports.append((str(exc), pause_s))
+    )
+    assert await retrying(failing(3, Flaky("busy")), (Flaky,), wait) == "done"
+    assert reports == [("busy", 0.1), ("busy", 0.2), ("busy", 0.2)]
+
+
+async def test_backing_off_cut_short_by_stop_raises_what_stopped_makes() -> None:
+    stop = asyncio.Event()
+    stop.set()
+    wait = backing_off(3600, stop, lambda exc, pause_s: None, lambda exc: RuntimeError(f"{exc}"))
+    with pytest.raises(RuntimeError, match="busy"):
+        await asyncio.wait_for(retrying(failing(1, Flaky("busy")), (Flaky,), wait), 5)
+
+
+async def test_backing_off_cut_short_without_stopped_tries_again_at_once() -> None:
+    stop = asyncio.Event()
+    stop.set()
+    wait = backing_off(3600, stop, lambda exc, pause_s: None)
+    assert await asyncio.wait_for(retrying(failing(1, Flaky("busy")), (Flaky,), wait), 5) == "done"
 
 
 async def test_first_of_returns_with_the_first_and_cancels_the_rest() -> None:

@@ -28,8 +28,7 @@ from core.amqp import declare_topology
 from core.settings import LedgerSettings
 from devtools.rabbitnode import Node, free_port
 from gateway.relay import FAILURE_PAUSE_S
-from ledger.ledger import Ledger, opened as open_ledger
-from tests.support import broker, ledger_reference as reference
+from tests.support import broker, ledger_reference as reference, ledger_schema as schema
 from tests.support.cluster import Cluster, netns_cluster, vhost_url
 from tests.support.consumer import Scratch
 from tests.support.gateway import TOKEN, gateway_env
@@ -363,20 +362,20 @@ async def test_quorum_leader_cut_off_while_workers_consume_applies_each_once(
             crew.folder.mkdir()
             index = crew.start()
             await eventually(functools.partial(crew.consuming, index), 60, "a worker")
-        async with opened(db) as ledger:
-            await eventually(lambda: processed_at_least(ledger, 300), 120, "progress")
-            whole.fabric.isolate(whole.host(leader))
-            total = len(reference.distinct(events))
-            try:
-                assert await ledger.processed() < total, "the cut came after the stream"
-                await asyncio.sleep(PARTITION_S)
-            finally:
-                whole.fabric.heal(whole.host(leader))
-            await eventually(lambda: processed_at_least(ledger, total), 300, f"{total} events")
-            for crew in crews:
-                assert set(await crew.stop_all()) == {0}
-            assert await reference.differences(ledger, events) == []
-            new_leader = queue_leaders(others[0]).get(contract.queue_name(name))
+        ledger_settings = LedgerSettings(db=db)
+        await eventually(lambda: processed_at_least(ledger_settings, 300), 120, "progress")
+        whole.fabric.isolate(whole.host(leader))
+        total = len(reference.distinct(events))
+        try:
+            assert await schema.processed(ledger_settings) < total, "the cut came after the stream"
+            await asyncio.sleep(PARTITION_S)
+        finally:
+            whole.fabric.heal(whole.host(leader))
+        await eventually(lambda: processed_at_least(ledger_settings, total), 300, f"{total} events")
+        for crew in crews:
+            assert set(await crew.stop_all()) == {0}
+        assert await reference.differences(ledger_settings, events) == []
+        new_leader = queue_leaders(others[0]).get(contract.queue_name(name))
     finally:
         for crew in crews:
             crew.kill_all()
@@ -397,9 +396,3 @@ def worker_env(order: list[Node], db: Path) -> dict[str, str]:
         "AIFI_AMQP_PUBLISH_TIMEOUT_S": str(PUBLISH_TIMEOUT_S),
         "AIFI_AMQP_RECONNECT_MAX_S": str(RECONNECT_MAX_S),
     }
-
-
-@contextlib.asynccontextmanager
-async def opened(db: Path) -> AsyncIterator[Ledger]:
-    async with open_ledger(LedgerSettings(db=db, processed_retention_days=0)) as ledger:
-        yield ledger

@@ -37,7 +37,7 @@ from core.contract import (
 from core.settings import AmqpSettings, ConsumerSettings, LedgerSettings
 from devtools.rabbitnode import Node, free_port
 from ledger.ledger import Ledger, opened as open_ledger
-from tests.support import broker
+from tests.support import broker, ledger_schema as schema
 from tests.support.consumer import Scratch, running
 from tests.support.silent import SilentNode
 from tests.support.waiting import eventually
@@ -69,8 +69,13 @@ class Recorder:
 
 
 @pytest.fixture
-async def ledger(tmp_path: Path) -> AsyncIterator[Ledger]:
-    async with open_ledger(LedgerSettings(db=tmp_path / "ledger.sqlite3")) as opened:
+def sqlite_ledger(tmp_path: Path) -> LedgerSettings:
+    return LedgerSettings(db=tmp_path / "ledger.sqlite3")
+
+
+@pytest.fixture
+async def ledger(sqlite_ledger: LedgerSettings) -> AsyncIterator[Ledger]:
+    async with open_ledger(sqlite_ledger) as opened:
         yield opened
 
 
@@ -106,6 +111,7 @@ async def test_twins_and_a_redelivery_through_the_broker(
     channel: AbstractChannel,
     scratch: Scratch,
     ledger: Ledger,
+    sqlite_ledger: LedgerSettings,
     store: int,
 ) -> None:
     name, settings = scratch.consumer(f"entered.{store}", f"exited.{store}")
@@ -118,7 +124,7 @@ async def test_twins_and_a_redelivery_through_the_broker(
     visit = await ledger.visit("s1")
     assert visit is not None
     assert (visit["personsEntered"], visit["personsExited"]) == (1, 2)
-    assert await ledger.processed() == 3
+    assert await schema.processed(sqlite_ledger) == 3
 
 
 @pytest.mark.parametrize(
@@ -270,6 +276,7 @@ async def test_one_poison_event_does_not_hold_back_its_batch(
     channel: AbstractChannel,
     scratch: Scratch,
     ledger: Ledger,
+    sqlite_ledger: LedgerSettings,
     store: int,
 ) -> None:
     name, settings = scratch.consumer(f"entered.{store}")
@@ -282,7 +289,7 @@ async def test_one_poison_event_does_not_hold_back_its_batch(
         await eventually(lambda: consumer.state.acked + consumer.state.dead_lettered == 11)
     assert consumer.state.batches < 11  # the events did arrive together
     assert (consumer.state.acked, consumer.state.dead_lettered) == (10, 1)
-    assert await ledger.processed() == 10
+    assert await schema.processed(sqlite_ledger) == 10
     [dead] = await dead_letters(channel, name)
     assert dead.message_id == poison.message_id
     assert "no sessionId" in str(dead.headers[REASON_HEADER])
@@ -378,7 +385,7 @@ async def healthz(port: int) -> tuple[int, dict[str, Any]]:
 
 
 async def test_consuming_resumes_after_the_broker_is_killed_and_restarted(
-    private_node: Node, ledger: Ledger, store: int
+    private_node: Node, ledger: Ledger, sqlite_ledger: LedgerSettings, store: int
 ) -> None:
     name, port = f"t{uuid.uuid4().hex[:16]}", free_port()
     settings = BASE.model_copy(update={"bindings": (f"entered.{store}",), "prefetch": 32})
@@ -388,22 +395,22 @@ async def test_consuming_resumes_after_the_broker_is_killed_and_restarted(
     after = [testing.transition("entered", store, f"b{i}") for i in range(1000)]
     async with health.serving(consumer.state, "127.0.0.1", port), running(consumer):
         await publish_to(private_node.url, before)
-        await eventually(lambda: processed_at_least(ledger, 200), what="progress")
+        await eventually(lambda: processed_at_least(sqlite_ledger, 200), what="progress")
         await asyncio.to_thread(private_node.kill)
-        assert await ledger.processed() < len(before)  # killed mid-stream
+        assert await schema.processed(sqlite_ledger) < len(before)  # killed mid-stream
         resume.set()
         await eventually(lambda: not consumer.state.connected, what="the loss")
         assert (await healthz(port))[0] == 503
         await asyncio.to_thread(private_node.start)
         await publish_to(private_node.url, after)
         await eventually(
-            lambda: processed_at_least(ledger, len(before) + len(after)), 30, "every event"
+            lambda: processed_at_least(sqlite_ledger, len(before) + len(after)), 30, "every event"
         )
         status, body = await healthz(port)
     assert (status, body["consuming"], body["connected"]) == (200, True, True)
     assert body["reconnects"] >= 1
     assert body["redelivered"] > 0  # what was in hand at the crash came back...
-    assert await ledger.processed() == len(before) + len(after)
+    assert await schema.processed(sqlite_ledger) == len(before) + len(after)
     [stats] = await ledger.occupancy(store)
     assert stats["occupancy"] == len(before) + len(after)  # ...and counted once
 
@@ -425,8 +432,8 @@ def paused_after(handler: Handlers, count: int, resume: asyncio.Event) -> Handle
     return Handlers(one=handler.one, many=many)
 
 
-async def processed_at_least(ledger: Ledger, count: int) -> bool:
-    return bool(await ledger.processed() >= count)
+async def processed_at_least(settings: LedgerSettings, count: int) -> bool:
+    return await schema.processed(settings) >= count
 
 
 async def test_a_handler_that_runs_too_long_is_retried_then_dead_lettered(

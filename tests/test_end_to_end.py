@@ -23,7 +23,7 @@ from consumers import testing, topology
 from core import contract
 from core.amqp import declare_topology
 from core.contract import Event
-from core.settings import ConsumerSettings
+from core.settings import ConsumerSettings, LedgerSettings
 from devtools import pgnode
 from devtools.rabbitnode import Node, free_port
 from tests.support import broker, ledger_reference as reference
@@ -31,7 +31,7 @@ from tests.support.consumer import Scratch
 from tests.support.gateway import TOKEN, gateway_env
 from tests.support.processes import GatewayProcess, child_environ
 from tests.support.waiting import eventually
-from tests.test_ledger_faults import Workers, processed_at_least, reading, waiting
+from tests.test_ledger_faults import Workers, processed_at_least, waiting
 
 pytestmark = pytest.mark.slow
 
@@ -184,11 +184,12 @@ async def test_faults_at_every_stage_lose_nothing_and_apply_each_visit_once(
         arrived = {event.id for event in events}
         assert answers.accepted <= arrived, f"lost {len(answers.accepted - arrived)}"
         assert len(answers.accepted) >= len(calls) // 2, "the load hardly ran"
-        async with reading(private_pg.url) as ledger:
-            total = len(reference.distinct(events))
-            await eventually(lambda: processed_at_least(ledger, total), SETTLE_S, "all applied")
-            assert await ledger.processed() == total
-            assert await reference.differences(ledger, events) == []
+        ledger_settings = LedgerSettings(url=private_pg.url)
+        total = len(reference.distinct(events))
+        await eventually(
+            lambda: processed_at_least(ledger_settings, total), SETTLE_S, "all applied"
+        )
+        assert await reference.differences(ledger_settings, events) == []
     finally:
         gateway.stop()
         workers.kill_all()

@@ -26,13 +26,13 @@ import yaml
 
 from consumers.replay import replay_unrouted
 from core import contract
-from core.settings import AmqpSettings, ConsumerSettings, LedgerSettings
+from core.settings import AmqpSettings, ConsumerSettings
 from core.topology import all_specs
 from devtools.rabbitnode import Node, free_port
 from devtools.stack import BIN, CONSUMER_COMMAND
-from ledger.sqlite import LedgerDB
 from tests.support import broker
 from tests.support.gateway import AUTH, Client, gateway_env, gateway_settings, started_client
+from tests.support.ledger_schema import sqlite_processed
 from tests.support.processes import GatewayProcess, child_environ, kill_group
 from tests.support.waiting import eventually
 
@@ -138,11 +138,7 @@ class Stack:
                 )
 
     def processed(self) -> int:
-        ledger = LedgerDB.open(LedgerSettings(db=self.db))
-        try:
-            return ledger.processed()
-        finally:
-            ledger.close()
+        return sqlite_processed(self.db)
 
     def gateway_log(self) -> list[dict[str, Any]]:
         lines = self.gateway.log_path.read_text().splitlines()

@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from core import contract
+from core.contract import Event
 from core.settings import Settings
 from tests.support.broker import Capture
 from tests.support.gateway import AUTH, TOKEN, TOKEN_NAME, gateway_settings, started_client
@@ -56,18 +57,18 @@ async def test_each_example_is_published_once_as_a_cloudevent(
     status, body = await post(client, PATHS[path], examples[example])
     assert (status, body) == (200, "ok")
     message = await capture.get()
-    event = contract.decode_event(message.body)
+    event = Event.from_body(message.body)
     assert message.routing_key == f"{kind}.0"
     assert message.content_type == contract.EVENT_CONTENT_TYPE
-    assert message.message_id == event["id"]
+    assert message.message_id == event.id
     assert message.delivery_mode == 2
     assert message.timestamp is not None
-    assert event["type"] == contract.EVENT_TYPES[kind]  # type: ignore[index]
-    assert event["time"] == "2019-08-24T14:15:22Z"
-    assert event["data"]["tokenName"] == TOKEN_NAME
-    assert event["data"]["payload"] == orjson.loads(examples[example])
-    assert message.headers["cloudEvents_id"] == event["id"]
-    assert message.headers["cloudEvents_type"] == event["type"]
+    assert event.type == contract.EVENT_TYPES[kind]  # type: ignore[index]
+    assert event.time == "2019-08-24T14:15:22Z"
+    assert event.data["tokenName"] == TOKEN_NAME
+    assert event.data["payload"] == orjson.loads(examples[example])
+    assert message.headers["cloudEvents_id"] == event.id
+    assert message.headers["cloudEvents_type"] == event.type
     assert (
         message.headers[contract.FINGERPRINT_HEADER]
         == hashlib.sha256(examples[example]).hexdigest()
@@ -80,9 +81,9 @@ async def test_twins_stay_two_events_sharing_a_fingerprint(
 ) -> None:
     for _ in range(2):
         assert (await post(client, PATHS["left"], examples["left"]))[0] == 200
-    first, second = [contract.decode_event((await capture.get()).body) for _ in range(2)]
-    assert first["id"] != second["id"]
-    assert first["data"]["fingerprint"] == second["data"]["fingerprint"]
+    first, second = [Event.from_body((await capture.get()).body) for _ in range(2)]
+    assert first.id != second.id
+    assert first.data["fingerprint"] == second.data["fingerprint"]
 
 
 async def test_redelivered_tracking_keeps_its_id(
@@ -90,7 +91,7 @@ async def test_redelivered_tracking_keeps_its_id(
 ) -> None:
     for _ in range(2):
         assert (await post(client, PATHS["tracking"], examples["tracking"]))[0] == 200
-    ids = {contract.decode_event((await capture.get()).body)["id"] for _ in range(2)}
+    ids = {Event.from_body((await capture.get()).body).id for _ in range(2)}
     assert len(ids) == 1
 
 
@@ -101,10 +102,10 @@ async def test_unknown_fields_are_kept(
     payload["newTopLevel"] = {"nested": [1, 2]}
     payload["customer"]["loyaltyTier"] = "gold"
     status, _ = await post(client, PATHS["entered"], orjson.dumps(payload))
-    event = contract.decode_event((await capture.get()).body)
+    event = Event.from_body((await capture.get()).body)
     assert status == 200
-    assert event["data"]["payload"]["newTopLevel"] == {"nested": [1, 2]}
-    assert event["data"]["payload"]["customer"]["loyaltyTier"] == "gold"
+    assert event.data["payload"]["newTopLevel"] == {"nested": [1, 2]}
+    assert event.data["payload"]["customer"]["loyaltyTier"] == "gold"
 
 
 @pytest.mark.parametrize(
@@ -127,9 +128,9 @@ async def test_documented_nullable_fields_accept_null(
     payload = orjson.loads(examples[example])
     payload[field] = None
     status, _ = await post(client, PATHS[path], orjson.dumps(payload))
-    event = contract.decode_event((await capture.get()).body)
+    event = Event.from_body((await capture.get()).body)
     assert status == 200
-    assert event["data"]["payload"][field] is None
+    assert event.data["payload"][field] is None
 
 
 async def test_session_null_falls_back_to_top_level_session_id(
@@ -139,8 +140,8 @@ async def test_session_null_falls_back_to_top_level_session_id(
     payload["session"] = None
     payload["sessionId"] = "top-level"
     await post(client, PATHS["entered"], orjson.dumps(payload))
-    event = contract.decode_event((await capture.get()).body)
-    assert event["subject"] == event["data"]["sessionId"] == "top-level"
+    event = Event.from_body((await capture.get()).body)
+    assert event.subject == event.data["sessionId"] == "top-level"
 
 
 async def test_listed_http_headers_ride_on_the_event_only(
@@ -586,8 +587,9 @@ async def test_the_webhooks_trace_rides_on_its_event(
 ) -> None:
     assert await post(client, PATHS["entered"], examples["entered"], **sent) == (200, "ok")
     message = await capture.get()
-    event = contract.decode_event(message.body)
-    assert {k: event[k] for k in ("traceparent", "tracestate") if k in event} == kept
+    event = Event.from_body(message.body)
+    trace = {"traceparent": event.traceparent, "tracestate": event.tracestate}
+    assert {k: v for k, v in trace.items() if v is not None} == kept
     assert not [name for name in message.headers if "trace" in name]
 
 
@@ -612,9 +614,10 @@ async def test_without_a_valid_traceparent_the_event_starts_a_new_trace(
 ) -> None:
     assert await post(client, PATHS["tracking"], examples["tracking"], **sent) == (200, "ok")
     message = await capture.get()
-    event = contract.decode_event(message.body)
-    assert "tracestate" not in event
-    version, trace_id, _, flags = event["traceparent"].split("-")
+    event = Event.from_body(message.body)
+    assert event.tracestate is None
+    assert event.traceparent is not None
+    version, trace_id, _, flags = event.traceparent.split("-")
     assert (version, flags) == ("00", "00")  # ours, and no span of ours was recorded
     assert trace_id not in sent.get("traceparent", "")
 

@@ -19,6 +19,7 @@ from typing import Any
 import aio_pika
 import aiohttp
 import orjson
+import psycopg
 import pytest
 import yaml
 
@@ -28,9 +29,7 @@ from core.contract import Event, Outbound, dead_queue_name
 from core.settings import ConsumerSettings, LedgerSettings
 from devtools import pgnode
 from devtools.rabbitnode import Node, free_port
-from ledger.errors import LedgerUnavailable
-from ledger.ledger import Ledger, opened as open_ledger
-from tests.support import broker, ledger_reference as reference
+from tests.support import broker, ledger_reference as reference, ledger_schema as schema
 from tests.support.consumer import Scratch
 from tests.support.processes import child_environ
 from tests.support.waiting import eventually
@@ -146,27 +145,23 @@ async def two_workers(
             await made.delete()
 
 
-@contextlib.asynccontextmanager
-async def reading(url: str) -> AsyncIterator[Ledger]:
-    async with open_ledger(LedgerSettings(url=url, processed_retention_days=0)) as ledger:
-        yield ledger
-
-
-async def processed_at_least(ledger: Ledger, count: int) -> bool:
+async def processed_at_least(settings: LedgerSettings, count: int) -> bool:
     """Whether the ledger holds `count` events; False while its database is away."""
     try:
-        return await ledger.processed() >= count
-    except LedgerUnavailable:
+        return await schema.processed(settings) >= count
+    except psycopg.OperationalError:
         await asyncio.sleep(0.2)
         return False
 
 
-async def settled(workers: Workers, ledger: Ledger, events: list[Event], dead: str) -> None:
+async def settled(
+    workers: Workers, settings: LedgerSettings, events: list[Event], dead: str
+) -> None:
     """Wait for every event to be applied, stop the workers, and check the ledger."""
     total = len(reference.distinct(events))
-    await eventually(lambda: processed_at_least(ledger, total), 240, f"{total} events")
+    await eventually(lambda: processed_at_least(settings, total), 240, f"{total} events")
     assert set(await workers.stop_all()) == {0}
-    assert await reference.differences(ledger, events) == []
+    assert await reference.differences(settings, events) == []
     connection = await aio_pika.connect(workers.env["AIFI_AMQP_URL"])
     async with connection, connection.channel() as channel:
         assert await broker.depth(channel, dead) == 0, "nothing dead-lettered"
@@ -176,15 +171,13 @@ async def test_sigkill_of_one_of_two_workers_mid_batch(
     amqp_url: str, pg_url: str, tmp_path: Path, store: int
 ) -> None:
     outbounds, events = stream(store)
-    async with (
-        two_workers(tmp_path, amqp_url, pg_url, store, outbounds) as (workers, name),
-        reading(pg_url) as ledger,
-    ):
-        await eventually(lambda: processed_at_least(ledger, 200), 60, "progress")
+    settings = LedgerSettings(url=pg_url)
+    async with two_workers(tmp_path, amqp_url, pg_url, store, outbounds) as (workers, name):
+        await eventually(lambda: processed_at_least(settings, 200), 60, "progress")
         workers.processes[0].kill()
         assert await asyncio.to_thread(workers.processes[0].wait, 10) == -signal.SIGKILL
-        assert await ledger.processed() < len(reference.distinct(events))  # mid-stream
-        await settled(workers, ledger, events, dead_queue_name(name))
+        assert await schema.processed(settings) < len(reference.distinct(events))  # mid-stream
+        await settled(workers, settings, events, dead_queue_name(name))
         assert workers.stopped(1)["redelivered"] > 0  # what the killed one held came back
 
 
@@ -192,17 +185,15 @@ async def test_postgresql_stopped_and_restarted_mid_stream(
     amqp_url: str, private_pg: pgnode.PgNode, tmp_path: Path, store: int
 ) -> None:
     outbounds, events = stream(store)
-    async with (
-        two_workers(tmp_path, amqp_url, private_pg.url, store, outbounds) as (workers, name),
-        reading(private_pg.url) as ledger,
-    ):
-        await eventually(lambda: processed_at_least(ledger, 200), 60, "progress")
+    settings = LedgerSettings(url=private_pg.url)
+    async with two_workers(tmp_path, amqp_url, private_pg.url, store, outbounds) as (workers, name):
+        await eventually(lambda: processed_at_least(settings, 200), 60, "progress")
         await asyncio.to_thread(private_pg.stop, "immediate")
         for index in (0, 1):
             await eventually(functools.partial(waiting, workers, index), 60, "a 503")
         await asyncio.sleep(2)  # down for a while, workers retrying meanwhile
         await asyncio.to_thread(private_pg.start)
-        await settled(workers, ledger, events, dead_queue_name(name))
+        await settled(workers, settings, events, dead_queue_name(name))
         assert "ledger available again" in workers.log(0) + workers.log(1)
 
 
@@ -216,12 +207,10 @@ async def test_the_broker_restarted_mid_stream(
     private_node: Node, pg_url: str, tmp_path: Path, store: int
 ) -> None:
     outbounds, events = stream(store)
-    async with (
-        two_workers(tmp_path, private_node.url, pg_url, store, outbounds) as (workers, name),
-        reading(pg_url) as ledger,
-    ):
-        await eventually(lambda: processed_at_least(ledger, 200), 60, "progress")
+    settings = LedgerSettings(url=pg_url)
+    async with two_workers(tmp_path, private_node.url, pg_url, store, outbounds) as (workers, name):
+        await eventually(lambda: processed_at_least(settings, 200), 60, "progress")
         await asyncio.to_thread(private_node.kill)
-        assert await ledger.processed() < len(reference.distinct(events))  # mid-stream
+        assert await schema.processed(settings) < len(reference.distinct(events))  # mid-stream
         await asyncio.to_thread(private_node.start, 120)
-        await settled(workers, ledger, events, dead_queue_name(name))
+        await settled(workers, settings, events, dead_queue_name(name))

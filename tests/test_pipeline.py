@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from core import contract
-from core.contract import Outbound
+from core.contract import Event, Outbound
 from core.settings import Settings
 from devtools.rabbitnode import free_port
 from gateway import spool
@@ -70,7 +70,7 @@ async def test_confirmed_mode_answers_after_the_broker_confirmed(
     assert response.status == 200
     message = await capture.get()
     assert message.message_id == response.headers["X-Event-Id"]
-    assert contract.decode_event(message.body)["type"] == contract.EVENT_TYPES["entered"]
+    assert Event.from_body(message.body).type == contract.EVENT_TYPES["entered"]
     status = await (await confirmed.get("/readyz")).json()
     assert status["spool"]["depth"] == 0
 

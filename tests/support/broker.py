@@ -17,7 +17,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from core import contract
-from core.contract import EXCHANGE, Outbound
+from core.contract import EXCHANGE, Event, Outbound
 from devtools.rabbitnode import Node, NodeSpec, free_port
 from gateway.app import PIPELINE
 from tests.support.gateway import TOKEN_NAME, Client
@@ -110,7 +110,7 @@ def token_name_of(message: AbstractIncomingMessage) -> str:
     if contract.TOKEN_NAME_HEADER in message.headers:
         return str(message.headers[contract.TOKEN_NAME_HEADER])
     try:
-        return str(contract.decode_event(message.body)["data"].get("tokenName"))
+        return str(Event.from_body(message.body).data.get("tokenName"))
     except ValueError:
         return ""
 

@@ -18,9 +18,9 @@ import yaml
 
 from consumers import topology
 from consumers.runner import Worker
-from core.settings import ConsumerSettings, LedgerSettings
+from core.settings import ConsumerSettings
 from devtools.stack import BIN, CONSUMER_COMMAND
-from ledger.sqlite import LedgerDB
+from tests.support.ledger_schema import sqlite_processed
 from tests.support.processes import child_environ
 from tests.support.waiting import eventually
 
@@ -125,12 +125,7 @@ class WorkerProcess:
         return line
 
     def processed(self) -> int:
-        # Opening creates the schema if the worker has not yet: no race with its start.
-        ledger = LedgerDB.open(LedgerSettings(db=self.db))
-        try:
-            return ledger.processed()
-        finally:
-            ledger.close()
+        return sqlite_processed(self.db)
 
     def processed_ids(self) -> set[str]:
         """The event ids the ledger marked processed."""

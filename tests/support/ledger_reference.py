@@ -13,8 +13,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from core.contract import Event
+from core.settings import LedgerSettings
 from ledger.effects import instant
-from ledger.ledger import Ledger
+from ledger.ledger import Ledger, opened as open_ledger
+from tests.support.ledger_schema import processed
 
 Rows = dict[str, dict[str, Any]]
 
@@ -110,8 +112,19 @@ def expected_occupancy(events: Iterable[Event]) -> list[dict[str, Any]]:
     ]
 
 
-async def differences(ledger: Ledger, events: list[Event]) -> list[str]:
-    """Where the ledger differs from the model of `events`; [] when it equals it."""
+async def differences(settings: LedgerSettings, events: list[Event]) -> list[str]:
+    """Where the ledger `settings` names differs from the model of `events`; [] when it
+    equals it. Read through a reader's ledger opened for the purpose, which prunes nothing
+    and holds no connection from before a restart of its database."""
+    async with open_ledger(settings, create=False) as ledger:
+        found = await read_differences(ledger, events)
+    if (count := await processed(settings)) != len(distinct(events)):
+        found.append(f"processed: {count} != {len(distinct(events))}")
+    return found
+
+
+async def read_differences(ledger: Ledger, events: list[Event]) -> list[str]:
+    """Where the ledger's reads (visits, tracking matches, occupancy) differ from the model."""
     found = []
     for session, visit in expected_visits(events).items():
         if (got := await ledger.visit(session)) != visit:
@@ -121,6 +134,4 @@ async def differences(ledger: Ledger, events: list[Event]) -> list[str]:
             found.append(f"tracking {unique_event_id}: {got} != {match}")
     if (stores := await ledger.occupancy()) != expected_occupancy(events):
         found.append(f"occupancy: {stores} != {expected_occupancy(events)}")
-    if (count := await ledger.processed()) != len(distinct(events)):
-        found.append(f"processed: {count} != {len(distinct(events))}")
     return found

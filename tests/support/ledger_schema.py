@@ -1,10 +1,14 @@
-"""Reaching under the ledger: its schema version, and a ledger as an older release left it."""
+"""Reaching under the ledger: its schema version, a ledger as an older release left it, and
+how many events it holds as processed (the progress the tests and the benchmarks watch)."""
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final
 
 import psycopg
 
@@ -16,6 +20,8 @@ V1_VISIT = (
     " VALUES ({p}, {p}, 1, 0)"
 )
 V1_PROCESSED = "INSERT INTO processed VALUES ({p}, 'entered', {p})"
+COUNT_PROCESSED: Final = "SELECT count(*) FROM processed"
+Counter = Callable[[], Awaitable[int]]
 
 
 async def version(settings: LedgerSettings) -> int:
@@ -51,3 +57,38 @@ async def create_version_1(settings: LedgerSettings, session: str, store: int) -
             await connection.execute(statement)
         await connection.execute(V1_VISIT.format(p="%s"), (session, store))
         await connection.execute(V1_PROCESSED.format(p="%s"), ("old-event", datetime.now(UTC)))
+
+
+def sqlite_processed(path: Path) -> int:
+    """`processed` of the SQLite ledger at `path`, whose schema it creates if no worker has
+    yet (so that a test asking before its workers started waits for none of them)."""
+    ledger_sqlite.LedgerDB.open(LedgerSettings(db=path)).close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return int(db.execute(COUNT_PROCESSED).fetchone()[0])
+
+
+async def processed(settings: LedgerSettings) -> int:
+    """How many event ids the ledger holds as processed, through a connection of its own."""
+    async with processed_counter(settings) as count:
+        return await count()
+
+
+@contextlib.asynccontextmanager
+async def processed_counter(settings: LedgerSettings) -> AsyncIterator[Counter]:
+    """`processed` on one connection, for a caller that asks often; each count sees what
+    was committed before it."""
+    if settings.backend == "sqlite":
+        with contextlib.closing(sqlite3.connect(settings.sqlite_path)) as db:
+
+            async def count_sqlite() -> int:
+                return int(db.execute(COUNT_PROCESSED).fetchone()[0])
+
+            yield count_sqlite
+        return
+    async with await psycopg.AsyncConnection.connect(settings.url, autocommit=True) as connection:
+
+        async def count_postgresql() -> int:
+            [(number,)] = await (await connection.execute(COUNT_PROCESSED)).fetchall()
+            return int(number)
+
+        yield count_postgresql

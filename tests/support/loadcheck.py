@@ -144,11 +144,11 @@ def markers(run: str, count: int) -> list[str]:
 def marker_of(body: bytes, run: str) -> tuple[str, str] | None:
     """(marker, event id) of one of this run's events; None for anything else on the queue."""
     try:
-        event = contract.decode_event(body)
+        event = contract.Event.from_body(body)
     except ValueError:
         return None
-    marker = str(event["data"].get("sessionId"))
-    return (marker, str(event["id"])) if marker.startswith(f"{run}-") else None
+    marker = str(event.data.get("sessionId"))
+    return (marker, event.id) if marker.startswith(f"{run}-") else None
 
 
 async def checker_queue(amqp_url: str, prefix: str, arguments: FieldTable | None = None) -> str:
