@@ -28,7 +28,7 @@ from consumers.runner import Worker
 from consumers.state import ConsumerState
 from consumers.topology import check_name
 from core import logs, tracing
-from core.aio import backing_off
+from core.aio import Wait, backing_off
 from core.amqp import BROKER_ERRORS
 from core.contract import UNROUTED_QUEUE
 from core.settings import (
@@ -41,7 +41,7 @@ from core.settings import (
 from core.topology import TopologyError
 from core.tracing import TracingUnavailable
 from ledger.errors import LedgerError, LedgerUnavailable
-from ledger.ledger import Outage, Retry, opened
+from ledger.ledger import Outage, opened
 
 log = logging.getLogger("consumers")
 
@@ -112,7 +112,7 @@ async def handler_for(
         yield ledger_handler.handlers(ledger)
 
 
-def waiting_for_ledger(state: ConsumerState, stop: asyncio.Event) -> Retry:
+def waiting_for_ledger(state: ConsumerState, stop: asyncio.Event) -> Wait:
     """Back off while the ledger cannot be opened yet (another process holds the SQLite
     file locked; PostgreSQL is down or starting up), saying so in the log and on /healthz;
     raise `Stopped` if told to stop."""
@@ -127,7 +127,7 @@ def waiting_for_ledger(state: ConsumerState, stop: asyncio.Event) -> Retry:
     return backing_off(LEDGER_RETRY_MAX_S, stop, report, lambda exc: Stopped())
 
 
-def waiting_for_database(state: ConsumerState, stop: asyncio.Event) -> Retry:
+def waiting_for_database(state: ConsumerState, stop: asyncio.Event) -> Wait:
     """Back off while the ledger's database is away mid-stream: the batch stays in hand,
     unacked, and /healthz answers 503 saying why. Told to stop, give the batch up: it fails
     as an attempt and goes back through the retry queues, nothing lost."""

@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
-# Awaited by `retrying` after a transient error, with the failures before it.
+# Awaited after an attempt failed on a passing error (a database locked, down or starting),
+# with the failures so far: returns when to try again, or raises to give up.
 Wait = Callable[[Exception, int], Awaitable[None]]
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from core.aio import backoff_s, paused, retrying
+from core.aio import Wait, backoff_s, paused, retrying
 from core.contract import Event
 from core.logs import redact
 from core.settings import LedgerSettings
@@ -32,9 +32,6 @@ from ledger.store import Store
 
 log = logging.getLogger(__name__)
 
-# Awaited after an attempt failed on a passing error (the database locked, down or
-# starting); returns when to try again, or raises to give up.
-Retry = Callable[[Exception, int], Awaitable[None]]
 OUTAGE_RETRY_MAX_S: Final = 5.0
 BACKENDS: Final[dict[str, Callable[[LedgerSettings, bool], Awaitable[Store]]]] = {
     "sqlite": SqliteStore.connect,
@@ -51,7 +48,7 @@ class Outage:
     """How a running worker waits for a database that went away: `wait` before each new
     attempt (it may raise to give up), `over` once the database answers again."""
 
-    wait: Retry = _sleep
+    wait: Wait = _sleep
     over: Callable[[], None] = lambda: None
 
 
@@ -122,7 +119,7 @@ class Ledger:
                 return
 
 
-async def connect(settings: LedgerSettings, retry: Retry | None, create: bool = True) -> Store:
+async def connect(settings: LedgerSettings, retry: Wait | None, create: bool = True) -> Store:
     """The backend `settings` name, opened; its schema created or migrated if `create`.
 
     While the database is away (locked, down, starting), `retry(error, attempt)` is awaited
@@ -147,7 +144,7 @@ async def connect(settings: LedgerSettings, retry: Retry | None, create: bool = 
 @contextlib.asynccontextmanager
 async def opened(
     settings: LedgerSettings,
-    retry: Retry | None = None,
+    retry: Wait | None = None,
     outage: Outage | None = None,
     create: bool = True,
 ) -> AsyncIterator[Ledger]:
