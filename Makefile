@@ -14,7 +14,7 @@ PYTEST_ARGS ?= -q --durations=25
 # The fast loop needs the .venv alone: no RabbitMQ, PostgreSQL or Node.js, no fault, fuzz
 # or load suite (markers in pyproject.toml; tests/conftest.py fails a test of this tier
 # that starts a node or a Node.js validator without its marker).
-FAST_MARKERS := not broker and not postgresql and not nodejs and not slow and not compose
+FAST_MARKERS := not broker and not postgresql and not nodejs and not slow and not cluster and not compose
 
 .PHONY: test-setup test-tools lock debootstrap standins docker wrk prometheus fuse3 netfaults test-alerts run test test-fast test-cluster bench tail spool lint rabbitmq-server postgresql broker broker-stop clean
 
@@ -83,7 +83,7 @@ lint: $(VENV)/.installed
 TEST_PROCESSES ?= 3
 test: test-setup
 	$(VENV)/bin/pytest $(PYTEST_ARGS) -n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder \
-	  -m "not alerts" --cov --cov-report=term:skip-covered
+	  -m "not cluster and not alerts" --cov --cov-report=term:skip-covered
 
 # npm unpacks the validators (1.5 GB) while the .venv, the linters and Debian's packages
 # are set up, one after the other (apt takes one install at a time).

@@ -59,7 +59,7 @@ BROKER_FIXTURES = frozenset({"amqp_url", "private_node"})
 POSTGRESQL_FIXTURES = frozenset({"postgres_url", "pg_url", "private_pg"})
 # The markers `make test-fast` deselects (its FAST_MARKERS): a test with none of them runs
 # in the fast tier, which must need nothing but the .venv.
-BEYOND_FAST_TIER = frozenset({"broker", "postgresql", "nodejs", "slow", "compose"})
+BEYOND_FAST_TIER = frozenset({"broker", "postgresql", "nodejs", "slow", "cluster", "compose"})
 # The markers of the longest files, longest first.
 LONG_FIRST = ("compose", "slow")
 

@@ -294,6 +294,7 @@ async def test_gateway_node_cut_off_for_30_s_loses_nothing(
     assert during >= PARTITION_S * 20, f"only {during} requests answered 200 while cut off"
 
 
+@pytest.mark.cluster
 async def test_flaky_then_one_way_link_loses_nothing_and_stalls_briefly(
     whole: Cluster,
     queue_name: str,
