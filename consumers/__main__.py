@@ -27,7 +27,7 @@ from consumers.replay import replay, replay_unrouted
 from consumers.runner import Worker
 from consumers.state import ConsumerState
 from consumers.topology import check_name
-from core import logs, tracing
+from core import tracing
 from core.aio import Wait, backing_off
 from core.amqp import BROKER_ERRORS
 from core.contract import UNROUTED_QUEUE
@@ -36,7 +36,7 @@ from core.settings import (
     ConsumerProcessSettings,
     ConsumerSettings,
     SettingsError,
-    load_as,
+    configured,
 )
 from core.topology import TopologyError
 from core.tracing import TracingUnavailable
@@ -199,8 +199,7 @@ def run(coroutine: Coroutine[Any, Any, None]) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse(sys.argv[1:] if argv is None else argv)
     try:
-        settings = load_as(ConsumerProcessSettings)
-        logs.configure(settings.log.level)
+        settings = configured(ConsumerProcessSettings)
         if args.command == "migrate":
             names = args.names or all_consumers(settings)
             run(migrate_and_report(settings, {n: consumer_settings(settings, n) for n in names}))

@@ -469,6 +469,16 @@ def load_as(
     return settings
 
 
+def configured(model: type[ProcessSettingsT]) -> ProcessSettingsT:
+    """`model`'s settings, logging configured at their level, then deprecated keys logged
+    (a warning before `logs.configure` would escape the JSON log)."""
+    settings, warnings = read(model, os.environ)
+    logs.configure(settings.log.level)
+    for warning in warnings:
+        log.warning(warning)
+    return settings
+
+
 def settings_for(
     program: str,
     model: type[ProcessSettingsT],
@@ -478,10 +488,7 @@ def settings_for(
     then `check`ed if given; what is wrong is printed as `program: why`, and the process
     exits with status 2."""
     try:
-        settings, warnings = read(model, os.environ)
-        logs.configure(settings.log.level)
-        for warning in warnings:
-            log.warning(warning)
+        settings = configured(model)
         if check is not None:
             check(settings)
     except SettingsError as exc:

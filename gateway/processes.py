@@ -113,10 +113,12 @@ def run_process(index: int, supervisor_pid: int) -> None:
     # Blocked by the supervisor around the fork: one that came meanwhile acts now.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     die_with_parent(supervisor_pid)
-    from core.settings import GatewayProcessSettings, load_as
+    from core.settings import GatewayProcessSettings, read
 
-    # The same environment and working directory as the supervisor's: the same settings.
-    serve(process_settings(load_as(GatewayProcessSettings), index))
+    # The same environment and working directory as the supervisor's: the same settings,
+    # whose deprecation warnings the supervisor has logged already.
+    settings, _ = read(GatewayProcessSettings, os.environ)
+    serve(process_settings(settings, index))
 
 
 def die_with_parent(parent_pid: int) -> None:
