@@ -72,12 +72,13 @@ async def first_of(*waitables: Awaitable[Any]) -> None:
         await cancel_and_wait(*tasks)
 
 
-async def cancel_and_wait(*futures: asyncio.Future[Any]) -> None:
-    """Cancel `futures` and wait until each has ended, whatever it ended with."""
+async def cancel_and_wait(*futures: asyncio.Future[Any], timeout_s: float | None = None) -> None:
+    """Cancel `futures` and wait until each has ended, whatever it ended with, or until
+    `timeout_s` has passed (for what may not heed a cancel at once)."""
     for future in futures:
         future.cancel()
     if futures:
-        await asyncio.wait(futures)
+        await asyncio.wait(futures, timeout=timeout_s)
 
 
 async def stop_task(task: asyncio.Task[Any] | None) -> None:

@@ -18,7 +18,7 @@ from aiormq.abc import ChannelFrame
 from pamqp.commands import Basic
 
 from core import contract
-from core.aio import first_of, stop_task
+from core.aio import cancel_and_wait, first_of, stop_task
 from core.amqp import BROKER_ERRORS, reconnecting
 from core.contract import Outbound
 from core.logs import redact
@@ -97,13 +97,9 @@ class Publisher:
         await stop_task(task)
         # A close still lingering would outlive the loop: given its time, then cancelled.
         if self._lingering:
-            _, pending = await asyncio.wait(
-                self._lingering, timeout=self._settings.publish_timeout_s
-            )
-            for closing in pending:
-                closing.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=self._settings.publish_timeout_s)
+            timeout_s = self._settings.publish_timeout_s
+            _, pending = await asyncio.wait(self._lingering, timeout=timeout_s)
+            await cancel_and_wait(*pending, timeout_s=timeout_s)
 
     def _reconnected(self) -> None:
         self.reconnects += 1
